@@ -1,0 +1,193 @@
+"""The one interface every build implements, and the registry that finds them.
+
+Modelled on AlgoPerf's Workload: the harness only ever talks to this class, so a
+timing loop, a memory probe or a parity check is written once and means the
+same thing for every framework. A user's own VAE plugs in by subclassing
+``VAEAdapter`` and passing ``--impl path/to/file.py:ClassName``.
+
+Contract, in the order the harness calls it:
+
+1. ``__init__(spec)`` builds the model and optimizer from the spec, initialised
+   with the spec's pinned initialisers and ``spec.settings.seed``.
+2. ``set_weights(canonical)`` / ``get_weights()`` move weights in the canonical
+   layout (``harness.spec.param_table``): numpy float32 arrays keyed by
+   names like ``encoder.1.kernel``. Optimizer state is reset by ``set_weights``.
+3. ``train_step(x)`` runs one optimizer step on a numpy batch and returns the
+   loss *without* waiting for the device (a framework array or a float).
+   ``train_step(x, eps=...)`` fixes the reparameterisation noise instead of
+   drawing it; it must run the same update as the unfixed step.
+4. ``synchronize()`` blocks until all queued device work is done; timers call
+   it, nothing else does.
+5. ``loss_value(handle)`` turns the returned handle into a float (this syncs).
+6. ``eval_forward(x, eps)`` returns reconstruction probabilities, mean and
+   log-variance in inference mode (running BatchNorm statistics).
+7. ``loss_and_grads(x, eps)`` returns the training-mode loss and the gradient of
+   every trainable canonical tensor, without updating anything.
+8. ``device_memory()`` returns what the framework's allocator reports, in bytes.
+9. ``counters()`` returns monotone counters that explain memory growth (for
+   example ``compiles``); the leak attribution reads their deltas.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.spec import ParamCounts, VAESpec
+
+
+class FrameworkMissing(ImportError):
+    """The framework a build needs is not installed; the message says how to get it."""
+
+
+class VAEAdapter(ABC):
+    #: row name in every table, e.g. "torch", "flax", "keras-jax"
+    name: ClassVar[str] = "custom"
+    #: the framework whose versions go into the fingerprint
+    framework: ClassVar[str] = "custom"
+
+    def __init__(self, spec: VAESpec) -> None:
+        self.spec = spec
+
+    # -- model facts -------------------------------------------------------------------
+    @abstractmethod
+    def param_counts(self) -> ParamCounts: ...
+
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    # -- compute -----------------------------------------------------------------------
+    @abstractmethod
+    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None) -> Any: ...
+
+    @abstractmethod
+    def eval_forward(self, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+        """Keys ``recon`` (probabilities, shape (B, L)), ``z_mean`` and ``z_log_var``."""
+
+    @abstractmethod
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, dict[str, np.ndarray]]: ...
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    def loss_value(self, handle: Any) -> float:
+        return float(np.asarray(handle))
+
+    # -- probes ------------------------------------------------------------------------
+    def device_memory(self) -> dict[str, int | None]:
+        """Allocator figures in bytes; on CPU builds an empty dict (the harness then
+        falls back to peak RSS and labels it so)."""
+        return {}
+
+    def reset_peak_memory(self) -> None:
+        """Start a fresh peak window, where the allocator supports it."""
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        """Framework versions for the fingerprint."""
+        return {}
+
+    @classmethod
+    def device_kind(cls) -> str:
+        return "cpu"
+
+
+# ------------------------------------------------------------------------- registry
+
+#: built-in rows: name -> (module, class, environment the worker must set first)
+BUILTIN: dict[str, tuple[str, str, dict[str, str]]] = {
+    "torch": ("impls.torch_vae", "TorchVAE", {}),
+    "flax": ("impls.flax_vae", "FlaxVAE", {}),
+    "keras-jax": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "jax"}),
+    "keras-torch": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "torch"}),
+    "keras-tensorflow": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "tensorflow"}),
+}
+
+#: which pip packages each row needs, for the "not installed" message
+REQUIREMENTS: dict[str, str] = {
+    "torch": "torch==2.13.0",
+    "flax": "jax flax optax",
+    "keras-jax": "keras jax",
+    "keras-torch": "keras torch==2.13.0",
+    "keras-tensorflow": "keras tensorflow-cpu (or tensorflow on a GPU machine)",
+}
+
+#: the modules each row imports; used to tell "not installed" from other errors
+FRAMEWORK_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "flax": ("jax", "flax", "optax"),
+    "keras-jax": ("keras", "jax"),
+    "keras-torch": ("keras", "torch"),
+    "keras-tensorflow": ("keras", "tensorflow"),
+}
+
+
+def impl_env(impl: str) -> dict[str, str]:
+    """Environment a worker must set before importing anything for this impl."""
+    return dict(BUILTIN[impl][2]) if impl in BUILTIN else {}
+
+
+def is_installed(impl: str) -> bool:
+    """True when every framework module of a built-in row can be found, without importing it."""
+    mods = FRAMEWORK_MODULES.get(impl, ())
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def load_adapter_class(impl: str) -> type[VAEAdapter]:
+    """Import a built-in row (``torch``), ``path/to/file.py:Class`` or ``module:attr``.
+
+    Call only in a worker process, after ``impl_env`` has been applied: this is
+    the point at which a framework is imported.
+    """
+    if impl in BUILTIN:
+        module_name, attr, _ = BUILTIN[impl]
+        missing = [m for m in FRAMEWORK_MODULES[impl] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise FrameworkMissing(
+                f"impl {impl!r} needs {', '.join(missing)}, which is not installed; "
+                f"install it with: pip install {REQUIREMENTS[impl]}"
+            )
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    if ":" not in impl:
+        known = ", ".join(BUILTIN)
+        raise ValueError(f"unknown impl {impl!r}; built-in impls are {known}, or pass path/to/file.py:Class or module:attr")
+    target, attr = impl.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.exists():
+            raise ValueError(f"impl file {path} does not exist; --impl takes path/to/file.py:Class")
+        mod_name = f"vaebench_user_{path.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"impl module {target!r} cannot be imported ({exc}); check --impl module:attr") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"impl {impl!r}: {target} has no attribute {attr!r}")
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, VAEAdapter)):
+        raise ValueError(f"impl {impl!r} is not a subclass of harness.adapter.VAEAdapter")
+    return cls
+
+
+def impl_label(impl: str) -> str:
+    """Short row name for a user impl (``my_vae.py:MyVAE`` -> ``MyVAE``)."""
+    return impl if impl in BUILTIN else impl.rsplit(":", 1)[-1]

@@ -1,0 +1,147 @@
+"""The user's own designs, from their log, as ready specs.
+
+Each preset is a function of the input length L so that ``--kmer K`` can size it.
+The layer lists are exactly those of the log (see the README, "Presets").
+Conv presets start with ``reshape (L, 1)`` (one channel) and end with
+``flatten`` so the decoder emits L logits; the sigmoid is ``output_activation``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness.spec import L, Layer, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
+
+
+def _dense(n: int) -> VAESpec:
+    block = lambda units: (L("dense", units=units), L("batch_norm"), L("leaky_relu", negative_slope=0.2))  # noqa: E731
+    return VAESpec(
+        name="dense",
+        input_length=n,
+        latent_dim=256,
+        encoder=(*block(1024), *block(512)),
+        decoder=(*block(512), *block(1024), L("dense", units=n)),
+    )
+
+
+def _conv_final(n: int) -> VAESpec:
+    return VAESpec(
+        name="conv-final",
+        input_length=n,
+        latent_dim=256,
+        encoder=(
+            L("reshape", shape=[n, 1]),
+            L("conv1d", filters=64, kernel_size=7), L("relu"),
+            L("max_pool1d", pool_size=4),
+            L("conv1d", filters=64, kernel_size=15), L("relu"),
+            L("max_pool1d", pool_size=4),
+            L("max_pool1d", pool_size=4),
+            L("flatten"),
+            L("dense", units=1024), L("relu"),
+        ),
+        decoder=(
+            L("dense", units=1024), L("relu"),
+            L("dense", units=(n // 64) * 64), L("relu"),
+            L("reshape", shape=[n // 64, 64]),
+            L("upsample1d", size=4),
+            L("upsample1d", size=4),
+            L("conv_transpose1d", filters=64, kernel_size=15), L("relu"),
+            L("upsample1d", size=4),
+            L("conv_transpose1d", filters=1, kernel_size=7),
+            L("flatten"),
+        ),
+    )
+
+
+def _conv_revised(n: int) -> VAESpec:
+    return VAESpec(
+        name="conv-revised",
+        input_length=n,
+        latent_dim=256,
+        encoder=(
+            L("reshape", shape=[n, 1]),
+            L("conv1d", filters=128, kernel_size=7), L("relu"),
+            L("max_pool1d", pool_size=4),
+            L("conv1d", filters=256, kernel_size=15), L("relu"),
+            L("max_pool1d", pool_size=4),
+            L("flatten"),
+            L("dense", units=1024), L("relu"),
+        ),
+        decoder=(
+            L("dense", units=1024), L("relu"),
+            L("dense", units=(n // 16) * 256), L("relu"),
+            L("reshape", shape=[n // 16, 256]),
+            L("upsample1d", size=4),
+            L("conv_transpose1d", filters=128, kernel_size=15), L("relu"),
+            L("upsample1d", size=4),
+            L("conv_transpose1d", filters=1, kernel_size=7),
+            L("flatten"),
+        ),
+    )
+
+
+def _conv_original(n: int) -> VAESpec:
+    return VAESpec(
+        name="conv-original",
+        input_length=n,
+        latent_dim=256,
+        encoder=(
+            L("reshape", shape=[n, 1]),
+            L("conv1d", filters=256, kernel_size=7), L("relu"),
+            L("max_pool1d", pool_size=2),
+            L("conv1d", filters=512, kernel_size=15), L("relu"),
+            L("flatten"),
+        ),
+        decoder=(
+            L("dense", units=(n // 2) * 512), L("relu"),
+            L("reshape", shape=[n // 2, 512]),
+            L("conv_transpose1d", filters=256, kernel_size=15), L("relu"),
+            L("upsample1d", size=2),
+            L("conv_transpose1d", filters=1, kernel_size=7),
+            L("flatten"),
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[int], VAESpec]] = {
+    "dense": _dense,
+    "conv-final": _conv_final,
+    "conv-revised": _conv_revised,
+    "conv-original": _conv_original,
+}
+
+
+def preset(name: str, input_length: int) -> VAESpec:
+    if name not in PRESETS:
+        raise SpecError(f"unknown spec {name!r}; presets are {', '.join(PRESETS)}, or pass a .json/.yaml spec file")
+    if input_length < 64:
+        # keep the preset builder itself from producing zero-sized layers; validation explains
+        pass
+    return validate(PRESETS[name](input_length))
+
+
+def resolve_spec(name_or_path: str, kmer: int | None = None, input_length: int | None = None) -> VAESpec:
+    """A preset name or a spec file, sized by ``--kmer`` when one is given.
+
+    A file's own ``input_length`` is kept unless ``--kmer`` overrides it.
+    """
+    if kmer is not None:
+        input_length = canonical_kmer_count(kmer)
+    if name_or_path in PRESETS:
+        if input_length is None:
+            raise SpecError(f"preset {name_or_path!r} needs --kmer K (or an input length) to size it")
+        return preset(name_or_path, input_length)
+    path = Path(name_or_path)
+    if path.suffix in (".json", ".yaml", ".yml") or path.exists():
+        spec = load_spec(path)
+        if input_length is not None and input_length != spec.input_length:
+            raise SpecError(
+                f"spec file {path} is built for input length {spec.input_length}, "
+                f"not {input_length}; drop --kmer or edit the file"
+            )
+        return spec
+    raise SpecError(f"unknown spec {name_or_path!r}; presets are {', '.join(PRESETS)}, or pass a .json/.yaml spec file")
+
+
+__all__ = ["PRESETS", "preset", "resolve_spec", "Layer"]

@@ -1,0 +1,143 @@
+"""A plain-numpy forward pass: the written-down meaning of the canonical layout.
+
+Not used for benchmarking. It exists so that each build can be checked on its
+own against one unambiguous definition of every layer (especially the conv
+transpose, flatten order and BatchNorm), and so that parity can start every
+build from the same seeded weights (``init_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness.spec import VAESpec, infer_shapes, param_table
+
+
+def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:
+    """Canonical weights drawn with the spec's pinned initialisers (Glorot-uniform, zeros)."""
+    rng = np.random.default_rng(spec.settings.seed if seed is None else seed)
+    out: dict[str, np.ndarray] = {}
+    for p in param_table(spec):
+        leaf = p.name.rsplit(".", 1)[1]
+        if leaf == "kernel":
+            receptive = math.prod(p.shape[:-2]) if len(p.shape) > 2 else 1
+            fan_in, fan_out = p.shape[-2] * receptive, p.shape[-1] * receptive
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            out[p.name] = rng.uniform(-limit, limit, size=p.shape).astype(np.float32)
+        elif leaf in ("gamma", "moving_variance"):
+            out[p.name] = np.ones(p.shape, np.float32)
+        else:
+            out[p.name] = np.zeros(p.shape, np.float32)
+    return out
+
+
+def perturb_batch_norm(spec: VAESpec, weights: dict[str, np.ndarray], seed: int = 1) -> dict[str, np.ndarray]:
+    """Give BatchNorm non-trivial statistics so eval parity really tests them."""
+    rng = np.random.default_rng(seed)
+    w = dict(weights)
+    for p in param_table(spec):
+        leaf = p.name.rsplit(".", 1)[1]
+        if leaf == "moving_mean":
+            w[p.name] = rng.normal(0, 0.1, p.shape).astype(np.float32)
+        elif leaf == "moving_variance":
+            w[p.name] = rng.uniform(0.5, 1.5, p.shape).astype(np.float32)
+        elif leaf == "gamma":
+            w[p.name] = rng.uniform(0.8, 1.2, p.shape).astype(np.float32)
+        elif leaf == "beta":
+            w[p.name] = rng.normal(0, 0.1, p.shape).astype(np.float32)
+    return w
+
+
+def _conv1d_same(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """x (B, L, Cin), k (K, Cin, Cout): y[l] = sum_j x[l + j - p] k[j] (cross-correlation)."""
+    K = k.shape[0]
+    p = (K - 1) // 2
+    xp = np.pad(x, ((0, 0), (p, K - 1 - p), (0, 0)))
+    L = x.shape[1]
+    y = np.zeros((x.shape[0], L, k.shape[2]), np.float64)
+    for j in range(K):
+        y += xp[:, j : j + L, :] @ k[j]
+    return y
+
+
+def _conv_transpose1d_same(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """x (B, L, Cin), k (K, Cout, Cin): the adjoint of a 'same' conv1d,
+    y[m, o] = sum_j sum_i x[m - j + p, i] k[j, o, i]."""
+    K = k.shape[0]
+    p = (K - 1) // 2
+    L = x.shape[1]
+    xp = np.pad(x, ((0, 0), (K - 1 - p, p), (0, 0)))
+    y = np.zeros((x.shape[0], L, k.shape[1]), np.float64)
+    for j in range(K):
+        # x[m - j + p] lives at padded index m - j + p + (K - 1 - p) = m + K - 1 - j
+        y += xp[:, K - 1 - j : K - 1 - j + L, :] @ k[j].T
+    return y
+
+
+def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
+    if approximate:
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    t, a = layer.type, layer.args
+    if t == "dense":
+        return x @ w[f"{name}.kernel"] + w[f"{name}.bias"]
+    if t == "conv1d":
+        return _conv1d_same(x, w[f"{name}.kernel"]) + w[f"{name}.bias"]
+    if t == "conv_transpose1d":
+        return _conv_transpose1d_same(x, w[f"{name}.kernel"]) + w[f"{name}.bias"]
+    if t == "max_pool1d":
+        p = a["pool_size"]
+        b, length, c = x.shape
+        return x.reshape(b, length // p, p, c).max(axis=2)
+    if t == "upsample1d":
+        return np.repeat(x, a["size"], axis=1)
+    if t == "batch_norm":
+        eps = spec.settings.batch_norm_epsilon
+        mean, var = w[f"{name}.moving_mean"], w[f"{name}.moving_variance"]
+        return (x - mean) / np.sqrt(var + eps) * w[f"{name}.gamma"] + w[f"{name}.beta"]
+    if t == "relu":
+        return np.maximum(x, 0)
+    if t == "leaky_relu":
+        return np.where(x >= 0, x, spec.leaky_slope(layer) * x)
+    if t == "gelu":
+        return _gelu(x, spec.settings.gelu_approximate)
+    if t == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if t == "flatten":
+        return x.reshape(x.shape[0], -1)
+    if t == "reshape":
+        return x.reshape(x.shape[0], *a["shape"])
+    raise ValueError(t)
+
+
+def eval_forward(spec: VAESpec, w: dict[str, np.ndarray], x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+    """Inference-mode forward in float64: probabilities, mean and log-variance."""
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    h = x.astype(np.float64)
+    shapes = infer_shapes(spec)
+    enc = [s for s in shapes if s.name.startswith("encoder.")]
+    dec = [s for s in shapes if s.name.startswith("decoder.")]
+    for s in enc:
+        h = _apply(spec, s.name, s.layer, h, w64)
+    mu = h @ w64["z_mean.kernel"] + w64["z_mean.bias"]
+    logvar = h @ w64["z_log_var.kernel"] + w64["z_log_var.bias"]
+    z = mu + np.exp(0.5 * logvar) * eps
+    h = z
+    for s in dec:
+        h = _apply(spec, s.name, s.layer, h, w64)
+    return {"recon": 1 / (1 + np.exp(-h)), "logits": h, "z_mean": mu, "z_log_var": logvar}
+
+
+def vae_loss(spec: VAESpec, x: np.ndarray, logits: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> float:
+    """The spec's loss: BCE-from-logits summed over features, + beta x KL summed over
+    latent dims, both averaged over the batch."""
+    bce = np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
+    kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar))
+    return float(bce.sum(axis=1).mean() + spec.loss.beta * kl.sum(axis=1).mean())

@@ -1,0 +1,1 @@
+"""vaebench's command line: ``python -m bench VERB`` (also installed as ``vaebench``)."""

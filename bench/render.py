@@ -1,0 +1,52 @@
+"""Terminal tables for the verbs (rich); the files the report builder writes live in ``reports/``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _fmt_rel(value: float | None, tol: float) -> str:
+    if value is None:
+        return "-"
+    mark = "" if value <= tol else " [red]✗[/red]"
+    return f"{value:.1e}{mark}"
+
+
+def print_params(reports, kmer: int) -> None:
+    for rep in reports:
+        table = Table(title=f"{rep.spec} at k={kmer}: expected {rep.expected_trainable:,} trainable, "
+                            f"{rep.expected_non_trainable:,} non-trainable")
+        for col in ("impl", "trainable", "non-trainable", "verdict"):
+            table.add_column(col, justify="right" if col != "impl" else "left")
+        for r in rep.rows:
+            if r.error:
+                table.add_row(r.impl, "-", "-", f"[red]failed: {r.error}[/red]")
+                continue
+            ok = r.trainable == rep.expected_trainable and r.non_trainable == rep.expected_non_trainable
+            verdict = "equal" if ok else (f"[red]differs by {r.trainable - rep.expected_trainable:+,} / "
+                                          f"{r.non_trainable - rep.expected_non_trainable:+,}[/red]")
+            table.add_row(r.impl, f"{r.trainable:,}", f"{r.non_trainable:,}", verdict)
+        console.print(table)
+        console.print("verdict: " + ("[green]equal across all impls[/green]" if rep.equal else "[red]counts differ[/red]"))
+
+
+def print_parity(reports) -> None:
+    from harness.parity import TOL_FORWARD, TOL_STEP
+
+    for rep in reports:
+        table = Table(title=f"parity of {rep.spec} against {rep.reference} (batch {rep.batch}; relative L2; "
+                            f"tolerance {TOL_FORWARD:.0e}, after step {TOL_STEP:.0e})")
+        for col in ("impl", "forward", "loss", "grads (worst tensor)", "after 1 Adam step (worst)", "verdict"):
+            table.add_column(col)
+        for r in rep.rows:
+            if r.error:
+                table.add_row(r.impl, "-", "-", "-", "-", f"[red]failed: {r.error}[/red]")
+                continue
+            table.add_row(r.impl, _fmt_rel(r.forward, TOL_FORWARD), _fmt_rel(r.loss, TOL_FORWARD),
+                          f"{_fmt_rel(r.grads, TOL_FORWARD)} ({r.worst_grad})",
+                          f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
+                          "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
+        console.print(table)

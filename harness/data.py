@@ -1,0 +1,183 @@
+"""Where batches come from: synthetic k-mer profiles, or the user's own ``.npy``.
+
+The synthetic profiles are real k-mer counts: random DNA is simulated with a
+GC content that varies between rows, every k-mer is folded onto its canonical
+form (the smaller of it and its reverse complement), counted and normalised to
+frequencies. So the values have the sparsity and scale of the user's data,
+which matters for BCE and for NaN behaviour.
+
+User data is opened as a memmap and streamed batch by batch, never loaded
+whole: 7-mer data sets are larger than RAM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from harness.spec import canonical_kmer_count
+
+
+class DataError(ValueError):
+    """A data file the benchmark cannot use; the message is one line and names the fix."""
+
+
+# ------------------------------------------------------------------ canonical k-mers
+
+
+@lru_cache(maxsize=16)
+def canonical_index(k: int) -> np.ndarray:
+    """Map every k-mer code (A=0 C=1 G=2 T=3, base-4, first base most significant)
+    to the column of its canonical k-mer; columns are ordered by canonical code."""
+    codes = np.arange(4**k, dtype=np.int64)
+    rc = np.zeros_like(codes)
+    rest = codes.copy()
+    for _ in range(k):
+        rc = rc * 4 + (3 - rest % 4)  # complement of the last base becomes the first
+        rest //= 4
+    canon = np.minimum(codes, rc)
+    uniq, column = np.unique(canon, return_inverse=True)
+    assert len(uniq) == canonical_kmer_count(k)
+    return column.astype(np.int64)
+
+
+def kmer_profile(seq: np.ndarray, k: int) -> np.ndarray:
+    """Canonical k-mer frequencies of one sequence of base codes (0..3)."""
+    n = len(seq) - k + 1
+    codes = np.zeros(n, np.int64)
+    for i in range(k):
+        codes = codes * 4 + seq[i : i + n]
+    counts = np.bincount(canonical_index(k)[codes], minlength=canonical_kmer_count(k))
+    return (counts / counts.sum()).astype(np.float32)
+
+
+def synthetic_profiles(k: int, rows: int, seq_len: int = 20_000, seed: int = 0) -> np.ndarray:
+    """``rows`` canonical k-mer frequency profiles of simulated genomes fragments,
+    GC content drawn per row from 30% to 70%."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((rows, canonical_kmer_count(k)), np.float32)
+    for r in range(rows):
+        gc = rng.uniform(0.3, 0.7)
+        p = np.array([(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])
+        seq = rng.choice(4, size=seq_len, p=p)
+        out[r] = kmer_profile(seq, k)
+    return out
+
+
+# ----------------------------------------------------------------------- user data
+
+
+def parse_columns(text: str | None, width: int) -> slice:
+    """``A:B`` -> slice(A, B), checked against the file's width."""
+    if not text:
+        return slice(0, width)
+    try:
+        a, b = text.split(":")
+        start = int(a) if a else 0
+        stop = int(b) if b else width
+    except ValueError:
+        raise DataError(f"--columns {text!r} is not of the form A:B (for example 2080:10272)") from None
+    if not 0 <= start < stop <= width:
+        raise DataError(f"--columns {text!r} is outside the file's {width} columns")
+    return slice(start, stop)
+
+
+def open_npy(path: str | Path, columns: str | None = None) -> np.ndarray:
+    """Open a ``.npy`` file as a read-only memmap and check its shape and dtype."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist; pass an existing .npy file with --data")
+    if path.suffix != ".npy":
+        raise DataError(f"data file {path} is not a .npy file; save it with numpy.save")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except Exception as exc:  # noqa: BLE001 - any reader error becomes one line
+        raise DataError(f"data file {path} could not be read as .npy: {str(exc).splitlines()[0]}") from None
+    if arr.ndim != 2:
+        raise DataError(f"data file {path} has {arr.ndim} dimensions {arr.shape}; it must be 2-D (rows, features)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"data file {path} has dtype {arr.dtype}; it must be floating point (float32)")
+    return arr[:, parse_columns(columns, arr.shape[1])]
+
+
+def check_block(block: np.ndarray, first_row: int, where: str) -> None:
+    """Raise DataError naming the first bad row and column of a block."""
+    bad = ~np.isfinite(block)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{where}: row {first_row + r}, column {c} is {block[r, c]}; the data must have no NaN or inf")
+    out = (block < 0) | (block > 1)
+    if out.any():
+        r, c = np.argwhere(out)[0]
+        raise DataError(
+            f"{where}: row {first_row + r}, column {c} is {block[r, c]:g}; BCE needs values in [0, 1] "
+            "(normalise rows to frequencies)"
+        )
+
+
+def validate_file(arr: np.ndarray, where: str, chunk_rows: int = 4096) -> None:
+    """Scan the whole file in chunks, so a bad value fails before the run, not mid-matrix."""
+    for start in range(0, arr.shape[0], chunk_rows):
+        check_block(np.asarray(arr[start : start + chunk_rows]), start, where)
+
+
+# ------------------------------------------------------------------------ batches
+
+
+@dataclass
+class BatchSource:
+    """Streams ``batch``-row float32 blocks, cycling through ``data``.
+
+    With a memmap, each batch is read from disk into a fresh array: the pages
+    read show up as file-backed RSS (RssFile), not as a leak.
+    """
+
+    data: np.ndarray
+    batch: int
+    name: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        if self.data.shape[0] < self.batch:
+            reps = -(-self.batch // self.data.shape[0])
+            if not isinstance(self.data, np.memmap):
+                self.data = np.tile(np.asarray(self.data), (reps, 1))
+        self._pos = 0
+
+    @property
+    def width(self) -> int:
+        return self.data.shape[1]
+
+    def next(self) -> np.ndarray:
+        n = self.data.shape[0]
+        if self._pos + self.batch > n:
+            self._pos = 0
+        if self.batch > n:  # a memmap smaller than one batch: wrap around
+            idx = np.arange(self._pos, self._pos + self.batch) % n
+            block = np.asarray(self.data[idx], dtype=np.float32)
+        else:
+            block = np.array(self.data[self._pos : self._pos + self.batch], dtype=np.float32)
+        self._pos += self.batch
+        return block
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield self.next()
+
+
+def make_source(k: int, batch: int, data: str | None = None, columns: str | None = None,
+                synthetic_rows: int = 256, seed: int = 0) -> BatchSource:
+    """The batches a cell trains on: the user's file if given, else synthetic profiles."""
+    if data:
+        arr = open_npy(data, columns)
+        expected = canonical_kmer_count(k)
+        if arr.shape[1] != expected:
+            raise DataError(
+                f"data file {data} has {arr.shape[1]} columns but k={k} has {expected} canonical k-mers; "
+                "pick the block with --columns A:B"
+            )
+        return BatchSource(arr, batch, name=str(data))
+    return BatchSource(synthetic_profiles(k, synthetic_rows, seed=seed), batch)

@@ -1,0 +1,202 @@
+"""Starting worker processes: a fresh interpreter per task, environment first.
+
+Every framework is imported in a worker, never in the parent, and each worker
+gets a brand-new interpreter (``subprocess``, i.e. spawn semantics, no fork):
+leftovers of an earlier framework cannot sit in the same process, and a
+worker that aborts (TensorFlow's int32 check raises SIGABRT), segfaults or is
+killed by the kernel takes only its own cell down.
+
+The environment is complete before the interpreter starts, so settings such as
+``KERAS_BACKEND`` or ``XLA_PYTHON_CLIENT_PREALLOCATE`` are in force before any
+framework reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.adapter import impl_env
+from harness.spec import Settings
+
+#: how many trailing stderr lines each result keeps
+STDERR_TAIL_LINES = 30
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fairness_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that pin framework defaults, set before import."""
+    env = {
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "true" if settings.jax_preallocate else "false",
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true" if settings.tf_memory_growth else "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONHASHSEED": str(settings.seed),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if not settings.tf32:
+        # honoured by cuBLAS and cuDNN for every framework in the process
+        env["NVIDIA_TF32_OVERRIDE"] = "0"
+    return env
+
+
+@dataclass
+class WorkerOutcome:
+    returncode: int | None
+    result: dict[str, Any] | None
+    stderr_tail: list[str]
+    wall_s: float
+    timed_out: bool = False
+    interrupted: bool = False
+    memory_limit_hit: bool = False
+    peak_rss_bytes: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.returncode is not None and self.returncode < 0:
+            try:
+                return signal.Signals(-self.returncode).name
+            except ValueError:
+                return f"signal {-self.returncode}"
+        return None
+
+
+def run_worker(
+    task: dict[str, Any],
+    impl: str,
+    settings: Settings,
+    timeout_s: float,
+    extra_env: dict[str, str] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    memory_limit_bytes: int | None = None,
+) -> WorkerOutcome:
+    """Run ``python -m harness.worker`` on one task and collect what it left behind.
+
+    The worker writes its result to a JSON file only when it finishes; progress
+    events arrive on stdout as JSON lines (``on_event`` sees each one). stderr is
+    kept as a tail for the failure row.
+    """
+    env = dict(os.environ)
+    env.update(fairness_env(settings))
+    env.update(impl_env(impl))
+    env.update(extra_env or {})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+    with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
+        task = dict(task, impl=impl, result_path=str(Path(tmp) / "result.json"), scratch=tmp)
+        task_path = Path(tmp) / "task.json"
+        task_path.write_text(json.dumps(task))
+        stderr_path = Path(tmp) / "stderr.txt"
+        events: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        with open(stderr_path, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.worker", str(task_path)],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True,
+                cwd=str(REPO_ROOT), start_new_session=True,
+            )
+            timed_out = interrupted = False
+            guard = _MemoryGuard(proc.pid, memory_limit_bytes)
+            try:
+                timed_out = _pump(proc, start + timeout_s, events, on_event, guard)
+            except KeyboardInterrupt:
+                interrupted = True
+                _kill(proc)
+                raise
+            finally:
+                if proc.poll() is None:
+                    _kill(proc)
+        wall = time.perf_counter() - start
+        tail = list(deque(stderr_path.read_text(errors="replace").splitlines(), maxlen=STDERR_TAIL_LINES))
+        result_file = Path(task["result_path"])
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        peak = next((e.get("peak_rss_bytes") for e in reversed(events) if "peak_rss_bytes" in e), None)
+        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, peak, events,
+                             memory_limit_hit=guard.hit)
+
+
+class _MemoryGuard:
+    """Kills a worker whose resident memory (with its children) passes a limit.
+
+    An address-space rlimit would be simpler but JAX and TensorFlow reserve far
+    more virtual memory than they touch, so RSS is what is policed.
+    """
+
+    def __init__(self, pid: int, limit: int | None) -> None:
+        self.limit, self.hit = limit, False
+        self._proc = None
+        if limit:
+            import psutil
+
+            try:
+                self._proc = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                self._proc = None
+
+    def over(self) -> bool:
+        if not self._proc:
+            return False
+        import psutil
+
+        try:
+            procs = [self._proc, *self._proc.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in procs)
+        except psutil.Error:
+            return False
+        self.hit = rss > self.limit
+        return self.hit
+
+
+def _pump(proc: subprocess.Popen, deadline: float, events: list, on_event, guard: _MemoryGuard) -> bool:
+    """Read JSON-line events until the worker exits or the deadline passes."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buffer = ""
+    while True:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            _kill(proc)
+            return True
+        if guard.over():
+            _kill(proc)
+            return False
+        for key, _ in sel.select(timeout=min(remaining, 0.5)):
+            chunk = os.read(key.fd, 65536).decode(errors="replace")
+            if not chunk:
+                sel.unregister(key.fileobj)
+                proc.wait()
+                return False
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                if line.startswith("{"):
+                    try:
+                        event = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    events.append(event)
+                    if on_event:
+                        on_event(event)
+        if proc.poll() is not None and not sel.get_map():
+            return False
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the worker's whole process group (frameworks start helper threads/processes)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

@@ -86,9 +86,102 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def size_arg(text: str) -> int:
+    """``1MiB``, ``64KiB``, ``24GB`` or plain bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write it like 1MiB, 64KiB or 24GB")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in split_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _store(args: argparse.Namespace):
+    from harness.store import ResultStore, new_run_id
+
+    if args.resume:
+        if args.run_id:
+            return ResultStore(args.results, args.run_id)
+        latest = ResultStore.latest(args.results)
+        if latest is None:
+            raise UsageError(f"--resume: no earlier run in {args.results}; run without --resume first")
+        return latest
+    return ResultStore(args.results, args.run_id or new_run_id())
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    """Fail on a bad data file before any cell starts, not in the middle of the matrix."""
+    if not getattr(args, "data", None):
+        return
+    from harness.data import open_npy, validate_file
+    from harness.spec import canonical_kmer_count
+
+    arr = open_npy(args.data, args.columns)
+    expected = canonical_kmer_count(args.kmer)
+    if arr.shape[1] != expected:
+        raise DataError(f"data file {args.data} has {arr.shape[1]} columns but k={args.kmer} has {expected} "
+                        "canonical k-mers; pick the block with --columns A:B")
+    validate_file(arr, f"data file {args.data}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import plan_cells, run_matrix
+
+    impls = _impls(args.impl)
+    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
+    _check_data(args)
+    store = _store(args)
+    cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
+                       scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
+                       columns=args.columns, timeout_s=args.timeout, heap=args.heap)
+    if args.scenario:
+        from harness.scenarios import check_scenario
+
+        for cell in cells:
+            check_scenario(args.scenario, cell.impl)
+    preflight = None if args.no_preflight else _preflight_hook(args)
+    print(f"run {store.run_id}: {len(cells)} cells -> {store.path}", file=sys.stderr)
+    try:
+        rows = run_matrix(cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
+                          memory_limit_bytes=args.memory_limit)
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}; "
+              f"continue with --resume --run-id {store.run_id}", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        from bench.render import print_rows
+
+        print_rows(store.rows())
+    return 0
+
+
+def _preflight_hook(args: argparse.Namespace):
+    try:
+        from harness.preflight import preflight_cell
+    except ImportError:
+        return None
+    return lambda cell: preflight_cell(cell, device_memory=getattr(args, "device_memory", None))
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "params": cmd_params,
     "parity": cmd_parity,
+    "run": cmd_run,
 }
 
 
@@ -115,7 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")
+    add_run_arguments(p)
     return parser
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from harness.store import DEFAULT_RESULTS_DIR
+
+    p.add_argument("--impl", help=f"comma-separated impls or path/to/file.py:Class (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--batch", type=int_list, default=[64], help="comma-separated batch sizes")
+    p.add_argument("--steps", type=int, default=200, help="steady-state steps per cell (after compile and warm-up)")
+    p.add_argument("--repeats", type=int, default=1, help="repeats per cell, interleaved across impls")
+    p.add_argument("--data", help="a .npy file (rows x features), streamed as a memmap; default: synthetic profiles")
+    p.add_argument("--columns", help="A:B column block of --data, e.g. the 7-mer block of a multi-k matrix")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
+    p.add_argument("--run-id", help="name of the run (default: timestamp)")
+    p.add_argument("--resume", action="store_true", help="skip cells already in the run (latest run unless --run-id)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per cell")
+    p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
+    p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")
+    p.add_argument("--heap", choices=["auto", "on", "off"], default="auto", help="tracemalloc heap tracking")
+    p.add_argument("--memory-limit", type=size_arg, help="stop a worker whose RSS passes SIZE (host OOM row)")
+    p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
+    p.add_argument("--no-preflight", action="store_true", help="run cells even when preflight says they cannot fit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the new rows as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:

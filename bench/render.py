@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _fmt_rel(value: float | None, tol: float) -> str:
@@ -50,3 +52,26 @@ def print_parity(reports) -> None:
                           f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
                           "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
         console.print(table)
+
+
+def print_rows(rows) -> None:
+    """The run's rows as one table: what a user reads right after ``bench run``."""
+    table = Table(title="results")
+    for col in ("impl", "spec", "batch", "r", "status", "compile s", "median step ms", "IQR ms", "samples/s",
+                "peak mem MiB", "anon slope B/batch", "leak"):
+        table.add_column(col)
+    for r in rows:
+        if r.get("status") != "ok":
+            table.add_row(r["row"], r["spec_name"], str(r["batch"]), str(r["repeat"]),
+                          f"[red]{r['failure_kind']}[/red]", "", "", "", "", "", "", r.get("failure_message", "")[:60])
+            continue
+        st = r["step_stats"]
+        lk = r["leak"]
+        mem = r["memory"]["peak_bytes"]
+        mem_txt = f"{mem / 2**20:.0f}" + ("*" if r["memory"].get("cpu_standin") else "")
+        table.add_row(r["row"], r["spec_name"], str(r["batch"]), str(r["repeat"]), "ok",
+                      f"{r['compile_s']:.2f}", f"{st['median_s'] * 1e3:.2f}", f"{st['iqr_s'] * 1e3:.2f}",
+                      f"{st['samples_per_s']:.0f}", mem_txt, f"{lk['slope_bytes_per_batch']:,.0f}", lk["verdict"])
+    console.print(table)
+    if any(r.get("status") == "ok" and r["memory"].get("cpu_standin") for r in rows):
+        console.print("* peak RSS (VmHWM) stands in for device memory on CPU")

@@ -120,8 +120,7 @@ def run_worker(
         result_file = Path(task["result_path"])
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         peak = next((e.get("peak_rss_bytes") for e in reversed(events) if "peak_rss_bytes" in e), None)
-        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, peak, events,
-                             memory_limit_hit=guard.hit)
+        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, guard.hit, peak, events)
 
 
 class _MemoryGuard:

@@ -1,0 +1,237 @@
+"""One cell (impl x spec x batch x repeat), measured inside its worker.
+
+Phases, each announced to the parent as an event so a hard crash can be
+placed:
+
+``build``   construct the model and load the shared canonical initial weights.
+``compile`` the first step, synchronised, timed on its own: tracing,
+            compilation and the first run. Reported as ``compile_s``.
+``warmup``  a few more steps, each synchronised and timed, so late compiles
+            and allocator warm-up show up (``harness.stats.detect_warmup``).
+            Also calibrates what tracemalloc would cost.
+``steady``  ``steps`` steps in windows of ``steps_per_window``; the device is
+            synchronised once at the end of each window, so the figure is true
+            for asynchronous devices without a sync per step. Batches for a
+            window are fetched before its timer starts: the step time is the
+            framework's, not the disk's.
+
+After every step the anonymous and file-backed RSS are sampled (and the
+Python heap, when tracemalloc costs under 5% of a step).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+
+from harness.data import make_source
+from harness.probes import RssSampler, frameworks_loaded, nvml_process_memory, peak_rss_bytes
+from harness.reference import init_weights
+from harness.spec import VAESpec
+from harness.worker import emit
+
+#: tracemalloc is used only where it costs less than this fraction of a step
+HEAP_TRACKING_MAX_COST = 0.05
+#: batches prefetched for one timing window are capped at this many bytes
+PREFETCH_BYTES = 256 * 2**20
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf: a row of kind ``nan_loss``."""
+
+
+class InjectedLeak:
+    """Positive control: keeps ``bytes_per_step`` of touched memory per step.
+
+    ``np.ones`` writes every page, so the kernel really commits it and RssAnon
+    grows by exactly that much; a calloc'd buffer would not.
+    """
+
+    def __init__(self, bytes_per_step: int) -> None:
+        self.bytes_per_step = bytes_per_step
+        self.kept: list[np.ndarray] = []
+
+    def step(self) -> None:
+        if self.bytes_per_step:
+            self.kept.append(np.ones(self.bytes_per_step, np.uint8))
+
+
+def _check(loss: float, step: int) -> float:
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss} at step {step}")
+    return loss
+
+
+def run_cell(task: dict[str, Any]) -> dict[str, Any]:
+    from harness.adapter import load_adapter_class
+
+    spec = VAESpec.from_dict(task["spec"])
+    batch, steps = int(task["batch"]), int(task["steps"])
+    emit(phase="build")
+    t0 = time.perf_counter()
+    cls = load_adapter_class(task["impl"])
+    import_s = time.perf_counter() - t0
+    model = cls(spec)
+    if task.get("shared_init", True):
+        model.set_weights(init_weights(spec))
+    build_s = time.perf_counter() - t0
+    source = make_source(task["kmer"], batch, task.get("data"), task.get("columns"), seed=spec.settings.seed)
+    step_fn = _step_function(task, model)
+    leak = InjectedLeak(int(task.get("inject_leak_bytes", 0)))
+    rss = RssSampler()
+    counters_start = model.counters()
+
+    # ---- compile: the first step on its own
+    emit(phase="compile")
+    x = source.next()
+    model.reset_peak_memory()
+    t = time.perf_counter()
+    loss = _check(model.loss_value(step_fn(x)), 0)
+    model.synchronize()
+    compile_s = time.perf_counter() - t
+    leak.step()
+    rss.sample()
+
+    # ---- warm-up: synchronised single steps, and the tracemalloc cost
+    emit(phase="warmup", compile_s=compile_s)
+    n_warm = int(task.get("warmup_steps", max(4, min(20, steps // 10))))
+    warm_times: list[float] = []
+    traced_times: list[float] = []
+    heap_mode = task.get("heap", "auto")
+    for i in range(n_warm):
+        x = source.next()
+        trace = heap_mode != "off" and i >= n_warm // 2 and i % 2 == 1
+        if trace:
+            tracemalloc.start()
+        t = time.perf_counter()
+        handle = step_fn(x)
+        model.synchronize()
+        dt = time.perf_counter() - t
+        if trace:
+            tracemalloc.stop()
+            traced_times.append(dt)
+        else:
+            warm_times.append(dt)
+        loss = _check(model.loss_value(handle), i + 1)
+        leak.step()
+        rss.sample()
+    from harness.stats import detect_warmup
+
+    late_warmup = detect_warmup([compile_s, *warm_times]) - 1
+    plain = float(np.median(warm_times[len(warm_times) // 2:])) if warm_times else float("nan")
+    heap_cost = (float(np.median(traced_times)) / plain - 1) if traced_times and plain > 0 else float("nan")
+    track_heap = heap_mode == "on" or (heap_mode == "auto" and heap_cost < HEAP_TRACKING_MAX_COST)
+    heap_note = ("on" if heap_mode == "on" else
+                 f"on: tracemalloc cost {heap_cost:+.1%} of a step" if track_heap else
+                 "off by request" if heap_mode == "off" else
+                 f"off: tracemalloc would cost {heap_cost:+.1%} of a step (limit {HEAP_TRACKING_MAX_COST:.0%})")
+
+    # ---- steady state: windows with one sync each
+    emit(phase="steady", heap=heap_note)
+    row_bytes = source.width * 4
+    spw = int(task.get("steps_per_window") or max(1, steps // 20))
+    spw = max(1, min(spw, PREFETCH_BYTES // max(1, batch * row_bytes)))
+    counters_steady = model.counters()
+    device_steady = model.device_memory()
+    rss_steady_index = len(rss.anon)
+    heap: list[int] = []
+    if track_heap:
+        tracemalloc.start()
+    windows: list[float] = []
+    done = 0
+    next_report = time.perf_counter() + 1.0
+    while done < steps:
+        n = min(spw, steps - done)
+        xs = [source.next() for _ in range(n)]
+        t = time.perf_counter()
+        for xb in xs:
+            handle = step_fn(xb)
+            leak.step()
+            rss.sample()
+            if track_heap:
+                heap.append(tracemalloc.get_traced_memory()[0])
+        model.synchronize()
+        elapsed = time.perf_counter() - t
+        del xs
+        if n == spw:
+            windows.append(elapsed)
+        done += n
+        loss = _check(model.loss_value(handle), n_warm + done)
+        if time.perf_counter() >= next_report:
+            emit(phase="steady", done=done, steps=steps)
+            next_report = time.perf_counter() + 1.0
+    if track_heap:
+        tracemalloc.stop()
+    counters_end = model.counters()
+    device_end = model.device_memory()
+    rss.close()
+
+    from harness.leak import attribute_growth, leak_verdict
+    from harness.stats import summarize_steps
+
+    stats = summarize_steps(windows or [elapsed], spw if windows else n, batch)
+    anon = rss.anon[rss_steady_index:]
+    verdict = leak_verdict(anon, warmup_steps=0)
+    heap_growth = (heap[-1] - heap[0]) if len(heap) > 1 else None
+    device_growth = _device_growth(device_steady, device_end)
+    cause = attribute_growth(counters_steady, counters_end, heap_growth, anon[-1] - anon[0] if anon else 0,
+                             device_growth)
+    device = model.device_memory()
+    nvml = nvml_process_memory()
+    peak_rss = peak_rss_bytes()
+    return {
+        "row": getattr(model, "name", task["impl"]),
+        "versions": cls.versions(),
+        "device_kind": cls.device_kind(),
+        "frameworks_loaded": frameworks_loaded(),
+        "pid": os.getpid(),
+        "import_s": import_s,
+        "build_s": build_s,
+        "compile_s": compile_s,
+        "late_warmup_steps": late_warmup,
+        "warmup_step_times_s": warm_times,
+        "final_loss": loss,
+        "steps": steps,
+        "step_stats": stats.to_dict(),
+        "memory": {
+            "device": device,
+            "device_source": "allocator" if device else None,
+            "nvml_bytes": nvml,
+            "peak_rss_bytes": peak_rss,
+            "cpu_standin": None if device else "peak RSS (VmHWM) stands in for device memory on CPU",
+            "peak_bytes": device.get("peak_bytes") if device else peak_rss,
+        },
+        "host": {
+            "rss_anon": rss.anon,
+            "rss_file": rss.file,
+            "steady_from": rss_steady_index,
+            "file_growth_bytes": (rss.file[-1] - rss.file[rss_steady_index]) if rss.file else 0,
+            "anon_growth_bytes": (anon[-1] - anon[0]) if anon else 0,
+            "heap_tracking": heap_note,
+            "heap_bytes": heap if len(heap) <= 5000 else heap[:: max(1, len(heap) // 5000)],
+            "heap_growth_bytes": heap_growth,
+        },
+        "leak": {**verdict.to_dict(), "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},
+        "counters": {"start": counters_start, "steady": counters_steady, "end": counters_end},
+    }
+
+
+def _device_growth(a: dict, b: dict) -> int | None:
+    if a and b and a.get("bytes_in_use") is not None and b.get("bytes_in_use") is not None:
+        return int(b["bytes_in_use"]) - int(a["bytes_in_use"])
+    return None
+
+
+def _step_function(task: dict[str, Any], model):
+    """The plain train step, or the one a named scenario replaces it with."""
+    name = task.get("scenario")
+    if not name:
+        return model.train_step
+    from harness.scenarios import scenario_step
+
+    return scenario_step(name, model, task)

@@ -1,0 +1,127 @@
+"""Naming what broke: every cell ends as a row with one failure kind (or ``ok``).
+
+The kinds are what the user needs to act on: a device OOM means a smaller
+batch, an int32 overflow means the batch passed 2^31 elements in one tensor
+and no amount of memory will help, a host OOM means the data pipeline. The
+classifier reads, in order: the worker's own exception, the exit signal, the
+parent's timeout and memory guard, then the stderr tail (where aborts such as
+TensorFlow's ``work_element_count`` check leave their only trace).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+KINDS = (
+    "ok", "device_oom", "host_oom", "int32_overflow", "nan_loss", "compile_error", "timeout",
+    "crash_signal", "framework_missing", "skipped", "error",
+)
+
+#: what the user should do next, per kind (shown in the report's diagnosis)
+ADVICE = {
+    "device_oom": "lower the batch size, or check the preflight estimate against free device memory",
+    "host_oom": "the worker ran out of host RAM: stream batches from a memmap and lower the batch size",
+    "int32_overflow": "a tensor passed 2^31 elements; lower the batch below the preflight's safe batch",
+    "nan_loss": "the loss became NaN or inf; check the data range and learning rate",
+    "compile_error": "the framework could not build or compile this model; see the stderr tail",
+    "timeout": "the cell exceeded its time budget; raise --timeout or lower --steps",
+    "crash_signal": "the worker died by a signal; see the stderr tail",
+    "framework_missing": "install the framework named in the message",
+    "skipped": "not run: see the reason",
+    "error": "an unexpected error; see the message",
+}
+
+_INT32 = re.compile(
+    r"work_element_count >= 0|numel\(\) <= INT32_MAX|INT32_MAX|32-bit index|canUse32BitIndexMath|"
+    r"illegal memory access|integer overflow|exceeds 2\^31|2147483647",
+    re.IGNORECASE,
+)
+_DEVICE_OOM = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|RESOURCE_EXHAUSTED|OOM when allocating|out of memory while trying|"
+    r"CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation|Out of memory allocating",
+    re.IGNORECASE,
+)
+_HOST_OOM = re.compile(
+    r"MemoryError|std::bad_alloc|Cannot allocate memory|DefaultCPUAllocator: can't allocate memory|"
+    r"Unable to allocate|failed to allocate memory",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+def classify(result: dict | None, returncode: int | None, stderr_tail: list[str], timed_out: bool = False,
+             memory_limit_hit: bool = False, phase: str | None = None) -> Failure:
+    """One failure kind and a one-line message for a finished worker."""
+    stderr = "\n".join(stderr_tail)
+    if timed_out:
+        return Failure("timeout", f"no result within the time budget (last phase: {phase or 'start'})")
+    if memory_limit_hit:
+        return Failure("host_oom", "worker passed its host memory limit and was stopped")
+    if result is not None and result.get("status") == "ok":
+        return Failure("ok", "")
+    if result is not None and result.get("status") == "error":
+        etype, message = result.get("error_type", "Error"), result.get("message", "")
+        text = f"{etype}: {message}"
+        tb = result.get("traceback", "")
+        if etype == "FrameworkMissing" or (etype == "ModuleNotFoundError" and _is_framework(message)):
+            return Failure("framework_missing", message)
+        if etype == "NonFiniteLoss":
+            return Failure("nan_loss", message)
+        if etype == "SkipCell":
+            return Failure("skipped", message)
+        if _INT32.search(text) or _INT32.search(tb):
+            return Failure("int32_overflow", text)
+        if _DEVICE_OOM.search(text) or _DEVICE_OOM.search(tb):
+            return Failure("device_oom", text)
+        if _HOST_OOM.search(text) or etype == "MemoryError":
+            return Failure("host_oom", text)
+        if phase in ("build", "compile"):
+            return Failure("compile_error", text)
+        return Failure("error", text)
+    # no result: the worker died hard
+    last = _last_meaningful(stderr_tail)
+    if _INT32.search(stderr):
+        return Failure("int32_overflow", _matching_line(stderr_tail, _INT32) or last)
+    if _DEVICE_OOM.search(stderr):
+        return Failure("device_oom", _matching_line(stderr_tail, _DEVICE_OOM) or last)
+    if _HOST_OOM.search(stderr):
+        return Failure("host_oom", _matching_line(stderr_tail, _HOST_OOM) or last)
+    if returncode is not None and returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if name == "SIGKILL":
+            return Failure("host_oom", "killed by SIGKILL without a timeout: most likely the kernel's OOM killer")
+        return Failure("crash_signal", f"worker died by {name} in phase {phase or 'start'}" + (f": {last}" if last else ""))
+    return Failure("error", f"worker exited with status {returncode} and no result" + (f": {last}" if last else ""))
+
+
+def _is_framework(message: str) -> bool:
+    return any(f"'{m}" in message for m in ("torch", "jax", "flax", "optax", "keras", "tensorflow"))
+
+
+def _last_meaningful(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def _matching_line(lines: list[str], pattern: re.Pattern) -> str:
+    for line in reversed(lines):
+        if pattern.search(line):
+            return line.strip()[:300]
+    return ""

@@ -1,0 +1,239 @@
+"""Is host memory leaking? A verdict from a per-batch series of anonymous RSS.
+
+The input is ``RssAnon`` sampled once per batch (from ``/proc/self/status``, so in
+whole kB with 4 KiB page granularity). Training legitimately grows memory for a while
+- the allocator warms up, caches fill, an arena is added once - and then stays flat.
+A leak keeps growing, batch after batch, until the end. The rule below tells the two
+apart without being fooled by page quantisation or by one isolated jump.
+
+Rule, in order (T = ``threshold_bytes_per_batch``, default 8 KiB per batch):
+
+1. **Window.** Only samples after ``warmup_steps`` count. Fewer than ``min_window``
+   (default 20) samples: *inconclusive* - too short to tell a trend from noise.
+2. **One jump removed.** If the single largest batch-to-batch increase exceeds both
+   T and median + 10 MAD of all increases, it is treated as a one-off (an allocator
+   arena growing once) and replaced by the median increase before fitting. Only one:
+   growth that recurs is what a leak looks like.
+3. **Slopes.** Theil-Sen (median of all pairwise slopes; robust to outliers and to
+   the 4 KiB steps of quantised RSS) over the whole window, with its 95% CI, and
+   separately over each half of the window.
+4. **Leak** when the whole-window CI low > T, *and* the second-half slope > T (still
+   growing at the end, so early growth that plateaued is not a leak), *and* total
+   growth over the window > 4 T (more than a few pages).
+5. **No leak** when the whole-window CI high < T, or when the second-half slope is
+   <= T/4 (the growth has plateaued).
+6. Otherwise **inconclusive** (a slow or irregular trend: run longer to decide).
+
+:func:`attribute_growth` then names the likely cause of growth from counters the
+workers record (compile/trace counts, Python heap, device memory).
+
+Framework-free on purpose: numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = ["LeakVerdict", "leak_verdict", "attribute_growth", "format_bytes", "CAUSES", "FIXES"]
+
+#: Theil-Sen keeps every pairwise slope (O(n^2) memory); longer windows are thinned to this many evenly
+#: spaced samples, which leaves the slope unbiased and only widens its CI a little
+MAX_FIT_POINTS = 1000
+#: a batch-to-batch increase above median + JUMP_MADS x MAD of the increases is a candidate one-off jump
+JUMP_MADS = 10.0
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class LeakVerdict:
+    """The verdict and the numbers behind it; slopes are in bytes per batch.
+
+    ``window`` is the (start, stop) half-open range of sample indices judged.
+    ``growth_bytes`` is the raw last-minus-first of the window (jump included).
+    ``jump_bytes``/``jump_step`` describe the one-off jump removed by rule 2 (0 / None if none).
+    """
+
+    verdict: str
+    slope_bytes_per_batch: float
+    slope_ci_low: float
+    slope_ci_high: float
+    first_half_slope: float
+    second_half_slope: float
+    window: tuple[int, int]
+    growth_bytes: int
+    reason: str
+    jump_bytes: int = 0
+    jump_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = list(self.window)
+        return d
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable signed size in binary units: ``1.5 MiB``, ``-12.0 KiB``, ``512 B``."""
+    if n is None or not math.isfinite(n):
+        return "n/a"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{sign}{n / size:.1f} {unit}"
+    return f"{sign}{n:.0f} B"
+
+
+def _theil(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
+    """Theil-Sen slope and its 95% CI, thinned to MAX_FIT_POINTS samples."""
+    if y.size < 2:
+        return math.nan, math.nan, math.nan
+    if y.size > MAX_FIT_POINTS:
+        idx = np.unique(np.linspace(0, y.size - 1, MAX_FIT_POINTS).round().astype(int))
+        y, x = y[idx], x[idx]
+    res = _st.theilslopes(y, x, alpha=0.95)
+    return float(res[0]), float(res[2]), float(res[3])
+
+
+def _remove_one_jump(y: np.ndarray, threshold: float) -> tuple[np.ndarray, int, int | None]:
+    """Rule 2: replace the single largest increase by the median one if it is an outlier."""
+    if y.size < 3:
+        return y, 0, None
+    d = np.diff(y)
+    i = int(np.argmax(d))
+    med = float(np.median(d))
+    mad = _MAD_TO_SIGMA * float(np.median(np.abs(d - med)))
+    if d[i] > threshold and d[i] > med + JUMP_MADS * mad:
+        jump = float(d[i] - med)
+        fixed = y.copy()
+        fixed[i + 1:] -= jump
+        return fixed, int(round(jump)), i + 1
+    return y, 0, None
+
+
+def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_per_batch: float = 8192,
+                 min_window: int = 20) -> LeakVerdict:
+    """Judge a per-batch anonymous-RSS series: "leak", "no leak" or "inconclusive".
+
+    ``rss_anon_bytes[i]`` is RssAnon in bytes after batch ``i``; the rule is in the
+    module docstring. ``reason`` is one sentence naming the rule that fired.
+    """
+    y_all = np.asarray(rss_anon_bytes, dtype=float).ravel()
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+    if threshold_bytes_per_batch <= 0:
+        raise ValueError(f"threshold_bytes_per_batch must be positive, got {threshold_bytes_per_batch!r}")
+    t = float(threshold_bytes_per_batch)
+    start, stop = min(int(warmup_steps), y_all.size), y_all.size
+    y = y_all[start:stop]
+    x = np.arange(start, stop, dtype=float)
+    n = int(y.size)
+    growth = int(round(y[-1] - y[0])) if n else 0
+    nan = math.nan
+    if n < max(int(min_window), 2):
+        return LeakVerdict("inconclusive", nan, nan, nan, nan, nan, (start, stop), growth,
+                           f"only {n} samples after {start} warm-up steps, fewer than the {min_window} needed "
+                           "to tell a trend from noise; run more steps")
+
+    fixed, jump, jump_at = _remove_one_jump(y, t)
+    jump_step = None if jump_at is None else start + jump_at
+    slope, low, high = _theil(fixed, x)
+    half = n // 2
+    first = _theil(fixed[:half], x[:half])[0]
+    second = _theil(fixed[half:], x[half:])[0]
+    fixed_growth = float(fixed[-1] - fixed[0])
+    jump_note = f" (after setting aside one {format_bytes(jump)} jump at step {jump_step})" if jump else ""
+
+    def verdict(v: str, reason: str) -> LeakVerdict:
+        return LeakVerdict(v, slope, low, high, first, second, (start, stop), growth, reason + jump_note,
+                           jump, jump_step)
+
+    per = "/batch"
+    if low > t and second > t and fixed_growth > 4 * t:
+        return verdict("leak", f"RSS grows {format_bytes(slope)}{per} (95% CI low {format_bytes(low)}{per}) "
+                               f"and still {format_bytes(second)}{per} in the second half, above the "
+                               f"{format_bytes(t)}{per} threshold")
+    if high < t:
+        return verdict("no leak", f"slope 95% CI high {format_bytes(high)}{per} is below the "
+                                  f"{format_bytes(t)}{per} threshold")
+    if second <= t / 4:
+        return verdict("no leak", f"growth plateaued: second-half slope {format_bytes(second)}{per} is at most "
+                                  f"a quarter of the {format_bytes(t)}{per} threshold")
+    return verdict("inconclusive", f"slope {format_bytes(slope)}{per} (95% CI {format_bytes(low)} to "
+                                   f"{format_bytes(high)}) and second-half slope {format_bytes(second)}{per} "
+                                   f"are neither clearly above nor below {format_bytes(t)}{per}; run longer")
+
+
+# --------------------------------------------------------------------------- attribution
+
+CAUSES = ("compilation", "device allocator", "python heap", "native", "none")
+
+FIXES = {
+    "compilation": "Keep input shapes and dtypes static (pad or drop the last batch) and avoid Python values "
+                   "that retrigger tracing; every new signature adds a compiled program to the cache.",
+    "device allocator": "Look for device tensors kept alive across steps (e.g. summed losses not detached or "
+                        "converted with .item()) and compare allocated with reserved memory.",
+    "python heap": "Look for Python objects kept across steps (losses or outputs appended to a list, "
+                   "histories, closures); keep plain floats, not framework tensors.",
+    "native": "Growth is outside the Python heap: check framework caches and data-loader workers, and retry "
+              "with MALLOC_ARENA_MAX=2 or jemalloc to rule out allocator fragmentation.",
+    "none": "Nothing to fix: memory did not grow meaningfully.",
+}
+
+
+def attribute_growth(counters_first: dict[str, int | float], counters_last: dict[str, int | float],
+                     heap_growth_bytes: int | None, anon_growth_bytes: int, device_growth_bytes: int | None,
+                     min_bytes: int = 1 << 20) -> dict[str, str]:
+    """Name the most likely cause of memory growth between two points of a run.
+
+    Checked in this order, first match wins (growth below ``min_bytes``, 1 MiB, is noise):
+
+    1. **compilation** - any counter whose name contains "compile" or "trace" rose
+       (a counter missing from ``counters_first`` counts from 0). Recompilation grows
+       host *and* device memory, so it explains the others and is checked first.
+    2. **device allocator** - device memory grew by at least ``min_bytes`` and by more
+       than anonymous RSS did.
+    3. **python heap** - anon RSS grew by at least ``min_bytes`` and Python heap growth
+       (e.g. tracemalloc) accounts for at least 50% of it.
+    4. **native** - anon RSS grew by at least ``min_bytes`` otherwise (or the heap was not measured).
+    5. **none** - nothing grew by ``min_bytes``.
+
+    Returns ``{"cause", "evidence", "fix"}``: the cause, one sentence with the numbers,
+    and one line of generic advice.
+    """
+    anon = float(anon_growth_bytes)
+    dev = None if device_growth_bytes is None else float(device_growth_bytes)
+    heap = None if heap_growth_bytes is None else float(heap_growth_bytes)
+
+    rose = []
+    for name, last in counters_last.items():
+        lname = name.lower()
+        if "compile" in lname or "trace" in lname:
+            before = counters_first.get(name, 0) or 0
+            if last is not None and last > before:
+                rose.append(f"{name} {before:g} -> {last:g}")
+
+    def out(cause: str, evidence: str) -> dict[str, str]:
+        return {"cause": cause, "evidence": evidence, "fix": FIXES[cause]}
+
+    anon_txt = f"anon RSS {_signed(anon)}"
+    dev_txt = "device memory not measured" if dev is None else f"device memory {_signed(dev)}"
+    if rose:
+        return out("compilation", f"compile/trace counters rose ({'; '.join(rose)}); {anon_txt}, {dev_txt}.")
+    if dev is not None and dev >= min_bytes and dev > anon:
+        return out("device allocator", f"device memory {_signed(dev)}, more than {anon_txt}.")
+    if anon >= min_bytes:
+        if heap is not None and heap >= 0.5 * anon:
+            return out("python heap", f"Python heap {_signed(heap)} explains {heap / anon:.0%} of {anon_txt}.")
+        if heap is None:
+            return out("native", f"{anon_txt} with the Python heap not measured, so it is counted as native.")
+        return out("native", f"{anon_txt} but the Python heap only {_signed(heap)} ({max(heap, 0) / anon:.0%}).")
+    return out("none", f"{anon_txt} and {dev_txt}, below {format_bytes(min_bytes)}.")
+
+
+def _signed(n: float) -> str:
+    return ("+" if n >= 0 else "") + format_bytes(n)

@@ -1,0 +1,189 @@
+"""The matrix: plan cells, run each in its own worker, write one row per cell.
+
+Like optimum-benchmark's launcher, the runner knows nothing of frameworks: it
+hands a task to ``harness.launch`` and turns whatever comes back (a result, an
+exception, a signal, a timeout) into a row. No failure stops the matrix, and
+no finished row is ever lost: each is on disk before the next cell starts.
+
+Repeats are interleaved (A B C A B C, not A A B B C C) so that slow drift of
+the machine (thermal, other tenants) falls on every impl alike.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from harness.adapter import BUILTIN, REQUIREMENTS, impl_label, is_installed
+from harness.failures import Failure, classify
+from harness.launch import run_worker
+from harness.spec import VAESpec
+from harness.store import ResultStore, cell_key, machine_fingerprint
+
+DEFAULT_TIMEOUT_S = 900.0
+
+
+@dataclass
+class Cell:
+    impl: str
+    spec: VAESpec
+    kmer: int
+    batch: int
+    repeat: int = 0
+    steps: int = 200
+    scenario: str | None = None
+    inject_leak_bytes: int = 0
+    data: str | None = None
+    columns: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    heap: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.impl, self.spec.hash, self.batch, self.repeat, self.steps,
+                        {"scenario": self.scenario, "leak": self.inject_leak_bytes, "data": self.data,
+                         "columns": self.columns, **self.extra})
+
+    @property
+    def label(self) -> str:
+        extra = f" {self.scenario}" if self.scenario else ""
+        return f"{impl_label(self.impl)} {self.spec.name} k={self.kmer} b={self.batch} r{self.repeat}{extra}"
+
+    def task(self) -> dict[str, Any]:
+        return {"kind": "cell", "spec": self.spec.to_dict(), "kmer": self.kmer, "batch": self.batch,
+                "steps": self.steps, "scenario": self.scenario, "inject_leak_bytes": self.inject_leak_bytes,
+                "data": self.data, "columns": self.columns, "heap": self.heap, **self.extra}
+
+
+def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int, batches: list[int], repeats: int = 1,
+               **kwargs: Any) -> list[Cell]:
+    """Every cell, repeats outermost so that impls interleave."""
+    return [Cell(impl, spec, kmer, batch, repeat, **kwargs)
+            for repeat in range(repeats) for spec in specs for batch in batches for impl in impls]
+
+
+#: a preflight check returns None (go ahead) or a one-line reason to skip
+Preflight = Callable[[Cell], "dict[str, Any] | None"]
+
+
+def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, preflight: Preflight | None = None,
+               progress: bool = True, memory_limit_bytes: int | None = None) -> list[dict[str, Any]]:
+    """Run every cell not already in ``store`` (with ``resume``) and return the new rows."""
+    done = store.done_keys() if resume else set()
+    todo = [c for c in cells if c.key not in done]
+    fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
+    rows: list[dict[str, Any]] = []
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    bar = _Progress(len(cells), len(cells) - len(todo), enabled=progress)
+    try:
+        with bar:
+            for cell in todo:
+                row = run_one(cell, fingerprint, preflight, memory_limit_bytes, on_phase=bar.phase(cell))
+                store.append(row)
+                rows.append(row)
+                bar.finished(cell, row)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return rows
+
+
+def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None = None,
+            memory_limit_bytes: int | None = None, on_phase: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """One cell, start to row. Raises KeyboardInterrupt (and writes nothing) if interrupted."""
+    base = {
+        "cell_key": cell.key, "impl": cell.impl, "row": impl_label(cell.impl), "spec_name": cell.spec.name,
+        "spec_hash": cell.spec.hash, "kmer": cell.kmer, "input_length": cell.spec.input_length,
+        "batch": cell.batch, "repeat": cell.repeat, "steps": cell.steps, "scenario": cell.scenario,
+        "inject_leak_bytes": cell.inject_leak_bytes, "data": cell.data, "columns": cell.columns,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
+        "settings": cell.spec.to_dict()["settings"],
+    }
+    if cell.impl in BUILTIN and not is_installed(cell.impl):
+        failure = Failure("framework_missing",
+                          f"impl {cell.impl!r} is not installed; install it with: pip install {REQUIREMENTS[cell.impl]}")
+        return {**base, "status": "failed", "failure_kind": failure.kind, "failure_message": failure.message,
+                "stderr_tail": [], "wall_s": 0.0}
+    if preflight is not None:
+        verdict = preflight(cell)
+        if verdict is not None and verdict.get("skip"):
+            return {**base, "status": "skipped", "failure_kind": "skipped", "failure_message": verdict["reason"],
+                    "preflight": verdict, "stderr_tail": [], "wall_s": 0.0}
+        base["preflight"] = verdict
+    phases: list[str] = []
+
+    def track(event: dict) -> None:
+        if "phase" in event:
+            if not phases or phases[-1] != event["phase"]:
+                phases.append(event["phase"])
+        if on_phase:
+            on_phase(event)
+
+    outcome = run_worker(cell.task(), cell.impl, cell.spec.settings, cell.timeout_s, on_event=track,
+                         memory_limit_bytes=memory_limit_bytes)
+    phase = phases[-1] if phases else None
+    failure = classify(outcome.result, outcome.returncode, outcome.stderr_tail, outcome.timed_out,
+                       outcome.memory_limit_hit, phase)
+    row = {**base, "status": "ok" if failure.ok else "failed", "failure_kind": failure.kind,
+           "failure_message": failure.message, "failure_phase": None if failure.ok else phase,
+           "returncode": outcome.returncode, "stderr_tail": outcome.stderr_tail, "wall_s": outcome.wall_s,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    result = outcome.result or {}
+    if result.get("status") == "ok":
+        row.update({k: v for k, v in result.items() if k != "status"})
+        row["fingerprint"] = {**fingerprint, "frameworks": result.get("versions", {})}
+    return row
+
+
+class _Progress:
+    """A rich progress bar: one line for the matrix, the current cell and its phase."""
+
+    def __init__(self, total: int, completed: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total, self.completed = total, completed
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.console = Console(stderr=True)
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=self.console, transient=False)
+            self.task_id = self.progress.add_task("cells", total=total, completed=completed)
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+    def phase(self, cell: Cell) -> Callable[[dict], None]:
+        def update(event: dict) -> None:
+            if self.enabled:
+                detail = event.get("phase", "")
+                if "done" in event:
+                    detail += f" {event['done']}/{event['steps']}"
+                self.progress.update(self.task_id, description=f"{cell.label}: {detail}")
+
+        update({"phase": "starting"})
+        return update
+
+    def finished(self, cell: Cell, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.progress.advance(self.task_id)
+        if row["status"] == "ok":
+            med = row["step_stats"]["median_s"] * 1e3
+            leak = row["leak"]["verdict"]
+            self.console.log(f"[green]ok[/green] {cell.label}: compile {row['compile_s']:.2f}s, "
+                             f"step {med:.2f} ms, {leak}")
+        else:
+            self.console.log(f"[red]{row['failure_kind']}[/red] {cell.label}: {row['failure_message'][:160]}")

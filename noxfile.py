@@ -1,0 +1,73 @@
+"""nox sessions: the only entry points a fresh machine needs (Python and nox).
+
+* ``nox -s tests``             - the test suite, CPU builds of every framework.
+* ``nox -s bench -- --kmer 7`` - the default matrix and its report.
+* ``nox -s report``            - rebuild reports from stored results.
+* ``nox -s lint``              - ruff.
+
+``bench`` picks CUDA builds when an NVIDIA GPU answers ``nvidia-smi``; pass
+``--cpu`` or ``--cuda`` after ``--`` to force either.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = None  # the interpreter nox itself runs on
+TORCH = "torch==2.13.0"  # pinned: the CPU wheel on disk on these machines; others pull GBs of CUDA
+CPU_FRAMEWORKS = [TORCH, "jax", "flax", "optax", "keras", "tensorflow-cpu"]
+CUDA_FRAMEWORKS = [TORCH, "jax[cuda12]", "flax", "optax", "keras", "tensorflow[and-cuda]"]
+
+
+def has_nvidia_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def install(session: nox.Session, cuda: bool) -> None:
+    session.install(*(CUDA_FRAMEWORKS if cuda else CPU_FRAMEWORKS))
+    session.install("-e", ".[test]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    install(session, cuda=False)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs,
+                env={"CUDA_VISIBLE_DEVICES": ""})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    args = list(session.posargs)
+    force_cpu, force_cuda = "--cpu" in args, "--cuda" in args
+    args = [a for a in args if a not in ("--cpu", "--cuda")]
+    if force_cpu and force_cuda:
+        session.error("pass at most one of --cpu and --cuda")
+    cuda = force_cuda or (not force_cpu and has_nvidia_gpu())
+    session.log(f"installing {'CUDA' if cuda else 'CPU'} builds of every framework")
+    install(session, cuda=cuda)
+    if not any(a.startswith("--kmer") for a in args):
+        args = ["--kmer", "7", *args]
+    session.run("python", "-m", "bench", "matrix", *args)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", "report", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")

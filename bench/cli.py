@@ -178,7 +178,61 @@ def _preflight_hook(args: argparse.Namespace):
     return lambda cell: preflight_cell(cell, device_memory=getattr(args, "device_memory", None))
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from harness.preflight import preflight
+
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    device = "gpu" if args.gpu else None
+    rep = preflight(spec, args.batch, args.eval_batch, device_memory=args.device_memory, device=device,
+                    int32_applies=True if args.gpu else None)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        from bench.render import print_preflight
+
+        print_preflight(rep, show_all=not args.flags_only)
+    if not rep.ok:
+        print(f"vaebench: preflight: cannot run {spec.name} at batch {args.batch}: {rep.reasons[0]}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.store import machine_fingerprint
+    from harness.sweep import sweep_impl
+
+    impls = _impls(args.impl)
+    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
+    store = _store(args)
+    preflight = None if args.no_preflight else _preflight_hook(args)
+    print(f"sweep {store.run_id} -> {store.path}", file=sys.stderr)
+    results = []
+    try:
+        for spec in specs:
+            fingerprint = machine_fingerprint(spec.settings)
+            for impl in impls:
+                def show(batch: int, row: dict, impl=impl, spec=spec) -> None:
+                    outcome = "ok" if row["status"] == "ok" else row["failure_kind"]
+                    print(f"  {impl} {spec.name} batch {batch}: {outcome}", file=sys.stderr)
+
+                results.append(sweep_impl(impl, spec, args.kmer, store, fingerprint, start=args.start,
+                                          max_batch=args.max_batch, timeout_s=args.timeout, preflight=preflight,
+                                          memory_limit_bytes=args.memory_limit, on_probe=show))
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; probes so far are kept in {store.path}", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        from bench.render import print_sweep
+
+        print_sweep(results)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sweep": cmd_sweep,
+    "preflight": cmd_preflight,
     "params": cmd_params,
     "parity": cmd_parity,
     "run": cmd_run,
@@ -207,6 +261,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--eval-batch", type=int, help="batch of a validation predict() call, checked too")
+    p.add_argument("--device-memory", type=size_arg, help="device memory to check against (default: detected)")
+    p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
+    p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--start", type=int, default=8, help="first batch probed")
+    p.add_argument("--max-batch", type=int, default=65536, help="largest batch probed")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per probe")
+    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--memory-limit", type=size_arg, help="stop a probe whose RSS passes SIZE (host OOM)")
+    p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
+    p.add_argument("--no-preflight", action="store_true", help="probe even batches preflight says cannot fit")
+    p.add_argument("--results", default="results")
+    p.add_argument("--run-id")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")

@@ -75,3 +75,53 @@ def print_rows(rows) -> None:
     console.print(table)
     if any(r.get("status") == "ok" and r["memory"].get("cpu_standin") for r in rows):
         console.print("* peak RSS (VmHWM) stands in for device memory on CPU")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def print_preflight(rep, show_all: bool = True) -> None:
+    table = Table(title=f"preflight: {rep.spec}, batch {rep.batch}" +
+                  (f", eval batch {rep.eval_batch}" if rep.eval_batch else ""))
+    for col in ("pass", "layer", "tensor", "shape", "elements", "bytes", "int32"):
+        table.add_column(col, justify="right" if col in ("elements", "bytes") else "left")
+    for t in rep.tensors:
+        if not show_all and not t.overflows:
+            continue
+        b = rep.batch if t.pass_ == "train" else (rep.eval_batch or rep.batch)
+        flag = ""
+        if t.overflows:
+            from harness.preflight import wrap_int32
+
+            safe = t.safe_batch(b)
+            flag = f"[red]≥ 2^31: wraps to {wrap_int32(t.elements)}" + (f", safe batch ≤ {safe}" if safe else "") + "[/red]"
+        table.add_row(t.pass_, t.layer, t.kind, "×".join(map(str, t.shape)), f"{t.elements:,}", _bytes(t.bytes), flag)
+    console.print(table)
+    e = rep.estimate
+    console.print(f"training memory estimate: {_bytes(e.train_bytes)} = state {_bytes(e.state_bytes)} "
+                  f"(weights, grads, Adam m and v) + activations {_bytes(e.activation_bytes)} + "
+                  f"workspace {_bytes(e.workspace_bytes)} (2 x largest activation)")
+    if rep.eval_batch:
+        console.print(f"eval memory estimate: {_bytes(e.eval_bytes)}")
+    avail = _bytes(rep.available_bytes) if rep.available_bytes else "unknown"
+    console.print(f"{rep.device} memory available: {avail}; host RAM: {_bytes(rep.host_bytes or 0)}")
+    n = len(rep.flags)
+    if n:
+        note = "" if rep.device == "gpu" else " (a warning on CPU; CUDA kernels would abort)"
+        console.print(f"[red]{n} tensor(s) reach 2^31 elements{note}[/red]")
+    console.print("verdict: " + ("[green]fits[/green]" if rep.ok else f"[red]{'; '.join(rep.reasons)}[/red]"))
+
+
+def print_sweep(results) -> None:
+    table = Table(title="largest trainable batch")
+    for col in ("impl", "spec", "max ok batch", "first failing batch", "failure", "probes"):
+        table.add_column(col)
+    for r in results:
+        probes = " ".join(f"{p['batch']}:{'ok' if p['outcome'] == 'ok' else p['outcome']}" for p in r.probes)
+        table.add_row(r.impl, r.spec, str(r.max_ok or "-"), str(r.first_failure or "none up to max"),
+                      r.failure_kind or "", probes)
+    console.print(table)

@@ -197,7 +197,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         "warmup_step_times_s": warm_times,
         "final_loss": loss,
         "steps": steps,
-        "step_stats": stats.to_dict(),
+        "step_stats": {**stats.to_dict(), "window_times_s": [w / spw for w in windows]},
         "memory": {
             "device": device,
             "device_source": "allocator" if device else None,

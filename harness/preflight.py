@@ -1,0 +1,230 @@
+"""Say before a run what will break: int32 element counts and memory.
+
+Everything here is arithmetic on the spec's shapes; no framework is imported,
+so preflight is instant even for a 1.6-billion-parameter design.
+
+**int32.** Many CUDA kernels index with a signed 32-bit count. A tensor of
+2^31 elements or more wraps to a negative number, and the kernel aborts with
+that number (TensorFlow: ``work_element_count >= 0 (-1673527296 vs. 0)``,
+which is 5,000 x 8,192 x 64 wrapped). Each tensor is flagged with the largest
+batch that keeps it below 2^31.
+
+**Memory.** Training memory is estimated as
+
+* model state: weights, gradients and Adam's two moments, 16 bytes a parameter;
+* activations kept for the backward pass: every layer's output (and the
+  input batch), plus max-pool argmax indices (int64, as PyTorch keeps them);
+* workspace: twice the largest activation (its gradient and one temporary in
+  flight during backward) -- the stated margin.
+
+On a CPU the same estimate is compared with host RAM; the report sets it
+beside the measured peak (allocator peak on GPU, RSS growth past the
+framework's own import on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.spec import VAESpec, infer_shapes, param_table
+
+INT32_LIMIT = 2**31
+FLOAT_BYTES = 4
+INDEX_BYTES = 8
+
+
+def wrap_int32(n: int) -> int:
+    """The value a count of ``n`` takes as a signed 32-bit integer."""
+    n &= 0xFFFFFFFF
+    return n - 2**32 if n >= 2**31 else n
+
+
+@dataclass
+class Tensor:
+    pass_: str  # "train" or "eval"
+    layer: str  # canonical layer name, e.g. "encoder.1"
+    kind: str  # activation, pool indices, upsampled, conv-transpose output, weight, gradient, adam m, adam v
+    shape: tuple[int, ...]
+    per_sample: bool  # scales with the batch
+    dtype_bytes: int = FLOAT_BYTES
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bytes(self) -> int:
+        return self.elements * self.dtype_bytes
+
+    @property
+    def overflows(self) -> bool:
+        return self.elements >= INT32_LIMIT
+
+    def safe_batch(self, batch: int) -> int | None:
+        """Largest batch keeping this tensor under 2^31 elements (None: not batch-dependent)."""
+        if not self.per_sample:
+            return None
+        per = self.elements // batch
+        return (INT32_LIMIT - 1) // per
+
+    def to_dict(self, batch: int) -> dict[str, Any]:
+        d = {"pass": self.pass_, "layer": self.layer, "kind": self.kind, "shape": list(self.shape),
+             "elements": self.elements, "bytes": self.bytes, "overflows_int32": self.overflows}
+        if self.overflows:
+            d["wraps_to"] = wrap_int32(self.elements)
+            d["safe_batch"] = self.safe_batch(batch)
+        return d
+
+
+def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> list[Tensor]:
+    """Every tensor of the forward and backward pass for ``batch`` (and ``eval_batch``)."""
+    tensors: list[Tensor] = []
+    for pass_, b in (("train", batch), ("eval", eval_batch)):
+        if not b:
+            continue
+        tensors.append(Tensor(pass_, "input", "activation", (b, spec.input_length), True))
+        for ls in infer_shapes(spec):
+            shape = (b, *ls.out_shape)
+            t = ls.layer.type
+            kind = {"upsample1d": "upsampled output", "conv_transpose1d": "conv-transpose output",
+                    "conv1d": "conv output"}.get(t, "activation")
+            if t in ("flatten", "reshape"):
+                continue  # views: no new memory
+            tensors.append(Tensor(pass_, ls.name, kind, shape, True))
+            if t == "max_pool1d" and pass_ == "train":
+                tensors.append(Tensor(pass_, ls.name, "pool indices", shape, True, INDEX_BYTES))
+            if ls.name == "z_log_var":
+                tensors.append(Tensor(pass_, "sampling", "activation", shape, True))
+    for p in param_table(spec):
+        tensors.append(Tensor("train", p.name.rsplit(".", 1)[0], "weight", p.shape, False))
+        if p.trainable:
+            for kind in ("gradient", "adam m", "adam v"):
+                tensors.append(Tensor("train", p.name.rsplit(".", 1)[0], kind, p.shape, False))
+    return tensors
+
+
+@dataclass
+class MemoryEstimate:
+    state_bytes: int
+    activation_bytes: int
+    workspace_bytes: int
+    eval_bytes: int
+
+    @property
+    def train_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes + self.workspace_bytes
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "train_bytes": self.train_bytes}
+
+
+def estimate_memory(tensors: list[Tensor]) -> MemoryEstimate:
+    state = sum(t.bytes for t in tensors if not t.per_sample)
+    acts = [t for t in tensors if t.pass_ == "train" and t.per_sample]
+    activation = sum(t.bytes for t in acts)
+    workspace = 2 * max((t.bytes for t in acts if t.kind != "pool indices"), default=0)
+    evals = [t for t in tensors if t.pass_ == "eval"]
+    weights = sum(t.bytes for t in tensors if t.kind == "weight")
+    # eval keeps no activations for backward: weights plus the two largest live activations
+    eval_bytes = weights + sum(sorted((t.bytes for t in evals), reverse=True)[:2]) if evals else 0
+    return MemoryEstimate(state, activation, workspace, eval_bytes)
+
+
+@dataclass
+class PreflightReport:
+    spec: str
+    batch: int
+    eval_batch: int | None
+    tensors: list[Tensor]
+    estimate: MemoryEstimate
+    device: str
+    available_bytes: int | None
+    host_bytes: int | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def flags(self) -> list[Tensor]:
+        return [t for t in self.tensors if t.overflows]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec, "batch": self.batch, "eval_batch": self.eval_batch, "device": self.device,
+            "available_bytes": self.available_bytes, "host_bytes": self.host_bytes,
+            "estimate": self.estimate.to_dict(), "estimate_bytes": self.estimate.train_bytes,
+            "flags": [t.to_dict(self.batch if t.pass_ == "train" else (self.eval_batch or self.batch))
+                      for t in self.flags],
+            "ok": self.ok, "skip": not self.ok, "reason": "; ".join(self.reasons) or None,
+            "tensors": [t.to_dict(self.batch) for t in self.tensors],
+        }
+
+
+def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_memory: int | None = None,
+              device: str | None = None, int32_applies: bool | None = None) -> PreflightReport:
+    """Check one spec and batch against int32 limits and the memory at hand.
+
+    ``int32_applies``: whether an overflowing tensor stops the cell. On a GPU it
+    does (the kernels index with int32); on CPU the flags are reported as
+    warnings, since CPU kernels use 64-bit indexing.
+    """
+    dev, detected = detect_device_memory()
+    device = device or dev
+    available = device_memory if device_memory is not None else detected
+    host = host_memory_bytes()
+    tensors = tensor_table(spec, batch, eval_batch)
+    est = estimate_memory(tensors)
+    rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host)
+    if int32_applies is None:
+        int32_applies = device == "gpu"
+    if int32_applies and rep.flags:
+        worst = max(rep.flags, key=lambda t: t.elements)
+        b = batch if worst.pass_ == "train" else (eval_batch or batch)
+        rep.reasons.append(
+            f"int32 overflow: {worst.layer} {worst.kind} {worst.shape} has {worst.elements:,} elements "
+            f"(wraps to {wrap_int32(worst.elements)}); largest safe batch {worst.safe_batch(b)}")
+    if available and est.train_bytes > available:
+        rep.reasons.append(f"would need {_gb(est.train_bytes)} of {_gb(available)} {device} memory")
+    if device == "gpu" and host and est.state_bytes // 4 > host:
+        rep.reasons.append(f"weights alone need {_gb(est.state_bytes // 4)} of {_gb(host)} host RAM")
+    return rep
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def host_memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def detect_device_memory() -> tuple[str, int | None]:
+    """("gpu", total bytes of GPU 0) from NVML, else ("cpu", available host RAM)."""
+    from harness.probes import gpu_inventory
+
+    gpus = gpu_inventory()
+    if gpus:
+        return "gpu", int(gpus[0]["memory_bytes"])
+    try:
+        import psutil
+
+        return "cpu", int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return "cpu", None
+
+
+def preflight_cell(cell, device_memory: int | None = None) -> dict[str, Any]:
+    """The runner's hook: a compact verdict stored in the cell's row."""
+    rep = preflight(cell.spec, cell.batch, device_memory=device_memory)
+    d = rep.to_dict()
+    d.pop("tensors")
+    return d

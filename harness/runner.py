@@ -134,6 +134,13 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
            "failure_message": failure.message, "failure_phase": None if failure.ok else phase,
            "returncode": outcome.returncode, "stderr_tail": outcome.stderr_tail, "wall_s": outcome.wall_s,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if cell.scenario:
+        from dataclasses import asdict
+
+        from harness.scenarios import SCENARIOS
+
+        if cell.scenario in SCENARIOS:
+            row["scenario_info"] = asdict(SCENARIOS[cell.scenario])
     result = outcome.result or {}
     if result.get("status") == "ok":
         row.update({k: v for k, v in result.items() if k != "status"})

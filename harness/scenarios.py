@@ -1,0 +1,71 @@
+"""Named leak anti-patterns, each with a clean twin, run with ``bench run --scenario NAME``.
+
+Each scenario swaps the cell's train step for a loop body that makes a mistake
+users really make (the user's own log has the last one). The twin is the
+same loop with the one-line fix. The harness then has to show the growth,
+name its cause from its counters, and clear the twin: that is the test of
+the leak detector on real failures rather than on the injected control.
+
+The framework code lives in ``impls/scenarios.py``; this module is the
+framework-free catalogue the command line and the report read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class ScenarioError(ValueError):
+    """An unknown scenario, or one that does not apply to the impl; one line."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    impls: tuple[str, ...]
+    what: str
+    expected_cause: str  # what attribution should find: compilation, python heap, native
+    fix: str
+    twin: str | None = None  # the clean twin's name (None for a twin itself)
+    anti: str | None = None  # for a twin: the scenario it fixes
+
+
+_ANTI = [
+    Scenario("torch-loss-total", ("torch",),
+             "adds the loss tensor, with its autograd graph, into a running total every step",
+             "native", "accumulate loss.item() or loss.detach(), never the loss tensor itself",
+             twin="torch-loss-total-fixed"),
+    Scenario("jax-jit-per-step", ("flax", "keras-jax"),
+             "wraps a function in jax.jit inside the loop, so every step traces and compiles anew",
+             "compilation", "create the jitted function once, outside the training loop",
+             twin="jax-jit-per-step-fixed"),
+    Scenario("partial-last-batch", ("flax", "keras-jax", "keras-tensorflow"),
+             "ends every epoch with a partial batch of a new size, so jit/tf.function compile or trace again",
+             "compilation", "drop the remainder (or pad the last batch) so every step sees one shape",
+             twin="partial-last-batch-fixed"),
+    Scenario("keras-tf-varying-batch", ("keras-tensorflow",),
+             "feeds Keras on TensorFlow numpy batches of varying length through train_on_batch",
+             "compilation", "feed fixed-size batches (tf.data with drop_remainder=True, as in the user's log)",
+             twin="keras-tf-varying-batch-fixed"),
+]
+_TWINS = [Scenario(s.twin, s.impls, f"the clean twin of {s.name}: {s.fix}", "none", s.fix, anti=s.name)
+          for s in _ANTI if s.twin]
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in _ANTI + _TWINS}
+
+
+def check_scenario(name: str, impl: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise ScenarioError(f"unknown scenario {name!r}; scenarios are {', '.join(SCENARIOS)}")
+    sc = SCENARIOS[name]
+    if impl not in sc.impls:
+        raise ScenarioError(f"scenario {name!r} applies to {', '.join(sc.impls)}, not {impl!r}")
+    return sc
+
+
+def scenario_step(name: str, model: Any, task: dict[str, Any]):
+    """The step function for ``name`` (imports the framework code: worker only)."""
+    from impls import scenarios as impl_scenarios
+
+    check_scenario(name, task["impl"])
+    return impl_scenarios.build(name, model, task)

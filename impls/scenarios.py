@@ -1,0 +1,92 @@
+"""The loop bodies of the leak scenarios (catalogue: ``harness/scenarios.py``).
+
+Each builder takes the cell's adapter and returns ``step(x) -> loss handle``.
+The anti-pattern and its twin differ in exactly the line the fix names.
+Frameworks are imported inside the builders, so a worker only ever loads the
+one its cell uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+Step = Callable[[np.ndarray], Any]
+
+
+def torch_loss_total(model: Any, fixed: bool) -> Step:
+    """``epoch_loss += loss``: the total keeps every step's autograd graph alive."""
+    state = {"total": 0.0}
+
+    def step(x: np.ndarray):
+        model.model.train()
+        model.optimizer.zero_grad(set_to_none=True)
+        loss = model._loss(model._tensor(x), None)
+        loss.backward()
+        model.optimizer.step()
+        state["total"] = state["total"] + (loss.detach() if fixed else loss)  # the fix: .detach()
+        return loss.detach()
+
+    return step
+
+
+def jax_jit_per_step(model: Any, fixed: bool) -> Step:
+    """A metric jitted inside the loop: a new function object, so a new trace and compile, every step."""
+    import jax
+    import jax.numpy as jnp
+
+    def make_metric(scale: float):
+        return jax.jit(lambda loss, batch: loss * scale + jnp.mean(batch))
+
+    metric_once = make_metric(1.0)
+    state = {"i": 0, "history": []}
+
+    def step(x: np.ndarray):
+        loss = model.train_step(x)
+        state["i"] += 1
+        metric = metric_once if fixed else make_metric(1.0 + 1e-9 * state["i"])  # the fix: jit once
+        state["history"].append(metric)  # kept, as a logging callback or dict of metrics keeps it
+        metric(jnp.asarray(model.loss_value(loss)), jnp.asarray(x))
+        return loss
+
+    return step
+
+
+def varying_batch(model: Any, fixed: bool, period: int = 1) -> Step:
+    """Batches whose length changes.
+
+    Every ``period``-th step is trimmed to a length not seen before: with
+    ``period`` > 1 that is an epoch ending in a partial batch over data sets of
+    changing length; with 1, numpy batches of any length fed straight in. The
+    twin drops the remainder and so always trains on full batches.
+    """
+    state = {"i": 0, "new": 0}
+
+    def step(x: np.ndarray):
+        state["i"] += 1
+        if fixed or state["i"] % period:
+            return model.train_step(x)  # the fix: only full batches
+        state["new"] += 1
+        n = max(1, len(x) - state["new"] % len(x))
+        return model.train_step(np.ascontiguousarray(x[:n]))
+
+    return step
+
+
+def partial_last_batch(model: Any, fixed: bool) -> Step:
+    return varying_batch(model, fixed, period=4)
+
+
+BUILDERS: dict[str, Callable[[Any, bool], Step]] = {
+    "torch-loss-total": torch_loss_total,
+    "jax-jit-per-step": jax_jit_per_step,
+    "partial-last-batch": partial_last_batch,
+    "keras-tf-varying-batch": varying_batch,
+}
+
+
+def build(name: str, model: Any, task: dict[str, Any]) -> Step:
+    fixed = name.endswith("-fixed")
+    base = name[: -len("-fixed")] if fixed else name
+    return BUILDERS[base](model, fixed)

@@ -230,7 +230,105 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The main job: default matrix, then the report."""
+    from harness.matrix import plan_default
+    from harness.preflight import detect_device_memory, preflight_cell
+    from harness.runner import plan_cells, run_matrix
+
+    device = "cpu" if args.cpu else ("gpu" if args.gpu else detect_device_memory()[0])
+    plan = plan_default(args.kmer, device, budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
+                        impls=_impls(args.impl) if args.impl else None,
+                        specs=_specs(args.spec, []) or None, batches=args.batch)
+    for name, reason in plan.invalid:
+        print(f"skipped preset {name}: {reason}", file=sys.stderr)
+    for impl, reason in plan.omitted_impls:
+        print(f"omitted {impl}: {reason}", file=sys.stderr)
+    cells = []
+    for spec, batches in plan.specs:
+        cells += plan_cells(plan.impls, [spec.with_settings(tf32=args.tf32)], args.kmer, batches, args.repeats,
+                            steps=args.steps, timeout_s=args.timeout)
+    verdicts = {}
+    for c in cells:
+        if (c.spec.name, c.batch) not in verdicts:
+            verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=args.device_memory)
+    runnable = [c for c in cells if not verdicts[(c.spec.name, c.batch)].get("skip")]
+    plan_budget = plan.budget_s
+    if plan_budget:
+        from harness.matrix import CELL_OVERHEAD_S
+
+        per_cell = max(5.0, plan_budget / max(1, len(runnable)) - CELL_OVERHEAD_S)
+        for c in cells:
+            c.extra["time_budget_s"] = round(per_cell, 1)
+            c.timeout_s = min(c.timeout_s, max(180.0, 6 * per_cell))
+    store = _store(args)
+    print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
+          + (f", {per_cell:.0f} s of steady state each" if plan_budget else "") + f" -> {store.path}", file=sys.stderr)
+    try:
+        run_matrix(cells, store, resume=args.resume, preflight=lambda c: verdicts[(c.spec.name, c.batch)],
+                   progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
+              f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
+        return 130
+    from reports.build import build_report
+
+    rows = store.rows()
+    path = build_report([store.path], out_root=args.out, run_id=store.run_id, params_check=params_from_rows(rows))
+    from bench.render import print_rows
+
+    print_rows([r for r in rows if not r.get("sweep") and not r.get("scenario")])
+    print(f"report: {path}")
+    return 0
+
+
+def params_from_rows(rows: list[dict]) -> dict:
+    """The parity-of-counts check from what each cell's worker read off its own model."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.get("param_counts"):
+            entry = out.setdefault(r["spec_name"], {"expected": r["param_counts_expected"]})
+            entry[r["row"]] = r["param_counts"]
+    return out
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.build import build_report, load_rows
+
+    sources = args.results or [args.results_dir]
+    rows = load_rows(sources, results_dir=args.results_dir)
+    if not rows:
+        raise UsageError(f"no results found in {', '.join(sources)}; run python -m bench run first")
+    path = build_report(sources, out_root=args.out, run_id=args.run_id, params_check=params_from_rows(rows))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.build import load_rows
+    from reports.compare import compare_runs, print_comparison
+
+    a = load_rows([args.run_a], results_dir=args.results_dir)
+    b = load_rows([args.run_b], results_dir=args.results_dir)
+    for name, rows in ((args.run_a, a), (args.run_b, b)):
+        if not rows:
+            raise UsageError(f"run {name!r} has no rows; pass a results file, directory or run id in {args.results_dir}")
+    comparisons = compare_runs(a, b, threshold=args.threshold, alpha=args.alpha)
+    if args.json:
+        print(json.dumps(comparisons, indent=2, default=str))
+    else:
+        print_comparison(comparisons, title=f"{args.run_b} against {args.run_a}")
+    regressions = [c for c in comparisons if c.get("regression") or c.get("new_failure")]
+    if regressions and args.fail_on_regression:
+        print(f"vaebench: {len(regressions)} regression(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "matrix": cmd_matrix,
+    "report": cmd_report,
+    "compare": cmd_compare,
     "sweep": cmd_sweep,
     "preflight": cmd_preflight,
     "params": cmd_params,
@@ -287,6 +385,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--run-id")
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("matrix", help="the default matrix for this device, then the report (nox -s bench)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--impl", help="override the impls")
+    p.add_argument("--spec", help="override the presets")
+    p.add_argument("--batch", type=int_list, help="override the batch sizes")
+    p.add_argument("--steps", type=int, default=200, help="steady-state steps per cell (a time budget may cut them)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--budget-minutes", type=float, help="time for all cells (default: 9 on CPU, none on GPU)")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--device-memory", type=size_arg)
+    p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
+    p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
+    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--results", default="results")
+    p.add_argument("--run-id")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", default="reports/out", help="where reports are written")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("report", help="build a report from stored results")
+    p.add_argument("results", nargs="*", help="result files, directories or run ids (default: the results dir)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--run-id", help="name of the report folder")
+    p.add_argument("--out", default="reports/out")
+
+    p = sub.add_parser("compare", help="step-time and memory ratios between two runs, with significance")
+    p.add_argument("run_a", help="baseline: a results file or run id")
+    p.add_argument("run_b", help="candidate: a results file or run id")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--threshold", type=float, default=0.05, help="slowdown that counts as a regression (0.05 = 5%%)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged (for CI)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")

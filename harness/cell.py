@@ -32,11 +32,13 @@ import numpy as np
 from harness.data import make_source
 from harness.probes import RssSampler, frameworks_loaded, nvml_process_memory, peak_rss_bytes
 from harness.reference import init_weights
-from harness.spec import VAESpec
+from harness.spec import VAESpec, count_params
 from harness.worker import emit
 
 #: tracemalloc is used only where it costs less than this fraction of a step
 HEAP_TRACKING_MAX_COST = 0.05
+#: a time budget never cuts the steady phase below this many steps
+MIN_BUDGET_STEPS = 10
 #: batches prefetched for one timing window are capped at this many bytes
 PREFETCH_BYTES = 256 * 2**20
 
@@ -72,11 +74,13 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
     spec = VAESpec.from_dict(task["spec"])
     batch, steps = int(task["batch"]), int(task["steps"])
+    steps_requested = steps
     emit(phase="build")
     t0 = time.perf_counter()
     cls = load_adapter_class(task["impl"])
     import_s = time.perf_counter() - t0
     model = cls(spec)
+    counts, expected = model.param_counts(), count_params(spec)
     if task.get("shared_init", True):
         model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0
@@ -99,7 +103,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
     # ---- warm-up: synchronised single steps, and the tracemalloc cost
     emit(phase="warmup", compile_s=compile_s)
-    n_warm = int(task.get("warmup_steps", max(4, min(20, steps // 10))))
+    default_warm = 6 if task.get("time_budget_s") else max(4, min(20, steps // 10))
+    n_warm = int(task.get("warmup_steps") or default_warm)
     warm_times: list[float] = []
     traced_times: list[float] = []
     heap_mode = task.get("heap", "auto")
@@ -130,6 +135,12 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
                  f"on: tracemalloc cost {heap_cost:+.1%} of a step" if track_heap else
                  "off by request" if heap_mode == "off" else
                  f"off: tracemalloc would cost {heap_cost:+.1%} of a step (limit {HEAP_TRACKING_MAX_COST:.0%})")
+
+    # ---- a time budget shortens the steady phase, never the compile or warm-up
+    budget = task.get("time_budget_s")
+    if budget and plain > 0:
+        remaining = float(budget) - (time.perf_counter() - t0)
+        steps = max(MIN_BUDGET_STEPS, min(steps, int(remaining / plain)))
 
     # ---- steady state: windows with one sync each
     emit(phase="steady", heap=heap_note)
@@ -196,7 +207,11 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         "late_warmup_steps": late_warmup,
         "warmup_step_times_s": warm_times,
         "final_loss": loss,
-        "steps": steps,
+        "steps_measured": steps,
+        "steps_requested": steps_requested,
+        "time_budget_s": budget,
+        "param_counts": {"trainable": counts.trainable, "non_trainable": counts.non_trainable},
+        "param_counts_expected": {"trainable": expected.trainable, "non_trainable": expected.non_trainable},
         "step_stats": {**stats.to_dict(), "window_times_s": [w / spw for w in windows]},
         "memory": {
             "device": device,

@@ -1,0 +1,179 @@
+"""Run A against run B, cell by cell: how much slower or bigger is B, and is it a regression?
+
+A cell is matched on (impl, spec_hash, batch, scenario); repeats on each side are pooled. The step-time
+samples the significance test compares are, in order of preference:
+
+1. ``step_stats.window_times_s`` (per-step seconds, one per timed window) of every repeat, pooled;
+2. with no window times but at least 3 repeats on both sides, each repeat's ``median_s``;
+3. otherwise there is nothing to test: the ratio of medians is still reported, ``p_value`` is NaN and
+   the cell is never called a regression (``samples`` says why).
+
+A cell is a **regression** when B is significantly different (two-sided Mann-Whitney U,
+``harness.stats.mann_whitney_slower``, p < ``alpha``) AND the step-time ratio B/A exceeds
+``1 + threshold``; an **improvement** is the mirror image (ratio below ``1 - threshold``). A cell that
+ran in A and fails in B is flagged ``new_failure`` (not a timing regression: there is no time to compare).
+
+Framework-free: never imports torch, jax, keras or tensorflow.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from harness.stats import mann_whitney_slower
+from reports.build import load_rows, row_status
+
+__all__ = ["compare_runs", "print_comparison", "cell_id", "step_samples"]
+
+
+def cell_id(row: dict[str, Any]) -> tuple:
+    """What identifies a cell across runs: impl, spec hash, batch and scenario (and whether it is a sweep
+    probe, so that probes are never pooled with the benchmark cell of the same batch)."""
+    sweep = row.get("sweep") if isinstance(row.get("sweep"), dict) else {}
+    batch = sweep.get("probe_batch", row.get("batch"))
+    return (str(row.get("impl")), str(row.get("spec_hash", "")), int(batch) if batch is not None else None,
+            row.get("scenario") or None, bool(row.get("sweep")))
+
+
+def step_samples(rows: list[dict[str, Any]]) -> tuple[list[float], str]:
+    """Per-step times to test, pooled over the ok repeats, and what they are (see the module docstring)."""
+    ok = [r for r in rows if row_status(r) == "ok" and isinstance(r.get("step_stats"), dict)]
+    windows = [r["step_stats"].get("window_times_s") for r in ok]
+    if ok and all(isinstance(w, list) and w for w in windows):
+        return [float(x) for w in windows for x in w], "windows"
+    medians = [float(r["step_stats"]["median_s"]) for r in ok if r["step_stats"].get("median_s") is not None]
+    if len(medians) >= 3:
+        return medians, "repeat medians"
+    return medians, "none"
+
+
+def _median_of(rows: list[dict], *path: str) -> float | None:
+    vals = []
+    for r in rows:
+        v: Any = r
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            vals.append(float(v))
+    return statistics.median(vals) if vals else None
+
+
+def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alpha: float = 0.05) -> list[dict]:
+    """Compare every cell present in both runs; one dict per cell, sorted by step-time ratio (worst first).
+
+    ``run_a_rows`` / ``run_b_rows``: lists of stored rows (or anything :func:`reports.build.load_rows`
+    accepts: JSONL paths, directories, run ids). Keys of each dict: ``impl``, ``spec_name``, ``spec_hash``,
+    ``batch``, ``scenario``, ``sweep``, ``status`` ("compared", "failed in A", "failed in B", "failed in both"),
+    ``median_a_s``, ``median_b_s``, ``ratio`` (step time B/A), ``ratio_ci_low``, ``ratio_ci_high``,
+    ``p_value``, ``significant``, ``samples`` ("windows", "repeat medians", or "none"), ``n_a``, ``n_b``,
+    ``peak_a_bytes``, ``peak_b_bytes``, ``memory_ratio`` (peak memory B/A), ``regression``,
+    ``improvement``, ``new_failure``, ``note``.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+    rows_a = _as_rows(run_a_rows)
+    rows_b = _as_rows(run_b_rows)
+    a_cells = _by_cell(rows_a)
+    b_cells = _by_cell(rows_b)
+    out = []
+    for key in sorted(set(a_cells) & set(b_cells), key=lambda k: tuple(str(x) for x in k)):
+        ra, rb = a_cells[key], b_cells[key]
+        ok_a = [r for r in ra if row_status(r) == "ok"]
+        ok_b = [r for r in rb if row_status(r) == "ok"]
+        impl, spec_hash, batch, scenario, sweep = key
+        res: dict[str, Any] = {
+            "impl": impl, "spec_name": ra[0].get("spec_name"), "spec_hash": spec_hash, "batch": batch,
+            "scenario": scenario, "sweep": sweep,
+            "median_a_s": _median_of(ok_a, "step_stats", "median_s"),
+            "median_b_s": _median_of(ok_b, "step_stats", "median_s"),
+            "peak_a_bytes": _median_of(ok_a, "memory", "peak_bytes"),
+            "peak_b_bytes": _median_of(ok_b, "memory", "peak_bytes"),
+            "ratio": math.nan, "ratio_ci_low": math.nan, "ratio_ci_high": math.nan, "p_value": math.nan,
+            "significant": False, "samples": "none", "n_a": 0, "n_b": 0, "memory_ratio": math.nan,
+            "regression": False, "improvement": False, "new_failure": bool(ok_a) and not ok_b, "note": "",
+        }
+        if res["peak_a_bytes"] and res["peak_b_bytes"] is not None:
+            res["memory_ratio"] = res["peak_b_bytes"] / res["peak_a_bytes"]
+        if not ok_a or not ok_b:
+            res["status"] = "failed in both" if not ok_a and not ok_b else "failed in A" if not ok_a else "failed in B"
+            kinds = {r.get("failure_kind") for r in (ra if not ok_a else rb) if row_status(r) != "ok"}
+            res["note"] = "failure kind: " + ", ".join(sorted(str(k) for k in kinds))
+            out.append(res)
+            continue
+        res["status"] = "compared"
+        xa, kind_a = step_samples(ok_a)
+        xb, kind_b = step_samples(ok_b)
+        if kind_a == kind_b and kind_a != "none":
+            test = mann_whitney_slower(xa, xb, alpha=alpha)
+            res.update(ratio=test["ratio"], ratio_ci_low=test["ratio_ci_low"], ratio_ci_high=test["ratio_ci_high"],
+                       p_value=test["p_value"], significant=test["significant"], samples=kind_a,
+                       n_a=len(xa), n_b=len(xb))
+        else:
+            if res["median_a_s"] and res["median_b_s"] is not None:
+                res["ratio"] = res["median_b_s"] / res["median_a_s"]
+            res["note"] = ("no significance test: rows store no window_times_s and fewer than 3 repeats "
+                           f"(A: {kind_a}, B: {kind_b})")
+        r = res["ratio"]
+        res["regression"] = bool(res["significant"] and math.isfinite(r) and r > 1 + threshold)
+        res["improvement"] = bool(res["significant"] and math.isfinite(r) and r < 1 - threshold)
+        out.append(res)
+    out.sort(key=lambda d: (-(d["ratio"] if math.isfinite(d["ratio"]) else -math.inf), str(d["impl"])))
+    return out
+
+
+def _as_rows(x: Any) -> list[dict]:
+    if isinstance(x, list) and all(isinstance(r, dict) for r in x):
+        return x
+    return load_rows(x)
+
+
+def _by_cell(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(cell_id(r), []).append(r)
+    return out
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
+
+
+def print_comparison(comparisons: list[dict], console: Any = None, title: str = "run B against run A") -> None:
+    """A rich table: one line per cell, regressions in red, improvements in green, new failures flagged."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title)
+    for col, just in (("impl", "left"), ("spec", "left"), ("batch", "right"), ("A median", "right"),
+                      ("B median", "right"), ("B/A time", "right"), ("95% CI", "right"), ("p", "right"),
+                      ("B/A memory", "right"), ("verdict", "left")):
+        table.add_column(col, justify=just)
+    for d in comparisons:
+        if d["new_failure"]:
+            verdict = "[red bold]new failure[/red bold]"
+        elif d["regression"]:
+            verdict = "[red bold]regression[/red bold]"
+        elif d["improvement"]:
+            verdict = "[green]improvement[/green]"
+        elif d["status"] != "compared":
+            verdict = d["status"]
+        elif d["samples"] == "none":
+            verdict = "[yellow]untested[/yellow]"
+        else:
+            verdict = "same"
+        spec = str(d.get("spec_name") or d["spec_hash"]) + (f" [{d['scenario']}]" if d.get("scenario") else "")
+        ci = "—" if not math.isfinite(d["ratio_ci_low"]) else f"{d['ratio_ci_low']:.3f}–{d['ratio_ci_high']:.3f}"
+        table.add_row(d["impl"], spec, str(d["batch"]), _fmt(_ms(d["median_a_s"]), ".3f", " ms"),
+                      _fmt(_ms(d["median_b_s"]), ".3f", " ms"), _fmt(d["ratio"], ".3f"), ci,
+                      _fmt(d["p_value"], ".3g"), _fmt(d["memory_ratio"], ".3f"), verdict)
+    console.print(table)
+    notes = {d["note"] for d in comparisons if d["note"] and d["status"] == "compared"}
+    for n in sorted(notes):
+        console.print(f"[yellow]note:[/yellow] {n}")
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else s * 1e3

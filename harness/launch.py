@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.adapter import impl_env
+from harness.probes import proc_status
 from harness.spec import Settings
 
 #: how many trailing stderr lines each result keeps
@@ -127,7 +128,9 @@ class _MemoryGuard:
     """Kills a worker whose resident memory (with its children) passes a limit.
 
     An address-space rlimit would be simpler but JAX and TensorFlow reserve far
-    more virtual memory than they touch, so RSS is what is policed.
+    more virtual memory than they touch, so RSS is what is policed: anonymous
+    plus shared-memory RSS, not file-backed pages (a streamed memmap, shared
+    libraries), which the kernel can drop and which are no sign of running out.
     """
 
     def __init__(self, pid: int, limit: int | None) -> None:
@@ -148,9 +151,10 @@ class _MemoryGuard:
 
         try:
             procs = [self._proc, *self._proc.children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in procs)
-        except psutil.Error:
+            statuses = [proc_status(p.pid) for p in procs]
+        except (psutil.Error, OSError):
             return False
+        rss = sum(s.get("RssAnon", 0) + s.get("RssShmem", 0) for s in statuses)
         self.hit = rss > self.limit
         return self.hit
 

@@ -72,6 +72,9 @@ TASKS = {"params": task_params, "parity": task_parity}
 
 
 def main(argv: list[str]) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a segfault or abort leaves a Python stack in the stderr tail
     task = json.loads(Path(argv[1]).read_text())
     result_path = Path(task["result_path"])
     try:

@@ -325,7 +325,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from bench.overhead import measure_overhead
+
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    out = [measure_overhead(impl, spec, args.kmer, args.batch, args.steps, args.repeats) for impl in _impls(args.impl)]
+    if args.json:
+        print(json.dumps(out, indent=2))
+    for o in out:
+        print(f"{o['impl']} {o['spec']} k={o['kmer']} b={o['batch']}: bare loop {o['bare_median_s'] * 1e3:.3f} ms, "
+              f"harness {o['harness_median_s'] * 1e3:.3f} ms per step, ratio {o['ratio']:.3f}", file=sys.stderr)
+    return 0 if all(abs(o["ratio"] - 1) <= args.tolerance for o in out) else 1
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "overhead": cmd_overhead,
     "matrix": cmd_matrix,
     "report": cmd_report,
     "compare": cmd_compare,
@@ -419,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.05, help="slowdown that counts as a regression (0.05 = 5%%)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged (for CI)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("overhead", help="benchmark: the harness's reported step time against a bare loop")
+    p.add_argument("--impl", default="torch")
+    p.add_argument("--spec", default="dense")
+    p.add_argument("--kmer", type=kmer_arg, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tolerance", type=float, default=0.05, help="exit 1 if any ratio is further than this from 1")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")

@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from harness.data import make_source
-from harness.probes import RssSampler, frameworks_loaded, nvml_process_memory, peak_rss_bytes
+from harness.probes import (
+    RssSampler,
+    frameworks_loaded,
+    nvml_process_memory,
+    peak_rss_bytes,
+    proc_status,
+    reset_peak_rss,
+)
 from harness.reference import init_weights
 from harness.spec import VAESpec, count_params
 from harness.worker import emit
@@ -79,12 +86,14 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     cls = load_adapter_class(task["impl"])
     import_s = time.perf_counter() - t0
+    import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
     model = cls(spec)
     counts, expected = model.param_counts(), count_params(spec)
     if task.get("shared_init", True):
         model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0
     source = make_source(task["kmer"], batch, task.get("data"), task.get("columns"), seed=spec.settings.seed)
+    hwm_reset = reset_peak_rss()
     step_fn = _step_function(task, model)
     leak = InjectedLeak(int(task.get("inject_leak_bytes", 0)))
     rss = RssSampler()
@@ -195,6 +204,10 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     device = model.device_memory()
     nvml = nvml_process_memory()
     peak_rss = peak_rss_bytes()
+    status = proc_status()
+    # CPU stand-in for device memory: the peak resident set of training, less the
+    # framework's import footprint and the file-backed pages (shared libraries, memmap)
+    training_peak = peak_rss - status.get("RssFile", 0) - status.get("RssShmem", 0) - import_anon
     return {
         "row": getattr(model, "name", task["impl"]),
         "versions": cls.versions(),
@@ -218,8 +231,13 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             "device_source": "allocator" if device else None,
             "nvml_bytes": nvml,
             "peak_rss_bytes": peak_rss,
-            "cpu_standin": None if device else "peak RSS (VmHWM) stands in for device memory on CPU",
-            "peak_bytes": device.get("peak_bytes") if device else peak_rss,
+            "import_anon_bytes": import_anon,
+            "training_peak_rss_bytes": training_peak,
+            "peak_rss_reset_after_build": hwm_reset,
+            "cpu_standin": None if device else (
+                "peak RSS (VmHWM) during training, less the framework's import footprint and file-backed pages, "
+                "stands in for device memory on CPU"),
+            "peak_bytes": device.get("peak_bytes") if device else training_peak,
         },
         "host": {
             "rss_anon": rss.anon,

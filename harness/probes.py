@@ -70,6 +70,20 @@ class RssSampler:
             self._fh.close()
 
 
+def reset_peak_rss() -> bool:
+    """Restart the kernel's VmHWM from the current RSS (Linux: ``5`` to clear_refs).
+
+    Lets a cell measure the peak of training alone, after the model is built and
+    the shared initial weights (a numpy copy) are freed. False where unsupported.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set of this process (VmHWM): the CPU stand-in for device memory."""
     return proc_status().get("VmHWM", 0)

@@ -83,6 +83,10 @@ def main(argv: list[str]) -> int:
             from harness.cell import run_cell
 
             result = run_cell(task)
+        elif kind == "bare":
+            from bench.overhead import bare_loop
+
+            result = bare_loop(task)
         else:
             result = TASKS[kind](task)
         result = {"status": "ok", **result}

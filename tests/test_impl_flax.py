@@ -1,0 +1,267 @@
+"""The Flax NNX build against the spec and the float64 numpy reference.
+
+Adapters are built once per (preset, k) and shared: every test that depends on the
+weights sets them first (``set_weights`` also resets Adam), so the order tests run in
+does not matter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flax")
+
+from harness import reference  # noqa: E402
+from harness.adapter import load_adapter_class  # noqa: E402
+from harness.presets import preset  # noqa: E402
+from harness.spec import canonical_kmer_count, count_params, param_table  # noqa: E402
+
+BATCH = 8
+
+
+def flax_class():
+    return load_adapter_class("flax")
+
+
+@functools.lru_cache(maxsize=None)
+def spec_for(name: str, k: int):
+    return preset(name, canonical_kmer_count(k))
+
+
+@functools.lru_cache(maxsize=None)
+def build(name: str, k: int):
+    return flax_class()(spec_for(name, k))
+
+
+def batch(spec, seed: int = 0, size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.random((size, spec.input_length)).astype(np.float32)
+    eps = rng.standard_normal((size, spec.latent_dim)).astype(np.float32)
+    return x, eps
+
+
+def start_weights(spec) -> dict[str, np.ndarray]:
+    return reference.perturb_batch_norm(spec, reference.init_weights(spec))
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+# ------------------------------------------------------------------------ model facts
+
+# Every preset where its length rule allows k=3 or k=5 (conv-final needs L % 64 == 0, so k=5 only;
+# conv-original at k=5 has 1e8 parameters and is left to the k=3 case). Not k=7: a build costs
+# one XLA compile of the initialisers (seconds on CPU) whatever its size, and conv-revised and
+# conv-original have 2.7e8 and 1.6e9 parameters there.
+PARAM_CASES = [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5), ("conv-original", 3)]
+
+
+@pytest.mark.parametrize(("name", "k"), PARAM_CASES)
+def test_param_counts(name, k):
+    assert build(name, k).param_counts() == count_params(spec_for(name, k))
+
+
+@pytest.mark.parametrize(("name", "k"), [("dense", 3), ("conv-final", 5)])
+def test_weights_round_trip(name, k):
+    spec, model = spec_for(name, k), build(name, k)
+    w = start_weights(spec)
+    model.set_weights(w)
+    got = model.get_weights()
+    assert list(got) == [p.name for p in param_table(spec)]
+    for key, value in w.items():
+        assert got[key].dtype == np.float32 and got[key].shape == value.shape, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_set_weights_rejects_wrong_shape():
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    w = start_weights(spec)
+    w["encoder.0.kernel"] = w["encoder.0.kernel"].T
+    with pytest.raises(ValueError, match="encoder.0.kernel"):
+        model.set_weights(w)
+
+
+# ------------------------------------------------------------------ parity with reference
+
+
+@pytest.mark.parametrize(("name", "k"), [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5)])
+def test_eval_forward_matches_reference(name, k):
+    spec, model = spec_for(name, k), build(name, k)
+    w = start_weights(spec)  # non-trivial BatchNorm statistics for the dense preset
+    model.set_weights(w)
+    x, eps = batch(spec)
+    got = model.eval_forward(x, eps)
+    want = reference.eval_forward(spec, w, x, eps)
+    for key in ("recon", "z_mean", "z_log_var"):
+        assert got[key].shape == want[key].shape, key
+        assert rel_l2(got[key], want[key]) <= 1e-5, key
+
+
+@pytest.mark.parametrize(("name", "k"), [("conv-final", 5), ("conv-revised", 5)])
+def test_loss_and_grads_match_reference(name, k):
+    spec, model = spec_for(name, k), build(name, k)
+    w = start_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    loss, grads = model.loss_and_grads(x, eps)
+    # No BatchNorm in the conv presets, so the training forward is the eval forward.
+    ref = reference.eval_forward(spec, w, x, eps)
+    want = reference.vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
+    assert isinstance(loss, float)
+    assert abs(loss - want) <= 1e-5 * abs(want)
+    trainable = {p.name: p.shape for p in param_table(spec) if p.trainable}
+    assert set(grads) == set(trainable)
+    for key, shape in trainable.items():
+        assert grads[key].shape == shape, key
+        assert np.all(np.isfinite(grads[key])), key
+
+
+def test_loss_and_grads_changes_nothing():
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    model.set_weights(start_weights(spec))
+    before = model.get_weights()
+    x, eps = batch(spec)
+    first, _ = model.loss_and_grads(x, eps)
+    second, _ = model.loss_and_grads(x, eps)
+    after = model.get_weights()
+    assert first == pytest.approx(second, rel=1e-6)
+    for key in before:  # BatchNorm statistics included
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+def test_first_adam_step_follows_the_gradient():
+    """Adam's first step is lr * g / (|g| + eps): the update the jitted step applies must
+    be the one implied by loss_and_grads (the same loss, the same gradients)."""
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    w = start_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    _, grads = model.loss_and_grads(x, eps)  # training mode, like the step
+    model.train_step(x, eps)
+    after = model.get_weights()
+    o = spec.optimizer
+    for key, g in grads.items():
+        expected = w[key] - o.lr * g / (np.abs(g) + o.eps)
+        np.testing.assert_allclose(after[key], expected, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_train_step_with_fixed_noise():
+    import jax
+
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    w = start_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    handle = model.train_step(x, eps)
+    assert isinstance(handle, jax.Array)  # a device value, no host sync forced
+    first = model.loss_value(handle)
+    second = model.loss_value(model.train_step(x, eps))
+    assert np.isfinite(first) and np.isfinite(second)
+    assert second < first
+    changed = model.get_weights()
+    for key in ("encoder.0.kernel", "encoder.1.gamma", "z_log_var.bias", "decoder.6.kernel"):
+        assert not np.array_equal(changed[key], w[key]), key
+
+
+def test_drawn_noise_runs_the_same_update_and_compiles_once():
+    """train_step(x) draws eps from the model's own noise stream and must then apply
+    exactly the update train_step(x, eps) applies with that eps.
+
+    This is the only test that runs the drawn-noise step of (dense, k=3, batch 8), so
+    its first call compiles and the second, at the same shapes, must not.
+    """
+    import jax
+    from flax import nnx
+
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    w = start_weights(spec)
+    x, _ = batch(spec)
+    key = nnx.clone(model._model()).noise()  # the key the next drawn-noise step uses; the model is untouched
+    eps = np.asarray(jax.random.normal(key, (BATCH, spec.latent_dim), np.float32))
+
+    model.set_weights(w)
+    fixed = model.loss_value(model.train_step(x, eps))
+    after_fixed = model.get_weights()
+
+    model.set_weights(w)  # resets weights and Adam, not the noise stream (eps given does not draw)
+    start = model.counters()["compiles"]
+    drawn = model.loss_value(model.train_step(x))
+    after_first = model.counters()["compiles"]
+    after_drawn = model.get_weights()
+    second = model.loss_value(model.train_step(x))
+    after_second = model.counters()["compiles"]
+
+    assert drawn == pytest.approx(fixed, rel=1e-6)
+    for key_name in w:
+        np.testing.assert_allclose(after_drawn[key_name], after_fixed[key_name], rtol=1e-5, atol=1e-7,
+                                   err_msg=key_name)
+    assert np.isfinite(second) and second != drawn  # a fresh draw on the next step
+    assert after_first > start
+    assert after_second == after_first
+
+
+def test_batch_norm_running_stats_after_one_step():
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    w = start_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    model.train_step(x, eps)
+    got = model.get_weights()
+
+    h = x.astype(np.float64) @ w["encoder.0.kernel"] + w["encoder.0.bias"]  # what encoder.1 sees
+    decay = spec.settings.batch_norm_momentum
+    mean = decay * w["encoder.1.moving_mean"] + (1 - decay) * h.mean(axis=0)
+    var = decay * w["encoder.1.moving_variance"] + (1 - decay) * h.var(axis=0)  # biased (ddof=0)
+    np.testing.assert_allclose(got["encoder.1.moving_mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["encoder.1.moving_variance"], var, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_donates_the_old_state():
+    import jax
+
+    spec, model = spec_for("dense", 3), build("dense", 3)
+    model.set_weights(start_weights(spec))
+    x, eps = batch(spec)
+    old = jax.tree.leaves(model._state)  # parameters, BatchNorm statistics, Adam moments, noise key
+    model.train_step(x, eps)
+    model.synchronize()
+    assert old and all(leaf.is_deleted() for leaf in old)
+    # The adapter only ever reads the new state, so everything keeps working.
+    assert np.all(np.isfinite(model.get_weights()["encoder.0.kernel"]))
+
+
+# ------------------------------------------------------------------------------ probes
+
+
+def test_versions_and_device():
+    cls = flax_class()
+    v = cls.versions()
+    assert {"framework", "jax", "jaxlib", "flax", "optax", "backend"} <= set(v)
+    assert cls.device_kind() in ("cpu", "gpu")
+
+
+def test_device_memory_empty_on_cpu():
+    model = build("dense", 3)
+    if flax_class().device_kind() != "cpu":
+        pytest.skip("CPU-only expectation")
+    assert model.device_memory() == {}
+    model.reset_peak_memory()
+
+
+def test_device_memory_on_gpu():
+    if flax_class().device_kind() != "gpu":
+        pytest.skip("needs a GPU")
+    model = build("dense", 3)
+    x, eps = batch(spec_for("dense", 3))
+    model.synchronize()
+    model.train_step(x, eps)
+    model.synchronize()
+    mem = model.device_memory()
+    assert mem["peak_bytes"] >= mem["bytes_in_use"] > 0

@@ -41,7 +41,8 @@ def print_parity(reports) -> None:
     for rep in reports:
         table = Table(title=f"parity of {rep.spec} against {rep.reference} (batch {rep.batch}; relative L2; "
                             f"tolerance {TOL_FORWARD:.0e}, after step {TOL_STEP:.0e})")
-        for col in ("impl", "forward", "loss", "grads (worst tensor)", "after 1 Adam step (worst)", "verdict"):
+        for col in ("impl", "forward", "loss", "grads (worst tensor)", "after 1 Adam step (all weights; worst tensor)",
+                    "verdict"):
             table.add_column(col)
         for r in rep.rows:
             if r.error:
@@ -52,6 +53,12 @@ def print_parity(reports) -> None:
                           f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
                           "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
         console.print(table)
+        zero = sorted({name for r in rep.rows for name in r.zero_grad})
+        if zero:
+            worst = max((v for r in rep.rows for v in r.zero_grad.values()), default=0.0)
+            console.print(f"  zero-gradient tensors (bias feeding a BatchNorm), checked to be zero up to rounding "
+                          f"(worst {worst:.1e} of all gradients) and left out of the relative columns: "
+                          f"{', '.join(zero)}")
 
 
 def print_rows(rows) -> None:

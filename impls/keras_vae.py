@@ -1,0 +1,448 @@
+"""The VAE in Keras 3, written the way the keras.io VAE example writes it, on any backend.
+
+One file serves three rows: ``keras-jax``, ``keras-torch`` and ``keras-tensorflow``.
+Keras picks its backend once per process from ``KERAS_BACKEND`` (the harness sets it
+before the worker imports anything), so the row name is read back from
+``keras.backend.backend()``.
+
+What a Keras user would write, and this build does:
+
+* encoder and decoder are functional ``keras.Model`` stacks of stock ``keras.layers``;
+  a ``Sampling`` layer draws the reparameterisation noise with ``keras.random.normal``
+  and its own ``keras.random.SeedGenerator``;
+* the ``VAE`` model overrides ``compute_loss`` only, so the step itself is Keras' own
+  per-backend trainer (``jax.jit`` / ``tf.function`` / eager torch) driven through
+  ``model.train_on_batch``.
+
+Two places depart from Keras' defaults because the spec pins them (see
+``harness.spec.Settings``): the Adam update (``TextbookAdam``) and the BatchNorm
+momentum, epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
+
+The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D
+``(k, in, out)``, Conv1DTranspose ``(k, out, in)``, channels-last flatten), so moving
+weights is a name lookup with no transposes.
+
+Backend-specific code is confined to the "backend corner" below: gradients for
+``loss_and_grads`` (Keras has no backend-agnostic ``grad``), device synchronisation,
+allocator figures and precision flags. Everything a training step runs is
+``keras.ops``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from harness.adapter import VAEAdapter
+from harness.spec import Layer, ParamCounts, VAESpec, param_table
+
+BACKEND = keras.backend.backend()
+
+# ---------------------------------------------------------------------------- backend corner
+
+if BACKEND == "jax":
+    import jax
+
+    _xla_compiles = 0
+
+    def _count_compile(event: str, duration: float, **kwargs: Any) -> None:
+        # jax/_src/dispatch.py: BACKEND_COMPILE_EVENT, recorded once per XLA compilation
+        global _xla_compiles
+        if event == "/jax/core/compile/backend_compile_duration":
+            _xla_compiles += 1
+
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+elif BACKEND == "torch":
+    import torch
+elif BACKEND == "tensorflow":
+    import tensorflow as tf
+else:  # pragma: no cover - keras itself rejects other names for this build's purposes
+    raise ImportError(f"impls.keras_vae supports the jax, torch and tensorflow backends, not {BACKEND!r}")
+
+
+def _on_gpu() -> bool:
+    if BACKEND == "jax":
+        return jax.default_backend() in ("gpu", "cuda", "rocm")
+    if BACKEND == "torch":
+        return torch.cuda.is_available()
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _pin_device_settings(tf32: bool, tf_memory_growth: bool) -> None:
+    """TF32 off unless asked for, and TensorFlow's memory growth, before any op runs.
+
+    Each backend has its own switch; all three otherwise run float32 matmuls and
+    convolutions in TF32 (or lower, for JAX) on Ampere and newer GPUs.
+    """
+    if BACKEND == "jax":
+        jax.config.update("jax_default_matmul_precision", None if tf32 else "highest")
+    elif BACKEND == "torch":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    else:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            # only settable before the GPU is initialised; a second model in the same
+            # process finds it already set and leaves it alone
+            if tf.config.experimental.get_memory_growth(gpu) != tf_memory_growth:
+                tf.config.experimental.set_memory_growth(gpu, tf_memory_growth)
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+
+
+def value_and_grad(fn):
+    """``fn(values, *args) -> loss``  becomes  ``(values, *args) -> (loss, d loss / d values)``.
+
+    Keras 3 offers no backend-agnostic gradient, so this is each backend's own:
+    ``jax.value_and_grad`` (jitted: eager JAX would compile every primitive of the
+    forward and backward pass on its own), ``torch.autograd.grad`` (which, unlike
+    ``backward``, leaves ``.grad`` alone) and ``tf.GradientTape``.
+    """
+    if BACKEND == "jax":
+        return jax.jit(jax.value_and_grad(fn))
+    if BACKEND == "torch":
+        def torch_value_and_grad(values, *args):
+            values = [v.detach().requires_grad_(True) for v in values]
+            loss = fn(values, *args)
+            return loss, list(torch.autograd.grad(loss, values))
+
+        return torch_value_and_grad
+
+    def tf_value_and_grad(values, *args):
+        values = [tf.convert_to_tensor(v) for v in values]
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = fn(values, *args)
+        return loss, tape.gradient(loss, values)
+
+    return tf_value_and_grad
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class Sampling(layers.Layer):
+    """z = z_mean + exp(z_log_var / 2) * eps, as in the keras.io VAE example.
+
+    ``eps`` is drawn on the device from the layer's own ``SeedGenerator`` (its state
+    is a non-trainable variable that Keras threads through the jitted step), unless
+    the caller passes it, which parity checks do to fix the noise.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, z_mean, z_log_var, eps=None):
+        if eps is None:
+            eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+
+def vae_loss(x, y_pred: dict, beta: float):
+    """BCE from logits summed over features plus beta x KL summed over latent dims,
+    both averaged over the batch (``harness.reference.vae_loss``)."""
+    bce = ops.sum(ops.binary_crossentropy(x, y_pred["logits"], from_logits=True), axis=-1)
+    mu, logvar = y_pred["z_mean"], y_pred["z_log_var"]
+    kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=-1)
+    return ops.mean(bce) + beta * ops.mean(kl)
+
+
+class VAE(keras.Model):
+    """Encoder, sampling, decoder; the loss lives in ``compute_loss``.
+
+    Overriding ``compute_loss`` rather than ``train_step`` keeps the training step
+    Keras' own on every backend: the trainer calls the model, then ``compute_loss``
+    with the model's outputs, then differentiates and applies the optimizer.
+
+    Inputs are either a batch ``x`` (noise drawn by ``Sampling``) or a dict
+    ``{"x": x, "eps": eps}`` (noise given). The two are different input structures,
+    so ``jax.jit`` / ``tf.function`` trace each once and keep both.
+    """
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.beta = beta
+        #: Python executions of ``train_step``; under ``jax.jit`` / ``tf.function``
+        #: the body runs only when the step is (re)traced
+        self.train_step_traces = 0
+
+    def call(self, inputs, training=False):
+        x, eps = (inputs["x"], inputs["eps"]) if isinstance(inputs, dict) else (inputs, None)
+        z_mean, z_log_var = self.encoder(x, training=training)
+        z = self.sampling(z_mean, z_log_var, eps)
+        logits = self.decoder(z, training=training)
+        return {"logits": logits, "z_mean": z_mean, "z_log_var": z_log_var}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return vae_loss(x["x"] if isinstance(x, dict) else x, y_pred, self.beta)
+
+    def train_step(self, *args):
+        # JAX's trainer passes (state, data), TensorFlow's and torch's (data)
+        self.train_step_traces += 1
+        return super().train_step(*args)
+
+
+class TextbookAdam(keras.optimizers.Adam):
+    """Adam in the textbook (PyTorch, Optax) form: ``lr * m_hat / (sqrt(v_hat) + eps)``.
+
+    Keras' Adam folds the bias corrections into the learning rate and adds epsilon to
+    ``sqrt(v)``: ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, which is
+    the textbook update with an effective epsilon of ``eps / sqrt(1 - b2^t)`` (31.6x
+    larger at step 1 with b2 = 0.999). For gradients near epsilon that is a different
+    step, so the spec pins the textbook form (``settings.adam_epsilon_hat``). Written
+    with ``keras.ops`` only, it runs unchanged on every backend. (On the torch backend
+    Keras swaps ``keras.optimizers.Adam`` itself for a fused ``torch._foreach`` version;
+    a subclass is left alone and takes the per-variable ``update_step`` below.)
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        m_hat = ops.divide(m, self._bias_correction(self.beta_1, step))
+        v_hat = ops.divide(v, self._bias_correction(self.beta_2, step))
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), ops.add(ops.sqrt(v_hat), self.epsilon)))
+
+    @staticmethod
+    def _bias_correction(beta: float, step):
+        """``1 - beta**step``, to full float32 precision.
+
+        Written as ``1 - power(float32(beta), step)`` it loses digits: 0.999 is not a
+        float32, and ``1 - float32(0.999)`` is 0.00099998713, 1.3e-5 off, which scales
+        every step by 6e-6 (PyTorch does this in double precision on the host). With
+        ``log(beta)`` taken in double, ``-expm1(step * log(beta))`` is exact to float32.
+        """
+        return ops.negative(ops.expm1(ops.multiply(step, math.log(beta))))
+
+    def reset(self) -> None:
+        """Back to step 0 with zero moments, as a freshly built optimizer."""
+        if not self.built:
+            return
+        self.iterations.assign(0)
+        for slot in self._momentums + self._velocities:
+            slot.assign(ops.zeros(slot.shape, dtype=slot.dtype))
+
+
+def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
+    """The stock Keras layer for one spec layer, with every framework default pinned."""
+    t, a, s = layer.type, layer.args, spec.settings
+    if t == "dense":
+        return layers.Dense(a["units"], kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
+    if t in ("conv1d", "conv_transpose1d"):
+        conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
+        return conv(a["filters"], a["kernel_size"], padding="same",
+                    kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
+    if t == "max_pool1d":
+        return layers.MaxPooling1D(a["pool_size"], name=name)
+    if t == "upsample1d":
+        return layers.UpSampling1D(a["size"], name=name)
+    if t == "batch_norm":
+        return layers.BatchNormalization(momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, name=name)
+    if t == "relu":
+        return layers.ReLU(name=name)
+    if t == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=spec.leaky_slope(layer), name=name)
+    if t == "gelu":
+        # keras.layers.Activation("gelu") would take the activation's default form; pin it
+        return layers.Activation(lambda x: keras.activations.gelu(x, approximate=s.gelu_approximate), name=name)
+    if t == "sigmoid":
+        return layers.Activation("sigmoid", name=name)
+    if t == "flatten":
+        return layers.Flatten(name=name)
+    if t == "reshape":
+        return layers.Reshape(tuple(a["shape"]), name=name)
+    raise ValueError(f"unknown layer type {t!r}")
+
+
+def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
+    """The VAE model and the Keras layer behind each canonical name prefix (``encoder.3``)."""
+    by_name: dict[str, layers.Layer] = {}
+
+    def stack(part: str, spec_layers: tuple[Layer, ...], h):
+        for i, layer in enumerate(spec_layers):
+            keras_obj = keras_layer(spec, layer, f"{part}_{i}")  # Keras layer names may not contain '.'
+            by_name[f"{part}.{i}"] = keras_obj
+            h = keras_obj(h)
+        return h
+
+    x = keras.Input(shape=(spec.input_length,), name="x")
+    h = stack("encoder", spec.encoder, x)
+    heads = []
+    for head in ("z_mean", "z_log_var"):
+        by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=spec.settings.kernel_init,
+                                     bias_initializer=spec.settings.bias_init, name=head)
+        heads.append(by_name[head](h))
+    encoder = keras.Model(x, heads, name="encoder")
+
+    z = keras.Input(shape=(spec.latent_dim,), name="z")
+    decoder = keras.Model(z, stack("decoder", spec.decoder, z), name="decoder")
+
+    vae = VAE(encoder, decoder, beta=spec.loss.beta, seed=spec.settings.seed, name="vae")
+    vae(keras.Input(shape=(spec.input_length,)))  # a symbolic call builds a subclassed model, computing nothing
+    return vae, by_name
+
+
+# ---------------------------------------------------------------------------- adapter
+
+
+class KerasVAE(VAEAdapter):
+    """Keras 3 on the backend named by ``KERAS_BACKEND``.
+
+    ``train_step`` is ``model.train_on_batch``, Keras' public single-step API. It
+    returns the loss as a host float, so every step ends with a device sync: that is
+    the price a Keras user pays for ``train_on_batch`` (``fit`` amortises it over an
+    epoch), and the benchmark keeps it rather than hand-rolling a per-backend loop.
+    """
+
+    name: ClassVar[str] = f"keras-{BACKEND}"
+    framework: ClassVar[str] = "keras"
+
+    def __init__(self, spec: VAESpec) -> None:
+        super().__init__(spec)
+        s = spec.settings
+        _pin_device_settings(s.tf32, s.tf_memory_growth)
+        keras.utils.set_random_seed(s.seed)
+        self.model, layer_of = build_vae(spec)
+        o = spec.optimizer
+        self.optimizer = TextbookAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps)
+        self.model.compile(optimizer=self.optimizer)
+        # canonical name -> Keras variable; Keras' attribute names are the canonical leaves
+        self.variables = {p.name: getattr(layer_of[p.name.rsplit(".", 1)[0]], p.name.rsplit(".", 1)[1])
+                          for p in param_table(spec)}
+        self.trainable_names = [p.name for p in param_table(spec) if p.trainable]
+        self._value_and_grad = value_and_grad(self._training_loss)
+
+    # -- model facts -------------------------------------------------------------------
+    def param_counts(self) -> ParamCounts:
+        # ``*_weights`` leave out the Sampling layer's seed state, which is a variable but no parameter
+        return ParamCounts(
+            trainable=sum(math.prod(v.shape) for v in self.model.trainable_weights),
+            non_trainable=sum(math.prod(v.shape) for v in self.model.non_trainable_weights),
+        )
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {name: ops.convert_to_numpy(v).astype(np.float32) for name, v in self.variables.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        missing, extra = set(self.variables) - set(weights), set(weights) - set(self.variables)
+        if missing or extra:
+            raise KeyError(f"set_weights: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name, v in self.variables.items():
+            value = np.asarray(weights[name], np.float32)
+            if tuple(value.shape) != tuple(v.shape):
+                raise ValueError(f"set_weights: {name} has shape {value.shape}, the model wants {tuple(v.shape)}")
+            v.assign(value)
+        self.optimizer.reset()
+
+    # -- compute -----------------------------------------------------------------------
+    @staticmethod
+    def _inputs(x: np.ndarray, eps: np.ndarray | None):
+        x = np.asarray(x, np.float32)
+        return x if eps is None else {"x": x, "eps": np.asarray(eps, np.float32)}
+
+    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None) -> float:
+        """One ``train_on_batch``; returns this step's loss (Keras resets its loss
+        tracker at the start of every ``train_on_batch``)."""
+        return self.model.train_on_batch(self._inputs(x, eps))
+
+    def eval_forward(self, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.model.predict_on_batch(self._inputs(x, eps))
+        logits = np.asarray(out["logits"], np.float64)
+        return {  # the model ends in logits (the loss wants them); sigmoid(l) = (1 + tanh(l / 2)) / 2 never overflows
+            "recon": (0.5 + 0.5 * np.tanh(0.5 * logits)).astype(np.float32),
+            "z_mean": np.asarray(out["z_mean"]),
+            "z_log_var": np.asarray(out["z_log_var"]),
+        }
+
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        model = self.model
+        loss, grads = self._value_and_grad(
+            [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+            ops.convert_to_tensor(np.asarray(x, np.float32)), ops.convert_to_tensor(np.asarray(eps, np.float32)),
+        )
+        by_variable = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
+        return float(ops.convert_to_numpy(loss)), {
+            name: ops.convert_to_numpy(by_variable[id(self.variables[name])]) for name in self.trainable_names
+        }
+
+    def _training_loss(self, trainable: list, non_trainable: list, x, eps):
+        """The training-mode loss as a pure function of the variables' values.
+
+        ``stateless_call`` (every backend has it) runs the model on the values it is
+        given and returns the new BatchNorm statistics instead of assigning them, so
+        ``loss_and_grads`` changes nothing in the model.
+        """
+        y_pred, _ = self.model.stateless_call(trainable, non_trainable, {"x": x, "eps": eps}, training=True)
+        return vae_loss(x, y_pred, self.spec.loss.beta)
+
+    def synchronize(self) -> None:
+        if BACKEND == "jax":
+            jax.block_until_ready([v.value for v in self.model.variables])
+        elif BACKEND == "torch":
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        else:
+            tf.test.experimental.sync_devices()
+
+    def loss_value(self, handle: Any) -> float:
+        return float(handle)
+
+    # -- probes ------------------------------------------------------------------------
+    def device_memory(self) -> dict[str, int | None]:
+        if not _on_gpu():
+            return {}
+        if BACKEND == "jax":
+            stats = jax.devices()[0].memory_stats() or {}
+            return {"peak_bytes": stats.get("peak_bytes_in_use"), "bytes_in_use": stats.get("bytes_in_use"),
+                    "reserved_bytes": stats.get("bytes_reserved")}
+        if BACKEND == "torch":
+            return {"peak_bytes": torch.cuda.max_memory_allocated(), "bytes_in_use": torch.cuda.memory_allocated(),
+                    "reserved_bytes": torch.cuda.memory_reserved()}
+        info = tf.config.experimental.get_memory_info("GPU:0")
+        return {"peak_bytes": info["peak"], "bytes_in_use": info["current"]}
+
+    def reset_peak_memory(self) -> None:
+        """JAX has no peak reset; its ``peak_bytes`` is the process-wide peak."""
+        if not _on_gpu():
+            return
+        if BACKEND == "torch":
+            torch.cuda.reset_peak_memory_stats()
+        elif BACKEND == "tensorflow":
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def counters(self) -> dict[str, int]:
+        """``compiles``: JAX's XLA compilations in this process (every jitted function and
+        eager op), TensorFlow's traces of the train step (the first call of a ``tf.function``
+        traces twice, its variable-creation pass and then the real one; every new input
+        structure or shape adds one). Eager torch compiles nothing."""
+        if BACKEND == "jax":
+            return {"compiles": _xla_compiles}
+        if BACKEND == "tensorflow":
+            return {"compiles": self.model.train_step_traces}
+        return {}
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        backend_version = {"jax": lambda: jax.__version__, "torch": lambda: torch.__version__,
+                           "tensorflow": lambda: tf.__version__}[BACKEND]()
+        return {"framework": keras.__version__, "keras": keras.__version__, "backend": BACKEND,
+                BACKEND: backend_version}
+
+    @classmethod
+    def device_kind(cls) -> str:
+        return "gpu" if _on_gpu() else "cpu"
+
+
+__all__ = ["KerasVAE", "VAE", "Sampling", "TextbookAdam", "build_vae", "vae_loss"]

@@ -1,0 +1,371 @@
+"""The Keras build against the spec and the float64 numpy reference, on all three backends.
+
+Keras fixes its backend once per process (``KERAS_BACKEND`` is read at import), so the
+checks cannot run side by side in the pytest process. Instead this file is also a
+script: run with ``KERAS_BACKEND`` set, it runs every ``check_*`` function below on
+that backend and prints one JSON report. The tests start the three children at once
+(one compute thread each) and turn each entry of each report into its own test, so a
+failure names the backend and the check and carries the child's traceback.
+
+Small specs only (k=3 -> L=32, k=5 -> L=512, batch 8; see ``PARAM_COUNT_CASES`` for
+the parameter counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from harness.presets import preset
+from harness.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
+from harness.spec import count_params, param_table
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("jax", "torch", "tensorflow")
+BATCH = 8
+REPORT_MARK = "KERAS-CHECKS-REPORT "
+CHILD_TIMEOUT_S = 240
+
+# one compute thread per child: the models are tiny and three children share the CPU
+CHILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+}
+
+
+# ----------------------------------------------------------------------------- the checks
+#
+# Each check takes the adapter class and a model cache, asserts, and may return a dict
+# of figures that the report keeps (shown with ``pytest -s``). They run in the child.
+
+CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
+
+
+def check(fn: Callable[..., dict[str, Any] | None]) -> Callable[..., dict[str, Any] | None]:
+    CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def batch(length: int, latent: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-mer-profile-like inputs in [0, 1] and standard-normal noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.dirichlet(np.ones(length), size=BATCH).astype(np.float32) * length / 4
+    return np.clip(x, 0, 1).astype(np.float32), rng.normal(size=(BATCH, latent)).astype(np.float32)
+
+
+class Models:
+    """Builds each (preset, L) model once per child; every check starts with set_weights."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls, self.cache = cls, {}
+
+    def __call__(self, name: str, length: int):
+        if (name, length) not in self.cache:
+            self.cache[(name, length)] = self.cls(preset(name, length))
+        return self.cache[(name, length)]
+
+
+def fresh(model) -> dict[str, np.ndarray]:
+    """Seeded reference weights with non-trivial BatchNorm statistics, set (optimizer reset)."""
+    w = perturb_batch_norm(model.spec, init_weights(model.spec))
+    model.set_weights(w)
+    return w
+
+
+@check
+def check_identity(cls, models) -> dict[str, Any]:
+    backend = os.environ["KERAS_BACKEND"]
+    assert cls.name == f"keras-{backend}", cls.name
+    assert cls.framework == "keras"
+    versions = cls.versions()
+    assert versions["backend"] == backend and versions[backend] and versions["framework"] == versions["keras"]
+    assert cls.device_kind() in ("cpu", "gpu")
+    return versions
+
+
+#: presets whose param counts are read from a built model. k=3 and k=5 wherever the
+#: preset is valid, but conv-original only at k=3 (104M parameters at k=5); at k=7
+#: only dense (18M): building conv-final at L=8192 takes ~15 s on the torch backend
+#: (measured; dense at L=8192 takes under 1 s), conv-revised and conv-original are
+#: 270M and 1.6G parameters there.
+PARAM_COUNT_CASES = (
+    ("dense", 32), ("conv-revised", 32), ("conv-original", 32),
+    ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
+    ("dense", 8192),
+)
+
+
+@check
+def check_param_counts(cls, models) -> dict[str, Any]:
+    seen = {}
+    for name, length in PARAM_COUNT_CASES:
+        spec = preset(name, length)
+        model = models(name, length) if length <= 512 else cls(spec)
+        got, want = model.param_counts(), count_params(spec)
+        assert got == want, f"{name} L={length}: {got} != {want}"
+        seen[f"{name}@{length}"] = got.total
+        del model
+    return seen
+
+
+@check
+def check_weights_round_trip(cls, models) -> None:
+    for name, length in (("dense", 32), ("conv-final", 512)):
+        model = models(name, length)
+        w = fresh(model)
+        got = model.get_weights()
+        assert set(got) == {p.name for p in param_table(model.spec)}
+        for key, value in w.items():
+            assert got[key].dtype == np.float32 and got[key].shape == value.shape, key
+            assert np.array_equal(got[key], value), key
+
+
+@check
+def check_eval_forward(cls, models) -> dict[str, float]:
+    worst = {}
+    for name, length in (("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512)):
+        model = models(name, length)
+        w = fresh(model)  # perturbed BN statistics: eval mode must use them
+        x, eps = batch(length)
+        got, ref = model.eval_forward(x, eps), eval_forward(model.spec, w, x, eps)
+        for key in ("recon", "z_mean", "z_log_var"):
+            assert got[key].shape == ref[key].shape, (name, key, got[key].shape)
+            err = rel_l2(got[key], ref[key])
+            assert err <= 1e-5, f"{name} L={length} {key}: rel L2 {err:.2e}"
+            worst[f"{name}@{length}.{key}"] = err
+    return worst
+
+
+@check
+def check_loss_and_grads(cls, models) -> dict[str, float]:
+    out = {}
+    for name in ("conv-final", "conv-revised"):
+        model = models(name, 512)
+        w = fresh(model)
+        x, eps = batch(512)
+        ref = eval_forward(model.spec, w, x, eps)  # no BatchNorm: training forward == eval forward
+        loss, grads = model.loss_and_grads(x, eps)
+        want = vae_loss(model.spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
+        err = abs(loss - want) / abs(want)
+        assert err <= 1e-5, f"{name}: loss {loss} vs reference {want} (rel {err:.2e})"
+        table = {p.name: p.shape for p in param_table(model.spec) if p.trainable}
+        assert set(grads) == set(table)
+        for key, shape in table.items():
+            assert grads[key].shape == shape and np.all(np.isfinite(grads[key])), key
+        out[name] = err
+    # with BatchNorm: nothing may change, running statistics included
+    model = models("dense", 32)
+    w = fresh(model)
+    x, eps = batch(32)
+    loss, grads = model.loss_and_grads(x, eps)
+    assert np.isfinite(loss) and set(grads) == {p.name for p in param_table(model.spec) if p.trainable}
+    after = model.get_weights()
+    changed = [k for k in w if not np.array_equal(after[k], w[k])]
+    assert not changed, f"loss_and_grads changed {changed}"
+    return out
+
+
+@check
+def check_train_step(cls, models) -> dict[str, Any]:
+    """Dense only: each new input structure is a new trace of the train step, and
+    check_textbook_adam already steps conv-final with fixed noise."""
+    model = models("dense", 32)
+    w = fresh(model)
+    x, eps = batch(32)
+    first_loss, _ = model.loss_and_grads(x, eps)
+    losses = [model.loss_value(model.train_step(x, eps)) for _ in range(2)]
+    model.synchronize()
+    assert all(np.isfinite(losses)), losses
+    # the fixed-eps step sees exactly the given noise: its loss is loss_and_grads' loss
+    assert abs(losses[0] - first_loss) <= 1e-5 * abs(first_loss), (losses[0], first_loss)
+    assert losses[1] < losses[0], losses
+    after = model.get_weights()
+    assert all(not np.array_equal(after[k], w[k]) for k in ("encoder.0.kernel", "z_mean.kernel", "decoder.6.kernel"))
+    before = model.counters()
+    drawn = []
+    for _ in range(2):  # same weights, noise from Keras' own RNG: a fresh draw each step
+        fresh(model)
+        drawn.append(model.loss_value(model.train_step(x)))
+    assert all(np.isfinite(drawn)) and drawn[0] != drawn[1] and first_loss not in drawn, drawn
+    counters = model.counters()
+    assert all(counters[key] >= before.get(key, 0) for key in counters)
+    return {"fixed": losses, "drawn": drawn, "counters": counters}
+
+
+@check
+def check_batch_norm_running_stats(cls, models) -> dict[str, float]:
+    model = models("dense", 32)
+    w = fresh(model)
+    x, eps = batch(32)
+    model.train_step(x, eps)
+    after = model.get_weights()
+    decay = model.spec.settings.batch_norm_momentum
+    h = x.astype(np.float64) @ w["encoder.0.kernel"] + w["encoder.0.bias"]  # first dense, pre-step weights
+    mean, var = h.mean(axis=0), h.var(axis=0)  # biased batch variance
+    out = {}
+    for stat, batch_stat in (("moving_mean", mean), ("moving_variance", var)):
+        want = decay * w[f"encoder.1.{stat}"] + (1 - decay) * batch_stat
+        err = rel_l2(after[f"encoder.1.{stat}"], want)
+        assert err <= 1e-5, f"{stat}: rel L2 {err:.2e}"
+        out[stat] = err
+    return out
+
+
+def biases_before_batch_norm(spec) -> set[str]:
+    """Biases whose true training-mode gradient is exactly zero: BatchNorm subtracts the
+    batch mean right after them. What a framework computes for them is rounding noise
+    (~1e-7), which Adam's g / (|g| + eps) blows up to a step of +-lr in a random direction."""
+    layers = [(f"{part}.{i}", layer) for part in ("encoder", "decoder")
+              for i, layer in enumerate(getattr(spec, part))]
+    return {f"{name}.bias" for (name, layer), (_, after) in zip(layers, layers[1:], strict=False)
+            if layer.type in ("dense", "conv1d", "conv_transpose1d") and after.type == "batch_norm"}
+
+
+@check
+def check_textbook_adam(cls, models) -> dict[str, float]:
+    """One train_step == one textbook Adam step from loss_and_grads' gradients.
+
+    At step 1, m_hat = g and v_hat = g^2, so w' = w - lr * g / (|g| + eps); Keras' own
+    Adam would use eps / sqrt(1 - beta2) in place of eps. Biases in front of a
+    BatchNorm are left out (see ``biases_before_batch_norm``); their gradients are
+    checked to be noise.
+    """
+    out = {}
+    for name, length in (("dense", 32), ("conv-final", 512)):
+        model = models(name, length)
+        w = fresh(model)
+        x, eps = batch(length)
+        _, grads = model.loss_and_grads(x, eps)
+        model.train_step(x, eps)
+        after = model.get_weights()
+        opt = model.spec.optimizer
+        noise = biases_before_batch_norm(model.spec)
+        scale = max(float(np.abs(g).max()) for g in grads.values())
+        worst_w = worst_u = 0.0
+        for key, g in grads.items():
+            g = g.astype(np.float64)
+            if key in noise:
+                assert np.abs(g).max() <= 1e-4 * scale, f"{key}: gradient {np.abs(g).max():.2e} is not noise"
+                continue
+            want = w[key] - opt.lr * g / (np.sqrt(g * g) + opt.eps)
+            worst_w = max(worst_w, rel_l2(after[key], want))
+            worst_u = max(worst_u, rel_l2(after[key].astype(np.float64) - w[key], want - w[key]))
+        assert worst_w <= 1e-5, f"{name}: weights after one step, worst rel L2 {worst_w:.2e}"
+        assert worst_u <= 1e-3, f"{name}: step, worst rel L2 {worst_u:.2e}"
+        out[f"{name}.weights"], out[f"{name}.update"] = worst_w, worst_u
+    return out
+
+
+@check
+def check_set_weights_resets_optimizer(cls, models) -> None:
+    model = models("dense", 32)
+    x, eps = batch(32)
+    fresh(model)
+    first = [model.train_step(x, eps) for _ in range(2)]
+    w_first = model.get_weights()
+    fresh(model)  # back to step 0 with zero moments: the same two steps again
+    again = [model.train_step(x, eps) for _ in range(2)]
+    w_again = model.get_weights()
+    assert np.allclose(first, again, rtol=1e-6), (first, again)
+    assert all(rel_l2(w_again[k], w_first[k]) <= 1e-6 for k in w_first)
+
+
+@check
+def check_memory_probes(cls, models) -> dict[str, Any]:
+    model = models("dense", 32)
+    memory = model.device_memory()
+    model.reset_peak_memory()
+    if cls.device_kind() == "cpu":
+        assert memory == {}, memory
+        return {"device": "cpu"}
+    assert memory["peak_bytes"] > 0 and memory["bytes_in_use"] > 0, memory  # GPU only
+    return {"device": "gpu", **memory}
+
+
+def run_checks(backend: str) -> dict[str, dict[str, Any]]:
+    """Child side: every check on this process' backend, as a JSON-able report."""
+    os.environ["KERAS_BACKEND"] = backend
+    from harness.adapter import load_adapter_class
+
+    cls = load_adapter_class(f"keras-{backend}")
+    models = Models(cls)
+    report = {}
+    for name, fn in CHECKS.items():
+        start = time.perf_counter()
+        try:
+            detail = fn(cls, models)
+            report[name] = {"ok": True, "detail": detail}
+        except Exception:  # noqa: BLE001 - reported to the parent test, which fails on it
+            report[name] = {"ok": False, "error": traceback.format_exc()}
+        report[name]["seconds"] = round(time.perf_counter() - start, 2)
+    return report
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, dict[str, Any]]:
+    """Starts one child per backend, all at once, and collects their reports."""
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)}
+    children = {
+        backend: subprocess.Popen(
+            [sys.executable, __file__, backend], cwd=ROOT, env={**env, "KERAS_BACKEND": backend},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for backend in BACKENDS
+    }
+    out = {}
+    for backend, child in children.items():
+        start = time.perf_counter()
+        try:
+            stdout, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith(REPORT_MARK)]
+        out[backend] = (json.loads(lines[-1][len(REPORT_MARK):]) if lines
+                        else {"_crashed": {"rc": child.returncode, "stderr": stderr[-4000:]}})
+        out[backend]["_wall_s"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_child_ran(reports, backend):
+    assert "_crashed" not in reports[backend], reports[backend].get("_crashed")
+    print(f"keras-{backend}: " + ", ".join(f"{k} {v['seconds']}s" for k, v in reports[backend].items()
+                                           if isinstance(v, dict) and "seconds" in v))
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check(reports, backend, name):
+    report = reports[backend]
+    if "_crashed" in report:
+        pytest.fail(f"keras-{backend} child crashed: {report['_crashed']}")
+    result = report[name]
+    if not result["ok"]:
+        pytest.fail(f"keras-{backend} {name}:\n{result['error']}", pytrace=False)
+    print(f"keras-{backend} {name}: {json.dumps(result['detail'])}")
+
+
+if __name__ == "__main__":
+    print(REPORT_MARK + json.dumps(run_checks(sys.argv[1])), flush=True)

@@ -57,10 +57,8 @@ def _specs(text: str | None, default: list[str]) -> list[str]:
 def cmd_params(args: argparse.Namespace) -> int:
     from harness.parity import check_params
 
-    reports = []
-    for name in _specs(args.spec, list(PRESETS)):
-        spec = resolve_spec(name, kmer=args.kmer)
-        reports.append(check_params(spec, _impls(args.impl)))
+    specs = [resolve_spec(name, kmer=args.kmer) for name in _specs(args.spec, list(PRESETS))]
+    reports = check_params(specs, _impls(args.impl))
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
@@ -73,10 +71,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from harness.parity import check_parity
 
-    reports = []
-    for name in _specs(args.spec, ["dense", "conv-final", "conv-revised"]):
-        spec = resolve_spec(name, kmer=args.kmer)
-        reports.append(check_parity(spec, args.kmer, _impls(args.impl), batch=args.batch))
+    specs = [(resolve_spec(name, kmer=args.kmer), args.kmer)
+             for name in _specs(args.spec, ["dense", "conv-final", "conv-revised"])]
+    reports = check_parity(specs, _impls(args.impl), batch=args.batch)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:

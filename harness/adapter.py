@@ -59,6 +59,15 @@ class VAEAdapter(ABC):
     @abstractmethod
     def param_counts(self) -> ParamCounts: ...
 
+    @classmethod
+    def count_params(cls, spec: VAESpec) -> ParamCounts:
+        """Counts from the framework's own model without training state.
+
+        Builds override this to count without allocating (a meta device, an abstract
+        evaluation), so that a 1.6-billion-parameter design can be counted anywhere.
+        """
+        return cls(spec).param_counts()
+
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]: ...
 

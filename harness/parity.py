@@ -85,17 +85,25 @@ class ParamsReport:
                 "equal": self.equal, "rows": [r.__dict__ for r in self.rows]}
 
 
-def check_params(spec: VAESpec, impls: list[str], timeout_s: float = 600) -> ParamsReport:
-    expected = count_params(spec)
-    rows = []
+def check_params(specs: list[VAESpec], impls: list[str], timeout_s: float = 1800) -> list[ParamsReport]:
+    """One worker per impl counts every spec (without allocating where the build can)."""
+    reports = [ParamsReport(s.name, *_expected(s), rows=[]) for s in specs]
     for impl in impls:
-        out = run_worker({"kind": "params", "spec": spec.to_dict()}, impl, spec.settings, timeout_s)
+        task = {"kind": "params", "specs": [s.to_dict() for s in specs]}
+        out = run_worker(task, impl, specs[0].settings, timeout_s)
         res = out.result or {}
-        if res.get("status") == "ok":
-            rows.append(ParamsRow(impl_label(impl), res["trainable"], res["non_trainable"]))
-        else:
-            rows.append(ParamsRow(impl_label(impl), None, None, _error_line(out)))
-    return ParamsReport(spec.name, expected.trainable, expected.non_trainable, rows)
+        for spec, rep in zip(specs, reports):
+            got = res.get("counts", {}).get(spec.hash) if res.get("status") == "ok" else None
+            if got:
+                rep.rows.append(ParamsRow(impl_label(impl), got["trainable"], got["non_trainable"]))
+            else:
+                rep.rows.append(ParamsRow(impl_label(impl), None, None, _error_line(out)))
+    return reports
+
+
+def _expected(spec: VAESpec) -> tuple[int, int]:
+    c = count_params(spec)
+    return c.trainable, c.non_trainable
 
 
 def _error_line(outcome) -> str:
@@ -164,34 +172,41 @@ def parity_inputs(spec: VAESpec, k: int, batch: int, seed: int = 0) -> dict[str,
     return {"x": x, "eps": eps, **{f"w:{k_}": v for k_, v in weights.items()}}
 
 
-def check_parity(spec: VAESpec, k: int, impls: list[str], batch: int = 16, reference: str = "torch",
-                 timeout_s: float = 900) -> ParityReport:
+def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int = 16, reference: str = "torch",
+                 timeout_s: float = 1800) -> list[ParityReport]:
+    """Every (spec, k) in one worker per impl; compared against ``reference``."""
     order = [reference] + [i for i in impls if i != reference]
-    report = ParityReport(spec.name, reference, batch)
+    reports = [ParityReport(spec.name, reference, batch) for spec, _ in specs]
     with tempfile.TemporaryDirectory(prefix="vaebench-parity-") as tmp:
-        inputs_path = Path(tmp) / "inputs.npz"
-        np.savez(inputs_path, **parity_inputs(spec, k, batch))
-        outputs: dict[str, Any] = {}
-        for impl in order:
-            out_path = Path(tmp) / f"{impl.replace('/', '_').replace(':', '_')}.npz"
-            task = {"kind": "parity", "spec": spec.to_dict(), "inputs_path": str(inputs_path),
-                    "outputs_path": str(out_path)}
-            outcome = run_worker(task, impl, spec.settings, timeout_s)
-            if (outcome.result or {}).get("status") == "ok" and out_path.exists():
-                with np.load(out_path) as f:
-                    outputs[impl] = {name: f[name] for name in f.files}
-            else:
-                outputs[impl] = _error_line(outcome)
-        ref = outputs[reference]
-        for impl in impls:
-            got = outputs[impl]
-            if isinstance(got, str):
-                report.rows.append(ParityRow(impl_label(impl), error=got))
-            elif isinstance(ref, str):
-                report.rows.append(ParityRow(impl_label(impl), error=f"reference {reference} failed: {ref}"))
-            else:
-                report.rows.append(compare(impl_label(impl), got, ref, structurally_zero_grads(spec)))
-    return report
+        items = []
+        for n, (spec, k) in enumerate(specs):
+            inputs_path = Path(tmp) / f"inputs{n}.npz"
+            np.savez(inputs_path, **parity_inputs(spec, k, batch))
+            items.append({"spec": spec.to_dict(), "inputs_path": str(inputs_path)})
+        outputs: dict[str, list[Any]] = {}
+        for m, impl in enumerate(order):
+            paths = [Path(tmp) / f"out{m}_{n}.npz" for n in range(len(specs))]
+            task = {"kind": "parity", "items": [dict(it, outputs_path=str(p)) for it, p in zip(items, paths)]}
+            outcome = run_worker(task, impl, specs[0][0].settings, timeout_s)
+            ok = (outcome.result or {}).get("status") == "ok"
+            outputs[impl] = []
+            for p in paths:
+                if ok and p.exists():
+                    with np.load(p) as f:
+                        outputs[impl].append({name: f[name] for name in f.files})
+                else:
+                    outputs[impl].append(_error_line(outcome))
+        for n, (spec, _) in enumerate(specs):
+            ref = outputs[reference][n]
+            for impl in impls:
+                got = outputs[impl][n]
+                if isinstance(got, str):
+                    reports[n].rows.append(ParityRow(impl_label(impl), error=got))
+                elif isinstance(ref, str):
+                    reports[n].rows.append(ParityRow(impl_label(impl), error=f"reference {reference} failed: {ref}"))
+                else:
+                    reports[n].rows.append(compare(impl_label(impl), got, ref, structurally_zero_grads(spec)))
+    return reports
 
 
 def compare(impl: str, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],

@@ -26,46 +26,46 @@ def emit(**event: Any) -> None:
     sys.stdout.flush()
 
 
-def build(task: dict[str, Any]):
+def task_params(task: dict[str, Any]) -> dict[str, Any]:
+    """Counts for every spec in the task, read off the framework's own (abstract) model."""
     from harness.adapter import load_adapter_class
 
-    spec = VAESpec.from_dict(task["spec"])
     cls = load_adapter_class(task["impl"])
-    return cls, spec
-
-
-def task_params(task: dict[str, Any]) -> dict[str, Any]:
-    cls, spec = build(task)
-    model = cls(spec)
-    counts = model.param_counts()
-    return {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
-            "row": getattr(model, "name", task["impl"]), "versions": cls.versions()}
+    counts = {}
+    for raw in task["specs"]:
+        spec = VAESpec.from_dict(raw)
+        c = cls.count_params(spec)
+        counts[spec.hash] = {"trainable": c.trainable, "non_trainable": c.non_trainable}
+    return {"counts": counts, "row": getattr(cls, "name", task["impl"]), "versions": cls.versions()}
 
 
 def task_parity(task: dict[str, Any]) -> dict[str, Any]:
-    """Load the given canonical weights, then record forward, loss, grads and one step."""
-    cls, spec = build(task)
-    inputs = np.load(task["inputs_path"])
-    weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
-    x, eps = inputs["x"], inputs["eps"]
-    model = cls(spec)
-    model.set_weights(weights)
-    out: dict[str, np.ndarray] = {}
-    fwd = model.eval_forward(x, eps)
-    for key in ("recon", "z_mean", "z_log_var"):
-        out[f"forward:{key}"] = np.asarray(fwd[key], np.float32)
-    loss, grads = model.loss_and_grads(x, eps)
-    out["loss"] = np.asarray(loss, np.float64)
-    for name, g in grads.items():
-        out[f"grad:{name}"] = np.asarray(g, np.float32)
-    step_loss = model.loss_value(model.train_step(x, eps))
-    model.synchronize()
-    out["step_loss"] = np.asarray(step_loss, np.float64)
-    for name, w in model.get_weights().items():
-        out[f"after:{name}"] = np.asarray(w, np.float32)
-    out_path = Path(task["scratch"]) / "parity_out.npz"
-    np.savez(task["outputs_path"] if "outputs_path" in task else out_path, **out)
-    return {"row": getattr(model, "name", task["impl"]), "versions": cls.versions()}
+    """For each item: load the given canonical weights, then record forward, loss, grads and one step."""
+    from harness.adapter import load_adapter_class
+
+    cls = load_adapter_class(task["impl"])
+    for item in task["items"]:
+        spec = VAESpec.from_dict(item["spec"])
+        inputs = np.load(item["inputs_path"])
+        weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
+        x, eps = inputs["x"], inputs["eps"]
+        model = cls(spec)
+        model.set_weights(weights)
+        out: dict[str, np.ndarray] = {}
+        fwd = model.eval_forward(x, eps)
+        for key in ("recon", "z_mean", "z_log_var"):
+            out[f"forward:{key}"] = np.asarray(fwd[key], np.float32)
+        loss, grads = model.loss_and_grads(x, eps)
+        out["loss"] = np.asarray(loss, np.float64)
+        for name, g in grads.items():
+            out[f"grad:{name}"] = np.asarray(g, np.float32)
+        out["step_loss"] = np.asarray(model.loss_value(model.train_step(x, eps)), np.float64)
+        model.synchronize()
+        for name, w in model.get_weights().items():
+            out[f"after:{name}"] = np.asarray(w, np.float32)
+        np.savez(item["outputs_path"], **out)
+        emit(done=spec.name)
+    return {"row": getattr(cls, "name", task["impl"]), "versions": cls.versions()}
 
 
 TASKS = {"params": task_params, "parity": task_parity}

@@ -233,6 +233,11 @@ def _lookup(node: Any, path: tuple[str | int, ...]) -> Any:
     return node
 
 
+def _counts(model: VAE) -> ParamCounts:
+    size = lambda state: sum(int(leaf.size) for leaf in jax.tree.leaves(state))  # noqa: E731
+    return ParamCounts(trainable=size(nnx.state(model, nnx.Param)), non_trainable=size(nnx.state(model, nnx.BatchStat)))
+
+
 class FlaxVAE(VAEAdapter):
     name = "flax"
     framework = "jax"
@@ -265,10 +270,12 @@ class FlaxVAE(VAEAdapter):
 
     # -- model facts ---------------------------------------------------------------------
     def param_counts(self) -> ParamCounts:
-        model = self._model()
-        size = lambda state: sum(int(leaf.size) for leaf in jax.tree.leaves(state))  # noqa: E731
-        return ParamCounts(trainable=size(nnx.state(model, nnx.Param)),
-                           non_trainable=size(nnx.state(model, nnx.BatchStat)))
+        return _counts(self._model())
+
+    @classmethod
+    def count_params(cls, spec: VAESpec) -> ParamCounts:
+        """``nnx.eval_shape`` builds the model abstractly: shapes, no arrays."""
+        return _counts(nnx.eval_shape(lambda: VAE(spec, rngs=nnx.Rngs(spec.settings.seed))))
 
     def get_weights(self) -> dict[str, np.ndarray]:
         model_state = self._state[0]

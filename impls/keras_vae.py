@@ -266,8 +266,8 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
     raise ValueError(f"unknown layer type {t!r}")
 
 
-def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
-    """The VAE model and the Keras layer behind each canonical name prefix (``encoder.3``)."""
+def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict[str, layers.Layer]]:
+    """Functional encoder and decoder, and the Keras layer behind each canonical name prefix (``encoder.3``)."""
     by_name: dict[str, layers.Layer] = {}
 
     def stack(part: str, spec_layers: tuple[Layer, ...], h):
@@ -289,12 +289,26 @@ def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
     z = keras.Input(shape=(spec.latent_dim,), name="z")
     decoder = keras.Model(z, stack("decoder", spec.decoder, z), name="decoder")
 
+    return encoder, decoder, by_name
+
+
+def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
+    """The VAE model and the Keras layer behind each canonical name prefix (``encoder.3``)."""
+    encoder, decoder, by_name = build_encoder_decoder(spec)
     vae = VAE(encoder, decoder, beta=spec.loss.beta, seed=spec.settings.seed, name="vae")
-    vae(keras.Input(shape=(spec.input_length,)))  # a symbolic call builds a subclassed model, computing nothing
+    vae(keras.Input(shape=(spec.input_length,)))  # a symbolic call builds the subclassed model (slow on torch)
     return vae, by_name
 
 
 # ---------------------------------------------------------------------------- adapter
+
+
+def _counts(model: keras.Model) -> ParamCounts:
+    # ``*_weights`` leave out the Sampling layer's seed state, which is a variable but no parameter
+    return ParamCounts(
+        trainable=sum(math.prod(v.shape) for v in model.trainable_weights),
+        non_trainable=sum(math.prod(v.shape) for v in model.non_trainable_weights),
+    )
 
 
 class KerasVAE(VAEAdapter):
@@ -326,11 +340,16 @@ class KerasVAE(VAEAdapter):
 
     # -- model facts -------------------------------------------------------------------
     def param_counts(self) -> ParamCounts:
-        # ``*_weights`` leave out the Sampling layer's seed state, which is a variable but no parameter
-        return ParamCounts(
-            trainable=sum(math.prod(v.shape) for v in self.model.trainable_weights),
-            non_trainable=sum(math.prod(v.shape) for v in self.model.non_trainable_weights),
-        )
+        return _counts(self.model)
+
+    @classmethod
+    def count_params(cls, spec: VAESpec) -> ParamCounts:
+        """Built in a ``StatelessScope``: Keras defers every variable's initialiser, so
+        the model has all its shapes and no storage."""
+        with keras.StatelessScope():
+            encoder, decoder, _ = build_encoder_decoder(spec)
+        parts = [_counts(encoder), _counts(decoder)]
+        return ParamCounts(sum(p.trainable for p in parts), sum(p.non_trainable for p in parts))
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return {name: ops.convert_to_numpy(v).astype(np.float32) for name, v in self.variables.items()}

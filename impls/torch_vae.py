@@ -325,6 +325,13 @@ class TorchVAE(VAEAdapter):
     def param_counts(self) -> ParamCounts:
         return parameter_counts(self.model)
 
+    @classmethod
+    def count_params(cls, spec: VAESpec) -> ParamCounts:
+        """On the meta device: shapes without storage, so conv-original counts in no memory."""
+        with torch.device("meta"):
+            model, _ = build_vae(spec)
+        return parameter_counts(model)
+
     def _tensors(self) -> Iterator[tuple[str, Layout, str, torch.Tensor]]:
         for layout in self.layouts:
             for leaf, attr in _LEAVES[layout.kind].items():

@@ -1,0 +1,67 @@
+"""The builds are one model: equal counts, outputs, gradients and one Adam step.
+
+Each impl runs in its own worker (``harness.parity``), so this is the same code
+path as ``python -m bench params`` and ``python -m bench parity``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.adapter import is_installed
+from harness.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
+from harness.presets import PRESETS, preset
+from harness.spec import canonical_kmer_count
+
+IMPLS = [i for i in ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow") if is_installed(i)]
+PLANTED = "tests/fixtures/planted.py:NumpyVAE"
+
+
+@pytest.fixture(scope="module")
+def parity_reports():
+    specs = [(preset("dense", canonical_kmer_count(3)), 3), (preset("dense", canonical_kmer_count(5)), 5),
+             (preset("conv-final", canonical_kmer_count(5)), 5), (preset("conv-revised", canonical_kmer_count(5)), 5)]
+    return check_parity(specs, IMPLS + [PLANTED], batch=8)
+
+
+def test_every_impl_is_installed_for_the_suite():
+    assert IMPLS == ["torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow"]
+
+
+@pytest.mark.parametrize("index,name", [(0, "dense k=3"), (1, "dense k=5"), (2, "conv-final k=5"),
+                                        (3, "conv-revised k=5")])
+def test_parity_holds_for_every_impl(parity_reports, index, name):
+    rep = parity_reports[index]
+    for row in rep.rows:
+        if row.impl == "NumpyVAE":
+            continue
+        assert row.error is None, f"{name} {row.impl}: {row.error}"
+        assert row.forward <= TOL_FORWARD, (name, row.impl, row.forward)
+        assert row.loss <= TOL_FORWARD, (name, row.impl, row.loss)
+        assert row.grads <= TOL_FORWARD, (name, row.impl, row.grads, row.worst_grad)
+        assert row.after_step <= TOL_STEP, (name, row.impl, row.after_step, row.worst_after_step)
+        assert row.passed()
+
+
+def test_dense_biases_before_batch_norm_are_checked_as_zero_gradients(parity_reports):
+    rows = [r for r in parity_reports[0].rows if r.impl != "NumpyVAE"]
+    for row in rows:
+        assert set(row.zero_grad) == {"encoder.0.bias", "encoder.3.bias", "decoder.0.bias", "decoder.3.bias"}
+        assert max(row.zero_grad.values()) < 1e-5
+
+
+def test_parity_catches_a_build_that_is_not_the_same_model(parity_reports):
+    """The planted numpy adapter has the right forward but zero gradients and no Adam:
+    parity must fail it, or the check above proves nothing."""
+    for rep in parity_reports:
+        planted = next(r for r in rep.rows if r.impl == "NumpyVAE")
+        assert planted.error is None
+        assert planted.forward <= TOL_FORWARD  # it does share the forward (the numpy reference)
+        assert not planted.passed()
+        assert planted.grads > 0.5
+
+
+def test_param_counts_agree_for_all_presets_at_k5():
+    specs = [preset(name, canonical_kmer_count(5)) for name in PRESETS]
+    for rep in check_params(specs, IMPLS):
+        assert rep.equal, rep.to_dict()

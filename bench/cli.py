@@ -15,6 +15,7 @@ from typing import Callable
 from harness.adapter import BUILTIN
 from harness.data import DataError
 from harness.presets import PRESETS, resolve_spec
+from harness.scenarios import ScenarioError
 from harness.spec import SpecError
 
 DEFAULT_IMPLS = ["torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow"]
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return VERBS[args.verb](args)
-    except (SpecError, DataError, UsageError) as exc:
+    except (SpecError, DataError, UsageError, ScenarioError) as exc:
         print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

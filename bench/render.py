@@ -53,6 +53,12 @@ def print_parity(reports) -> None:
                           f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
                           "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
         console.print(table)
+        near = max((r.near_eps_elements for r in rep.rows), default=0)
+        if near:
+            worst = max(r.near_eps_max_lr for r in rep.rows)
+            console.print(f"  after-step column leaves out up to {near} weight elements whose gradient is within "
+                          f"100 Adam epsilons of zero (Adam turns their rounding into any step within ±lr); "
+                          f"their largest difference is {worst:.2f} lr (bound 2 lr)")
         zero = sorted({name for r in rep.rows for name in r.zero_grad})
         if zero:
             worst = max((v for r in rep.rows for v in r.zero_grad.values()), default=0.0)

@@ -28,6 +28,9 @@ TOL_FORWARD = 1e-4
 TOL_STEP = 1e-5
 #: a structurally zero gradient must be this small against the norm of all gradients
 TOL_ZERO_GRAD = 1e-5
+#: elements whose reference gradient is within this many Adam epsilons of zero are
+#: compared after the step only loosely (|difference| <= 2 lr), see ``_global``
+NEAR_EPS_FACTOR = 100
 
 
 def structurally_zero_grads(spec: VAESpec) -> set[str]:
@@ -131,13 +134,18 @@ class ParityRow:
     worst_after_step: str | None = None
     #: tensors whose gradient is zero in exact arithmetic: name -> ||grad|| / ||all grads||
     zero_grad: dict[str, float] = field(default_factory=dict)
+    #: weight elements left out of the after-step figure (gradient near Adam's eps), and
+    #: their largest post-step difference in units of the learning rate
+    near_eps_elements: int = 0
+    near_eps_max_lr: float = 0.0
     error: str | None = None
 
     def passed(self) -> bool:
         if self.error:
             return False
         return (self.forward <= TOL_FORWARD and self.loss <= TOL_FORWARD and self.grads <= TOL_FORWARD
-                and self.after_step <= TOL_STEP and all(v <= TOL_ZERO_GRAD for v in self.zero_grad.values()))
+                and self.after_step <= TOL_STEP and all(v <= TOL_ZERO_GRAD for v in self.zero_grad.values())
+                and self.near_eps_max_lr <= 2.0)
 
 
 @dataclass
@@ -205,12 +213,13 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
                 elif isinstance(ref, str):
                     reports[n].rows.append(ParityRow(impl_label(impl), error=f"reference {reference} failed: {ref}"))
                 else:
-                    reports[n].rows.append(compare(impl_label(impl), got, ref, structurally_zero_grads(spec)))
+                    reports[n].rows.append(compare(impl_label(impl), got, ref, structurally_zero_grads(spec),
+                                                   adam_eps=spec.optimizer.eps, lr=spec.optimizer.lr))
     return reports
 
 
 def compare(impl: str, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-            zero_grad: set[str] = frozenset()) -> ParityRow:
+            zero_grad: set[str] = frozenset(), adam_eps: float = 0.0, lr: float = 1.0) -> ParityRow:
     """Worst relative L2 per category; gradients and post-step weights per tensor."""
     row = ParityRow(impl)
     row.forward = max(rel_l2(got[k], ref[k]) for k in ref if k.startswith("forward:"))
@@ -220,25 +229,39 @@ def compare(impl: str, got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
         g = got.get(f"grad:{name}")
         row.zero_grad[name] = math.inf if g is None else float(np.linalg.norm(g)) / max(total, 1e-30)
     row.grads, row.worst_grad = _worst(got, ref, "grad:", zero_grad)
-    row.after_step = _global(got, ref, "after:", zero_grad)
+    masks = {f"after:{k[5:]}": np.abs(v) >= NEAR_EPS_FACTOR * adam_eps
+             for k, v in ref.items() if k.startswith("grad:")} if adam_eps else {}
+    row.after_step = _global(got, ref, "after:", zero_grad, masks)
+    for key, keep in masks.items():
+        if key in got and got[key].shape == ref[key].shape and (~keep).any():
+            row.near_eps_elements += int((~keep).sum())
+            worst_lr = float(np.max(np.abs(got[key][~keep] - ref[key][~keep]))) / lr
+            row.near_eps_max_lr = max(row.near_eps_max_lr, worst_lr)
     worst, name = _worst(got, ref, "after:", zero_grad)
     row.worst_after_step = f"{name} {worst:.1e}"
     return row
 
 
-def _global(got: dict, ref: dict, prefix: str, skip: set[str]) -> float:
+def _global(got: dict, ref: dict, prefix: str, skip: set[str], masks: dict[str, np.ndarray]) -> float:
     """Relative L2 over all tensors of a kind at once, as one weight vector.
 
-    Used for the weights after one Adam step: Adam divides by sqrt(v) + eps, so a
-    gradient element near eps (a handful of the 10^5 in a kernel) turns its float32
-    rounding into a visible step difference. Per tensor that can exceed 1e-5 even
-    between PyTorch in float32 and in float64; over the whole model it does not.
+    Used for the weights after one Adam step. Adam's first step is
+    ``lr * g / (|g| + eps)``: for |g| well above eps it is +-lr whatever the
+    rounding of g, but for |g| within a few eps it divides rounding noise by a
+    number of the same size, so every build lands somewhere within +-lr. Those
+    elements (``masks`` false: |g_ref| < 100 eps, a handful in 10^5) are checked
+    separately against that bound and left out of this figure; per tensor they
+    can exceed 1e-5 even between PyTorch in float32 and in float64.
     """
     keys = [k for k in ref if k.startswith(prefix) and k[len(prefix):] not in skip]
     if any(k not in got or got[k].shape != ref[k].shape for k in keys):
         return math.inf
-    diff = sum(float(np.sum((got[k].astype(np.float64) - ref[k]) ** 2)) for k in keys)
-    norm = sum(float(np.sum(ref[k].astype(np.float64) ** 2)) for k in keys)
+    diff = norm = 0.0
+    for k in keys:
+        keep = masks.get(k, slice(None))
+        a, b = got[k].astype(np.float64)[keep], ref[k].astype(np.float64)[keep]
+        diff += float(np.sum((a - b) ** 2))
+        norm += float(np.sum(b**2))
     return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
 
 

@@ -45,8 +45,8 @@ _ANTI = [
              "compilation", "drop the remainder (or pad the last batch) so every step sees one shape",
              twin="partial-last-batch-fixed"),
     Scenario("keras-tf-varying-batch", ("keras-tensorflow",),
-             "feeds Keras on TensorFlow numpy batches of varying length through train_on_batch",
-             "compilation", "feed fixed-size batches (tf.data with drop_remainder=True, as in the user's log)",
+             "feeds numpy batches of varying length to a hand-written @tf.function step over a Keras model",
+             "compilation", "give the tf.function an input_signature with a None batch dimension (or fixed batches)",
              twin="keras-tf-varying-batch-fixed"),
 ]
 _TWINS = [Scenario(s.twin, s.impls, f"the clean twin of {s.name}: {s.fix}", "none", s.fix, anti=s.name)

@@ -1,0 +1,61 @@
+"""Real leak anti-patterns are detected and attributed; their clean twins are not.
+
+Each case runs a real framework in its own worker through the harness, exactly
+as ``python -m bench run --scenario NAME`` does, with small k and few steps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.presets import preset
+from harness.runner import Cell, run_one
+from harness.scenarios import SCENARIOS, ScenarioError, check_scenario
+from harness.spec import canonical_kmer_count
+
+#: (scenario, impl, k, batch, steps): the anti-patterns compile or trace per step, so they get
+#: few steps; the twins are fast and get enough steps for the detector to see a flat line
+CASES = [
+    ("torch-loss-total", "torch", 5, 64, 60),
+    ("torch-loss-total-fixed", "torch", 5, 64, 150),
+    ("jax-jit-per-step", "flax", 3, 128, 40),
+    ("jax-jit-per-step-fixed", "flax", 3, 128, 150),
+    ("partial-last-batch", "flax", 3, 128, 40),
+    ("partial-last-batch-fixed", "flax", 3, 128, 150),
+    ("keras-tf-varying-batch", "keras-tensorflow", 3, 128, 30),
+    ("keras-tf-varying-batch-fixed", "keras-tensorflow", 3, 128, 200),
+]
+
+
+@pytest.mark.parametrize("name,impl,k,batch,steps", CASES, ids=[c[0] for c in CASES])
+def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
+    spec = preset("dense", canonical_kmer_count(k))
+    row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400), {})
+    assert row["status"] == "ok", (row["failure_kind"], row["failure_message"], row["stderr_tail"][-5:])
+    leak = row["leak"]
+    sc = SCENARIOS[name]
+    assert row["scenario_info"]["fix"] == sc.fix
+    if sc.anti is None:  # the anti-pattern
+        assert leak["verdict"] == "leak", leak["reason"]
+        assert leak["cause"]["cause"] == sc.expected_cause, leak["cause"]
+    else:  # the clean twin
+        assert leak["verdict"] == "no leak", leak["reason"]
+
+
+def test_every_anti_pattern_has_a_twin_and_a_one_line_fix():
+    antis = [s for s in SCENARIOS.values() if s.anti is None]
+    assert len(antis) == 4
+    for s in antis:
+        assert s.twin in SCENARIOS and SCENARIOS[s.twin].anti == s.name
+        assert s.fix and "\n" not in s.fix
+
+
+def test_scenario_for_the_wrong_impl_is_a_one_line_error():
+    with pytest.raises(ScenarioError, match="applies to torch"):
+        check_scenario("torch-loss-total", "flax")
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", "flax", "--spec", "dense", "--kmer", "3",
+                          "--scenario", "torch-loss-total"], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -42,8 +42,9 @@ def install(session: nox.Session, cuda: bool) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     install(session, cuda=False)
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs,
-                env={"CUDA_VISIBLE_DEVICES": ""})
+    # two workers: most tests wait on worker processes that import a framework
+    args = session.posargs or ["-n", "2"]
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env={"CUDA_VISIBLE_DEVICES": ""})
 
 
 @nox.session(python=PYTHON)

@@ -46,7 +46,7 @@ _ANTI = [
              twin="partial-last-batch-fixed"),
     Scenario("keras-tf-varying-batch", ("keras-tensorflow",),
              "feeds numpy batches of varying length to a hand-written @tf.function step over a Keras model",
-             "compilation", "give the tf.function an input_signature with a None batch dimension (or fixed batches)",
+             "compilation", "feed fixed-size batches (drop the remainder, as tf.data's batch(drop_remainder=True) does)",
              twin="keras-tf-varying-batch-fixed"),
 ]
 _TWINS = [Scenario(s.twin, s.impls, f"the clean twin of {s.name}: {s.fix}", "none", s.fix, anti=s.name)

@@ -83,8 +83,9 @@ def keras_tf_custom_loop(model: Any, fixed: bool) -> Step:
     (Keras' "training loop from scratch" guide), fed numpy batches of varying length.
 
     ``tf.function`` without an input signature traces anew for every batch length
-    it has not seen, and keeps every trace. The twin declares the batch dimension
-    as unknown (``input_signature`` with ``None``), so one trace serves all.
+    it has not seen, and keeps every trace. The twin feeds full batches only (the
+    remainder dropped, as ``tf.data``'s ``drop_remainder=True`` does), so one trace
+    serves all.
     """
     import tensorflow as tf
 
@@ -100,14 +101,15 @@ def keras_tf_custom_loop(model: Any, fixed: bool) -> Step:
         opt.apply_gradients(zip(grads, vae.trainable_weights))
         return loss
 
-    signature = [tf.TensorSpec([None, model.spec.input_length], tf.float32)]
-    step_fn = tf.function(train_step, input_signature=signature if fixed else None)  # the fix: input_signature
+    step_fn = tf.function(train_step)
     base_counters = model.counters
     model.counters = lambda: {**base_counters(), "tf_function_traces": traces["n"]}
     state = {"i": 0}
 
     def step(x: np.ndarray):
         state["i"] += 1
+        if fixed:
+            return step_fn(x)  # the fix: full batches only
         n = max(1, len(x) - state["i"] % len(x))  # numpy batches of a new length every step
         return step_fn(np.ascontiguousarray(x[:n]))
 

@@ -43,7 +43,7 @@ def install(session: nox.Session, cuda: bool) -> None:
 def tests(session: nox.Session) -> None:
     install(session, cuda=False)
     # two workers: most tests wait on worker processes that import a framework
-    args = session.posargs or ["-n", "2"]
+    args = session.posargs or ["-n", "2", "--durations=12"]
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env={"CUDA_VISIBLE_DEVICES": ""})
 
 
@@ -59,6 +59,7 @@ def bench(session: nox.Session) -> None:
     install(session, cuda=cuda)
     if not any(a.startswith("--kmer") for a in args):
         args = ["--kmer", "7", *args]
+    args.append("--gpu" if cuda else "--cpu")  # plan the matrix for the builds just installed
     session.run("python", "-m", "bench", "matrix", *args)
 
 

@@ -29,6 +29,26 @@ def split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def kmer_arg(text: str) -> int:
     try:
         value = int(text)
@@ -41,11 +61,18 @@ def kmer_arg(text: str) -> int:
 
 def _impls(text: str | None) -> list[str]:
     impls = split_list(text) if text else list(DEFAULT_IMPLS)
+    out = []
     for impl in impls:
         if impl not in BUILTIN and ":" not in impl:
             raise UsageError(f"unknown impl {impl!r}; built-in impls are {', '.join(BUILTIN)}, "
                              "or pass path/to/file.py:Class or module:attr")
-    return impls
+        target, _, attr = impl.rpartition(":")
+        if target.endswith(".py"):  # workers start in the repo root: hand them an absolute path
+            from pathlib import Path
+
+            impl = f"{Path(target).resolve()}:{attr}"
+        out.append(impl)
+    return out
 
 
 def _specs(text: str | None, default: list[str]) -> list[str]:
@@ -136,8 +163,12 @@ def _check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from harness.runner import plan_cells, run_matrix
 
+    if args.data:
+        args.data = str(Path(args.data).resolve())  # workers start in the repo root
     impls = _impls(args.impl)
     specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
     _check_data(args)
@@ -249,7 +280,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     verdicts = {}
     for c in cells:
         if (c.spec.name, c.batch) not in verdicts:
-            verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=args.device_memory)
+            verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=args.device_memory, device=device)
     runnable = [c for c in cells if not verdicts[(c.spec.name, c.batch)].get("skip")]
     plan_budget = plan.budget_s
     if plan_budget:
@@ -261,7 +292,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             c.timeout_s = min(c.timeout_s, max(180.0, 6 * per_cell))
     store = _store(args)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
-          + (f", {per_cell:.0f} s of steady state each" if plan_budget else "") + f" -> {store.path}", file=sys.stderr)
+          + (f", a budget of {per_cell:.0f} s each" if plan_budget else "") + f" -> {store.path}", file=sys.stderr)
     try:
         run_matrix(cells, store, resume=args.resume, preflight=lambda c: verdicts[(c.spec.name, c.batch)],
                    progress=not args.no_progress)
@@ -370,14 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kmer", type=kmer_arg, required=True)
     p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=positive_int, default=16)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
     p.add_argument("--spec", required=True)
     p.add_argument("--kmer", type=kmer_arg, required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--eval-batch", type=int, help="batch of a validation predict() call, checked too")
+    p.add_argument("--batch", type=positive_int, required=True)
+    p.add_argument("--eval-batch", type=positive_int, help="batch of a validation predict() call, checked too")
     p.add_argument("--device-memory", type=size_arg, help="device memory to check against (default: detected)")
     p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
     p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
@@ -387,9 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, required=True)
-    p.add_argument("--start", type=int, default=8, help="first batch probed")
-    p.add_argument("--max-batch", type=int, default=65536, help="largest batch probed")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per probe")
+    p.add_argument("--start", type=positive_int, default=8, help="first batch probed")
+    p.add_argument("--max-batch", type=positive_int, default=65536, help="largest batch probed")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per probe")
     p.add_argument("--tf32", action="store_true")
     p.add_argument("--memory-limit", type=size_arg, help="stop a probe whose RSS passes SIZE (host OOM)")
     p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
@@ -404,10 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", help="override the impls")
     p.add_argument("--spec", help="override the presets")
     p.add_argument("--batch", type=int_list, help="override the batch sizes")
-    p.add_argument("--steps", type=int, default=200, help="steady-state steps per cell (a time budget may cut them)")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--budget-minutes", type=float, help="time for all cells (default: 9 on CPU, none on GPU)")
-    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (a time budget may cut them)")
+    p.add_argument("--repeats", type=positive_int, default=1)
+    p.add_argument("--budget-minutes", type=positive_float, help="time for all cells (default: 9 on CPU, none on GPU)")
+    p.add_argument("--timeout", type=positive_float, default=900.0)
     p.add_argument("--device-memory", type=size_arg)
     p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
     p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
@@ -437,9 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="torch")
     p.add_argument("--spec", default="dense")
     p.add_argument("--kmer", type=kmer_arg, default=5)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--tolerance", type=float, default=0.05, help="exit 1 if any ratio is further than this from 1")
     p.add_argument("--json", action="store_true")
 
@@ -455,14 +486,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, required=True)
     p.add_argument("--batch", type=int_list, default=[64], help="comma-separated batch sizes")
-    p.add_argument("--steps", type=int, default=200, help="steady-state steps per cell (after compile and warm-up)")
-    p.add_argument("--repeats", type=int, default=1, help="repeats per cell, interleaved across impls")
+    p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (after compile and warm-up)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="repeats per cell, interleaved across impls")
     p.add_argument("--data", help="a .npy file (rows x features), streamed as a memmap; default: synthetic profiles")
     p.add_argument("--columns", help="A:B column block of --data, e.g. the 7-mer block of a multi-k matrix")
     p.add_argument("--results", default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
     p.add_argument("--run-id", help="name of the run (default: timestamp)")
     p.add_argument("--resume", action="store_true", help="skip cells already in the run (latest run unless --run-id)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per cell")
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds per cell")
     p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
     p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")

@@ -51,6 +51,9 @@ class VAEAdapter(ABC):
     name: ClassVar[str] = "custom"
     #: the framework whose versions go into the fingerprint
     framework: ClassVar[str] = "custom"
+    #: True where ``train_step`` cannot help waiting for the device every step (Keras'
+    #: ``train_on_batch`` returns host floats); recorded in every row so the report can say so
+    syncs_every_step: ClassVar[bool] = False
 
     def __init__(self, spec: VAESpec) -> None:
         self.spec = spec
@@ -97,7 +100,7 @@ class VAEAdapter(ABC):
         falls back to peak RSS and labels it so)."""
         return {}
 
-    def reset_peak_memory(self) -> None:
+    def reset_peak_memory(self) -> None:  # noqa: B027 - optional hook, a no-op where unsupported
         """Start a fresh peak window, where the allocator supports it."""
 
     def counters(self) -> dict[str, int]:

@@ -6,17 +6,19 @@ placed:
 ``build``   construct the model and load the shared canonical initial weights.
 ``compile`` the first step, synchronised, timed on its own: tracing,
             compilation and the first run. Reported as ``compile_s``.
-``warmup``  a few more steps, each synchronised and timed, so late compiles
-            and allocator warm-up show up (``harness.stats.detect_warmup``).
-            Also calibrates what tracemalloc would cost.
+``warmup``  a few more steps, each synchronised and timed; the median of
+            their second half sizes a time budget.
 ``steady``  ``steps`` steps in windows of ``steps_per_window``; the device is
             synchronised once at the end of each window, so the figure is true
             for asynchronous devices without a sync per step. Batches for a
             window are fetched before its timer starts: the step time is the
-            framework's, not the disk's.
+            framework's, not the disk's. Leading windows that are still slow
+            by ``harness.stats.detect_warmup`` are dropped and counted.
+``heap``    a few more steps with tracemalloc on, after the timing and
+            untimed: tracemalloc slows Python-heavy steps far more than 5%,
+            so it never runs while the clock does.
 
-After every step the anonymous and file-backed RSS are sampled (and the
-Python heap, when tracemalloc costs under 5% of a step).
+After every step the anonymous and file-backed RSS are sampled.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from harness.reference import init_weights
 from harness.spec import VAESpec, count_params
 from harness.worker import emit
 
-#: tracemalloc is used only where it costs less than this fraction of a step
-HEAP_TRACKING_MAX_COST = 0.05
+#: untimed steps run with tracemalloc after the timing, for the leak attribution
+HEAP_STEPS = 50
 #: a time budget never cuts the steady phase below this many steps
 MIN_BUDGET_STEPS = 10
 #: batches prefetched for one timing window are capped at this many bytes
@@ -110,40 +112,21 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     leak.step()
     rss.sample()
 
-    # ---- warm-up: synchronised single steps, and the tracemalloc cost
+    # ---- warm-up: synchronised single steps
     emit(phase="warmup", compile_s=compile_s)
     default_warm = 6 if task.get("time_budget_s") else max(4, min(20, steps // 10))
     n_warm = int(task.get("warmup_steps") or default_warm)
     warm_times: list[float] = []
-    traced_times: list[float] = []
-    heap_mode = task.get("heap", "auto")
     for i in range(n_warm):
         x = source.next()
-        trace = heap_mode != "off" and i >= n_warm // 2 and i % 2 == 1
-        if trace:
-            tracemalloc.start()
         t = time.perf_counter()
         handle = step_fn(x)
         model.synchronize()
-        dt = time.perf_counter() - t
-        if trace:
-            tracemalloc.stop()
-            traced_times.append(dt)
-        else:
-            warm_times.append(dt)
+        warm_times.append(time.perf_counter() - t)
         loss = _check(model.loss_value(handle), i + 1)
         leak.step()
         rss.sample()
-    from harness.stats import detect_warmup
-
-    late_warmup = detect_warmup([compile_s, *warm_times]) - 1
     plain = float(np.median(warm_times[len(warm_times) // 2:])) if warm_times else float("nan")
-    heap_cost = (float(np.median(traced_times)) / plain - 1) if traced_times and plain > 0 else float("nan")
-    track_heap = heap_mode == "on" or (heap_mode == "auto" and heap_cost < HEAP_TRACKING_MAX_COST)
-    heap_note = ("on" if heap_mode == "on" else
-                 f"on: tracemalloc cost {heap_cost:+.1%} of a step" if track_heap else
-                 "off by request" if heap_mode == "off" else
-                 f"off: tracemalloc would cost {heap_cost:+.1%} of a step (limit {HEAP_TRACKING_MAX_COST:.0%})")
 
     # ---- a time budget shortens the steady phase, never the compile or warm-up
     budget = task.get("time_budget_s")
@@ -151,17 +134,14 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         remaining = float(budget) - (time.perf_counter() - t0)
         steps = max(MIN_BUDGET_STEPS, min(steps, int(remaining / plain)))
 
-    # ---- steady state: windows with one sync each
-    emit(phase="steady", heap=heap_note)
+    # ---- steady state: windows with one sync each, nothing traced
+    emit(phase="steady")
     row_bytes = source.width * 4
     spw = int(task.get("steps_per_window") or max(1, steps // 20))
     spw = max(1, min(spw, PREFETCH_BYTES // max(1, batch * row_bytes)))
     counters_steady = model.counters()
     device_steady = model.device_memory()
     rss_steady_index = len(rss.anon)
-    heap: list[int] = []
-    if track_heap:
-        tracemalloc.start()
     windows: list[float] = []
     done = 0
     next_report = time.perf_counter() + 1.0
@@ -173,8 +153,6 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             handle = step_fn(xb)
             leak.step()
             rss.sample()
-            if track_heap:
-                heap.append(tracemalloc.get_traced_memory()[0])
         model.synchronize()
         elapsed = time.perf_counter() - t
         del xs
@@ -185,19 +163,43 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         if time.perf_counter() >= next_report:
             emit(phase="steady", done=done, steps=steps)
             next_report = time.perf_counter() + 1.0
-    if track_heap:
-        tracemalloc.stop()
     counters_end = model.counters()
     device_end = model.device_memory()
+    anon = rss.anon[rss_steady_index:]
+
+    # ---- heap: tracemalloc slows Python-heavy steps, so it runs after the timing, untimed
+    heap_mode = task.get("heap", "auto")
+    heap: list[int] = []
+    heap_anon: list[int] = []
+    if heap_mode != "off":
+        emit(phase="heap")
+        n_heap = int(task.get("heap_steps") or min(HEAP_STEPS, max(10, steps // 4)))
+        tracemalloc.start()
+        for _ in range(n_heap):
+            handle = step_fn(source.next())
+            leak.step()
+            rss.sample()
+            heap.append(tracemalloc.get_traced_memory()[0])
+            heap_anon.append(rss.anon[-1])
+        model.synchronize()
+        tracemalloc.stop()
+        loss = _check(model.loss_value(handle), n_warm + done + n_heap)
     rss.close()
+    heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
     from harness.leak import attribute_growth, leak_verdict
-    from harness.stats import summarize_steps
+    from harness.stats import detect_warmup, summarize_steps
 
-    stats = summarize_steps(windows or [elapsed], spw if windows else n, batch)
-    anon = rss.anon[rss_steady_index:]
+    # leading windows still slow by the warm-up rule are dropped (the sentinel stands
+    # for the compile step the rule always counts as warm-up)
+    dropped = max(0, detect_warmup([math.inf, *windows]) - 1) if len(windows) >= 8 else 0
+    timed = windows[dropped:]
+    stats = summarize_steps(timed or [elapsed], spw if timed else n, batch)
     verdict = leak_verdict(anon, warmup_steps=0)
-    heap_growth = (heap[-1] - heap[0]) if len(heap) > 1 else None
+    heap_growth = None
+    if len(heap) > 1 and len(anon) > 1:
+        # heap growth per batch in the heap phase, scaled to the steady window the verdict used
+        heap_growth = int((heap[-1] - heap[0]) / (len(heap) - 1) * (len(anon) - 1))
     device_growth = _device_growth(device_steady, device_end)
     cause = attribute_growth(counters_steady, counters_end, heap_growth, anon[-1] - anon[0] if anon else 0,
                              device_growth)
@@ -207,25 +209,30 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     status = proc_status()
     # CPU stand-in for device memory: the peak resident set of training, less the
     # framework's import footprint and the file-backed pages (shared libraries, memmap)
-    training_peak = peak_rss - status.get("RssFile", 0) - status.get("RssShmem", 0) - import_anon
+    # and less what the harness itself holds: the synthetic data, one window of prefetched
+    # batches, and the injected leak (the positive control is not the model's memory)
+    held = (0 if isinstance(source.data, np.memmap) else source.data.nbytes) + spw * batch * row_bytes \
+        + leak.bytes_per_step * len(leak.kept)
+    training_peak = peak_rss - status.get("RssFile", 0) - status.get("RssShmem", 0) - import_anon - held
     return {
         "row": getattr(model, "name", task["impl"]),
         "versions": cls.versions(),
         "device_kind": cls.device_kind(),
+        "syncs_every_step": bool(getattr(cls, "syncs_every_step", False)),
         "frameworks_loaded": frameworks_loaded(),
         "pid": os.getpid(),
         "import_s": import_s,
         "build_s": build_s,
         "compile_s": compile_s,
-        "late_warmup_steps": late_warmup,
         "warmup_step_times_s": warm_times,
+        "steady_windows_dropped": dropped,
         "final_loss": loss,
         "steps_measured": steps,
         "steps_requested": steps_requested,
         "time_budget_s": budget,
         "param_counts": {"trainable": counts.trainable, "non_trainable": counts.non_trainable},
         "param_counts_expected": {"trainable": expected.trainable, "non_trainable": expected.non_trainable},
-        "step_stats": {**stats.to_dict(), "window_times_s": [w / spw for w in windows]},
+        "step_stats": {**stats.to_dict(), "window_times_s": [w / spw for w in timed]},
         "memory": {
             "device": device,
             "device_source": "allocator" if device else None,
@@ -246,7 +253,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             "file_growth_bytes": (rss.file[-1] - rss.file[rss_steady_index]) if rss.file else 0,
             "anon_growth_bytes": (anon[-1] - anon[0]) if anon else 0,
             "heap_tracking": heap_note,
-            "heap_bytes": heap if len(heap) <= 5000 else heap[:: max(1, len(heap) // 5000)],
+            "heap_bytes": heap,
+            "heap_phase_anon_bytes": heap_anon,
             "heap_growth_bytes": heap_growth,
         },
         "leak": {**verdict.to_dict(), "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},

@@ -60,15 +60,28 @@ class Failure:
 
 
 def classify(result: dict | None, returncode: int | None, stderr_tail: list[str], timed_out: bool = False,
-             memory_limit_hit: bool = False, phase: str | None = None) -> Failure:
-    """One failure kind and a one-line message for a finished worker."""
+             memory_limit_hit: bool = False, phase: str | None = None, device: str = "gpu") -> Failure:
+    """One failure kind and a one-line message for a finished worker.
+
+    ``stderr_tail`` should be the worker's whole stderr: an abort message can sit
+    above a long stack dump. On a CPU (``device``) there is no device memory, so
+    an allocator's "resource exhausted" is host memory.
+    """
+    failure = _classify(result, returncode, stderr_tail, timed_out, memory_limit_hit, phase)
+    if device == "cpu" and failure.kind == "device_oom" and "cuda" not in failure.message.lower():
+        return Failure("host_oom", failure.message)  # XLA's RESOURCE_EXHAUSTED on a CPU is host RAM
+    return failure
+
+
+def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str], timed_out: bool,
+              memory_limit_hit: bool, phase: str | None) -> Failure:
     stderr = "\n".join(stderr_tail)
+    if result is not None and result.get("status") == "ok":
+        return Failure("ok", "")  # measured in full, even if the interpreter then hung on exit
     if timed_out:
         return Failure("timeout", f"no result within the time budget (last phase: {phase or 'start'})")
     if memory_limit_hit:
         return Failure("host_oom", "worker passed its host memory limit and was stopped")
-    if result is not None and result.get("status") == "ok":
-        return Failure("ok", "")
     if result is not None and result.get("status") == "error":
         etype, message = result.get("error_type", "Error"), result.get("message", "")
         text = f"{etype}: {message}"

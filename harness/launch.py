@@ -60,6 +60,9 @@ class WorkerOutcome:
     memory_limit_hit: bool = False
     peak_rss_bytes: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: every stderr line, for the classifier (a deep stack dump can push a
+    #: framework's abort message out of the stored tail)
+    stderr_all: list[str] = field(default_factory=list)
 
     @property
     def signal_name(self) -> str | None:
@@ -117,11 +120,13 @@ def run_worker(
                 if proc.poll() is None:
                     _kill(proc)
         wall = time.perf_counter() - start
-        tail = list(deque(stderr_path.read_text(errors="replace").splitlines(), maxlen=STDERR_TAIL_LINES))
+        all_lines = stderr_path.read_text(errors="replace").splitlines()
+        tail = list(deque(all_lines, maxlen=STDERR_TAIL_LINES))
         result_file = Path(task["result_path"])
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         peak = next((e.get("peak_rss_bytes") for e in reversed(events) if "peak_rss_bytes" in e), None)
-        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, guard.hit, peak, events)
+        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, guard.hit, peak, events,
+                             stderr_all=all_lines)
 
 
 class _MemoryGuard:

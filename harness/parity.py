@@ -95,7 +95,7 @@ def check_params(specs: list[VAESpec], impls: list[str], timeout_s: float = 1800
         task = {"kind": "params", "specs": [s.to_dict() for s in specs]}
         out = run_worker(task, impl, specs[0].settings, timeout_s)
         res = out.result or {}
-        for spec, rep in zip(specs, reports):
+        for spec, rep in zip(specs, reports, strict=True):
             got = res.get("counts", {}).get(spec.hash) if res.get("status") == "ok" else None
             if got:
                 rep.rows.append(ParamsRow(impl_label(impl), got["trainable"], got["non_trainable"]))
@@ -194,7 +194,7 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
         outputs: dict[str, list[Any]] = {}
         for m, impl in enumerate(order):
             paths = [Path(tmp) / f"out{m}_{n}.npz" for n in range(len(specs))]
-            task = {"kind": "parity", "items": [dict(it, outputs_path=str(p)) for it, p in zip(items, paths)]}
+            task = {"kind": "parity", "items": [dict(it, outputs_path=str(p)) for it, p in zip(items, paths, strict=True)]}
             outcome = run_worker(task, impl, specs[0][0].settings, timeout_s)
             ok = (outcome.result or {}).get("status") == "ok"
             outputs[impl] = []

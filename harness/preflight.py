@@ -173,6 +173,10 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     warnings, since CPU kernels use 64-bit indexing.
     """
     dev, detected = detect_device_memory()
+    if device == "cpu" and dev == "gpu":  # planning for the CPU on a GPU machine: host RAM is the limit
+        import psutil
+
+        detected = int(psutil.virtual_memory().available)
     device = device or dev
     available = device_memory if device_memory is not None else detected
     host = host_memory_bytes()
@@ -222,9 +226,9 @@ def detect_device_memory() -> tuple[str, int | None]:
         return "cpu", None
 
 
-def preflight_cell(cell, device_memory: int | None = None) -> dict[str, Any]:
+def preflight_cell(cell, device_memory: int | None = None, device: str | None = None) -> dict[str, Any]:
     """The runner's hook: a compact verdict stored in the cell's row."""
-    rep = preflight(cell.spec, cell.batch, device_memory=device_memory)
+    rep = preflight(cell.spec, cell.batch, device_memory=device_memory, device=device)
     d = rep.to_dict()
     d.pop("tensors")
     return d

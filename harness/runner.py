@@ -128,8 +128,9 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     outcome = run_worker(cell.task(), cell.impl, cell.spec.settings, cell.timeout_s, on_event=track,
                          memory_limit_bytes=memory_limit_bytes)
     phase = phases[-1] if phases else None
-    failure = classify(outcome.result, outcome.returncode, outcome.stderr_tail, outcome.timed_out,
-                       outcome.memory_limit_hit, phase)
+    device = "gpu" if fingerprint.get("gpus") else "cpu"
+    failure = classify(outcome.result, outcome.returncode, outcome.stderr_all or outcome.stderr_tail,
+                       outcome.timed_out, outcome.memory_limit_hit, phase, device=device)
     row = {**base, "status": "ok" if failure.ok else "failed", "failure_kind": failure.kind,
            "failure_message": failure.message, "failure_phase": None if failure.ok else phase,
            "returncode": outcome.returncode, "stderr_tail": outcome.stderr_tail, "wall_s": outcome.wall_s,
@@ -142,7 +143,7 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
         if cell.scenario in SCENARIOS:
             row["scenario_info"] = asdict(SCENARIOS[cell.scenario])
     result = outcome.result or {}
-    if result.get("status") == "ok":
+    if failure.ok and result.get("status") == "ok":
         row.update({k: v for k, v in result.items() if k != "status"})
         row["fingerprint"] = {**fingerprint, "frameworks": result.get("versions", {})}
     return row

@@ -32,7 +32,8 @@ class SweepResult:
         return self.__dict__.copy()
 
 
-def search_max_batch(probe: Callable[[int], str], start: int = 8, max_batch: int = 65536) -> tuple[int | None, int | None, list[tuple[int, str]]]:
+def search_max_batch(probe: Callable[[int], str], start: int = 8,
+                     max_batch: int = 65536) -> tuple[int | None, int | None, list[tuple[int, str]]]:
     """Doubling from ``start`` until a probe fails or ``max_batch`` passes, then bisection.
 
     ``probe(batch)`` returns an outcome, ``"ok"`` or a failure kind. Returns

@@ -322,6 +322,7 @@ class KerasVAE(VAEAdapter):
 
     name: ClassVar[str] = f"keras-{BACKEND}"
     framework: ClassVar[str] = "keras"
+    syncs_every_step: ClassVar[bool] = True  # train_on_batch returns host floats
 
     def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)

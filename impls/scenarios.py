@@ -98,7 +98,7 @@ def keras_tf_custom_loop(model: Any, fixed: bool) -> Step:
             y_pred = vae(x, training=True)
             loss = vae.compute_loss(x=x, y_pred=y_pred)
         grads = tape.gradient(loss, vae.trainable_weights)
-        opt.apply_gradients(zip(grads, vae.trainable_weights))
+        opt.apply_gradients(zip(grads, vae.trainable_weights, strict=True))
         return loss
 
     step_fn = tf.function(train_step)

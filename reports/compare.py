@@ -3,8 +3,10 @@
 A cell is matched on (impl, spec_hash, batch, scenario); repeats on each side are pooled. The step-time
 samples the significance test compares are, in order of preference:
 
-1. ``step_stats.window_times_s`` (per-step seconds, one per timed window) of every repeat, pooled;
-2. with no window times but at least 3 repeats on both sides, each repeat's ``median_s``;
+1. with at least 3 repeats on both sides, each repeat's ``median_s``: repeats are separate processes,
+   so the test sees the variation between processes (memory layout, clocks, neighbours) as well;
+2. else ``step_stats.window_times_s`` (per-step seconds, one per timed window), pooled: windows of one
+   process are not independent of each other, so this p-value is optimistic, and the row says so;
 3. otherwise there is nothing to test: the ratio of medians is still reported, ``p_value`` is NaN and
    the cell is never called a regression (``samples`` says why).
 
@@ -40,12 +42,12 @@ def cell_id(row: dict[str, Any]) -> tuple:
 def step_samples(rows: list[dict[str, Any]]) -> tuple[list[float], str]:
     """Per-step times to test, pooled over the ok repeats, and what they are (see the module docstring)."""
     ok = [r for r in rows if row_status(r) == "ok" and isinstance(r.get("step_stats"), dict)]
-    windows = [r["step_stats"].get("window_times_s") for r in ok]
-    if ok and all(isinstance(w, list) and w for w in windows):
-        return [float(x) for w in windows for x in w], "windows"
     medians = [float(r["step_stats"]["median_s"]) for r in ok if r["step_stats"].get("median_s") is not None]
     if len(medians) >= 3:
         return medians, "repeat medians"
+    windows = [r["step_stats"].get("window_times_s") for r in ok]
+    if ok and all(isinstance(w, list) and w for w in windows):
+        return [float(x) for w in windows for x in w], "windows"
     return medians, "none"
 
 
@@ -110,6 +112,9 @@ def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alph
             res.update(ratio=test["ratio"], ratio_ci_low=test["ratio_ci_low"], ratio_ci_high=test["ratio_ci_high"],
                        p_value=test["p_value"], significant=test["significant"], samples=kind_a,
                        n_a=len(xa), n_b=len(xb))
+            if kind_a == "windows":
+                res["note"] = ("windows of one process per side: the p-value leaves out variation between "
+                               "processes; use --repeats 3 or more for a sound test")
         else:
             if res["median_a_s"] and res["median_b_s"] is not None:
                 res["ratio"] = res["median_b_s"] / res["median_a_s"]

@@ -146,7 +146,7 @@ def test_good_cells_intact_around_failures(matrix):
         assert math.isfinite(row["final_loss"])
         assert row["steps"] == STEPS
         assert len(row["host"]["rss_anon"]) > STEPS
-        assert row["leak"]["verdict"] in ("no leak", "inconclusive", "leak")
+        assert row["leak"]["verdict"] != "leak"  # NumpyVAE keeps nothing between steps
         assert row["frameworks_loaded"] == []  # numpy only: no framework crept into the worker
         assert row["fingerprint"]["frameworks"] == row["versions"]
 

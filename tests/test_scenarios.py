@@ -21,10 +21,10 @@ from harness.spec import canonical_kmer_count
 CASES = [
     ("torch-loss-total", "torch", 5, 64, 80),
     ("torch-loss-total-fixed", "torch", 5, 64, 400),
-    ("jax-jit-per-step", "flax", 3, 128, 40),
-    ("jax-jit-per-step-fixed", "flax", 3, 128, 300),
-    ("partial-last-batch", "flax", 3, 128, 40),
-    ("partial-last-batch-fixed", "flax", 3, 128, 300),
+    ("jax-jit-per-step", "flax", 3, 128, 30),
+    ("jax-jit-per-step-fixed", "flax", 3, 128, 250),
+    ("partial-last-batch", "flax", 3, 128, 32),
+    ("partial-last-batch-fixed", "flax", 3, 128, 250),
     ("keras-tf-varying-batch", "keras-tensorflow", 3, 128, 30),
     ("keras-tf-varying-batch-fixed", "keras-tensorflow", 3, 128, 300),
 ]

@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int_list, help="override the batch sizes")
     p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (a time budget may cut them)")
     p.add_argument("--repeats", type=positive_int, default=1)
-    p.add_argument("--budget-minutes", type=positive_float, help="time for all cells (default: 9 on CPU, none on GPU)")
+    p.add_argument("--budget-minutes", type=positive_float, help="time for all cells (default: 7 on CPU, none on GPU)")
     p.add_argument("--timeout", type=positive_float, default=900.0)
     p.add_argument("--device-memory", type=size_arg)
     p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")

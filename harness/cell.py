@@ -114,7 +114,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
     # ---- warm-up: synchronised single steps
     emit(phase="warmup", compile_s=compile_s)
-    default_warm = 6 if task.get("time_budget_s") else max(4, min(20, steps // 10))
+    default_warm = 3 if task.get("time_budget_s") else max(4, min(20, steps // 10))
     n_warm = int(task.get("warmup_steps") or default_warm)
     warm_times: list[float] = []
     for i in range(n_warm):

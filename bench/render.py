@@ -117,7 +117,7 @@ def print_preflight(rep, show_all: bool = True) -> None:
     e = rep.estimate
     console.print(f"training memory estimate: {_bytes(e.train_bytes)} = state {_bytes(e.state_bytes)} "
                   f"(weights, grads, Adam m and v) + activations {_bytes(e.activation_bytes)} + "
-                  f"workspace {_bytes(e.workspace_bytes)} (2 x largest activation)")
+                  f"workspace {_bytes(e.workspace_bytes)} (2 x largest activation or 2 x weights, the larger)")
     if rep.eval_batch:
         console.print(f"eval memory estimate: {_bytes(e.eval_bytes)}")
     avail = _bytes(rep.available_bytes) if rep.available_bytes else "unknown"

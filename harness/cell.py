@@ -24,6 +24,7 @@ After every step the anonymous and file-backed RSS are sampled.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import time
 import tracemalloc
@@ -57,19 +58,23 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class InjectedLeak:
-    """Positive control: keeps ``bytes_per_step`` of touched memory per step.
+    """Positive control: keeps ``bytes_per_step`` of new, touched memory per step.
 
-    ``np.ones`` writes every page, so the kernel really commits it and RssAnon
-    grows by exactly that much; a calloc'd buffer would not.
+    Each step maps fresh anonymous pages and writes them, so the kernel commits
+    exactly that much more RssAnon. A ``malloc``'d buffer would not do: below the
+    mmap threshold it reuses heap pages an earlier free left resident (a JAX
+    worker has megabytes of them after compiling), and RSS would not move.
     """
 
     def __init__(self, bytes_per_step: int) -> None:
         self.bytes_per_step = bytes_per_step
-        self.kept: list[np.ndarray] = []
+        self.kept: list[mmap.mmap] = []
 
     def step(self) -> None:
         if self.bytes_per_step:
-            self.kept.append(np.ones(self.bytes_per_step, np.uint8))
+            buf = mmap.mmap(-1, self.bytes_per_step, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            np.frombuffer(buf, np.uint8)[:] = 1  # touch every page
+            self.kept.append(buf)
 
 
 def _check(loss: float, step: int) -> float:

@@ -14,8 +14,10 @@ batch that keeps it below 2^31.
 * model state: weights, gradients and Adam's two moments, 16 bytes a parameter;
 * activations kept for the backward pass: every layer's output (and the
   input batch), plus max-pool argmax indices (int64, as PyTorch keeps them);
-* workspace: twice the largest activation (its gradient and one temporary in
-  flight during backward) -- the stated margin.
+* workspace, the stated margin: the larger of twice the largest activation
+  (its gradient and one temporary in flight during backward) and twice the
+  weights (the optimizer update's temporaries: PyTorch's foreach Adam and
+  XLA's update each hold parameter-sized intermediates).
 
 On a CPU the same estimate is compared with host RAM; the report sets it
 beside the measured peak (allocator peak on GPU, RSS growth past the
@@ -124,9 +126,9 @@ def estimate_memory(tensors: list[Tensor]) -> MemoryEstimate:
     state = sum(t.bytes for t in tensors if not t.per_sample)
     acts = [t for t in tensors if t.pass_ == "train" and t.per_sample]
     activation = sum(t.bytes for t in acts)
-    workspace = 2 * max((t.bytes for t in acts if t.kind != "pool indices"), default=0)
-    evals = [t for t in tensors if t.pass_ == "eval"]
     weights = sum(t.bytes for t in tensors if t.kind == "weight")
+    workspace = max(2 * max((t.bytes for t in acts if t.kind != "pool indices"), default=0), 2 * weights)
+    evals = [t for t in tensors if t.pass_ == "eval"]
     # eval keeps no activations for backward: weights plus the two largest live activations
     eval_bytes = weights + sum(sorted((t.bytes for t in evals), reverse=True)[:2]) if evals else 0
     return MemoryEstimate(state, activation, workspace, eval_bytes)

@@ -261,7 +261,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     """The main job: default matrix, then the report."""
-    from harness.matrix import plan_default
+    from harness.matrix import CPU_BATCHES, plan_default
     from harness.preflight import detect_device_memory, preflight_cell
     from harness.runner import plan_cells, run_matrix
 
@@ -278,24 +278,24 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         cells += plan_cells(plan.impls, [spec.with_settings(tf32=args.tf32)], args.kmer, batches, args.repeats,
                             steps=args.steps, timeout_s=args.timeout)
     verdicts = {}
+    for spec, reason in plan.too_slow:  # listed as skipped rows, with the reason
+        batch = CPU_BATCHES.get(spec.name, [8])[0]
+        verdicts[(spec.name, batch)] = {"skip": True, "reason": reason}
+        cells += plan_cells(plan.impls, [spec], args.kmer, [batch], 1, steps=args.steps, timeout_s=args.timeout)
     for c in cells:
         if (c.spec.name, c.batch) not in verdicts:
             verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=args.device_memory, device=device)
     runnable = [c for c in cells if not verdicts[(c.spec.name, c.batch)].get("skip")]
-    plan_budget = plan.budget_s
-    if plan_budget:
-        from harness.matrix import CELL_OVERHEAD_S
-
-        per_cell = max(5.0, plan_budget / max(1, len(runnable)) - CELL_OVERHEAD_S)
+    if plan.budget_s:
         for c in cells:
-            c.extra["time_budget_s"] = round(per_cell, 1)
-            c.timeout_s = min(c.timeout_s, max(180.0, 6 * per_cell))
+            c.timeout_s = min(c.timeout_s, max(180.0, 8 * plan.budget_s / max(1, len(runnable))))
     store = _store(args)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
-          + (f", a budget of {per_cell:.0f} s each" if plan_budget else "") + f" -> {store.path}", file=sys.stderr)
+          + (f", {plan.budget_s:.0f} s for all of them" if plan.budget_s else "") + f" -> {store.path}",
+          file=sys.stderr)
     try:
         run_matrix(cells, store, resume=args.resume, preflight=lambda c: verdicts[(c.spec.name, c.batch)],
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, budget_s=plan.budget_s, runnable={c.key for c in runnable})
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)

@@ -48,7 +48,7 @@ from harness.worker import emit
 #: untimed steps run with tracemalloc after the timing, for the leak attribution
 HEAP_STEPS = 50
 #: a time budget never cuts the steady phase below this many steps
-MIN_BUDGET_STEPS = 10
+MIN_BUDGET_STEPS = 5
 #: batches prefetched for one timing window are capped at this many bytes
 PREFETCH_BYTES = 256 * 2**20
 
@@ -119,7 +119,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
     # ---- warm-up: synchronised single steps
     emit(phase="warmup", compile_s=compile_s)
-    default_warm = 3 if task.get("time_budget_s") else max(4, min(20, steps // 10))
+    default_warm = 2 if task.get("time_budget_s") else max(4, min(20, steps // 10))
     n_warm = int(task.get("warmup_steps") or default_warm)
     warm_times: list[float] = []
     for i in range(n_warm):

@@ -5,8 +5,9 @@ What runs depends on the device. A GPU gets every preset at batches up to
 batches its cores can step through in minutes, and a time budget for the
 whole matrix that is split evenly over the cells: each cell runs its compile
 and warm-up steps in full, then as many steady-state steps as its share
-allows (never fewer than ten). So ``--kmer 7`` on two cores finishes within
-its budget, and says in every row how many steps it measured.
+allows (never fewer than five). Time a fast cell leaves over goes to the
+cells after it. So ``--kmer 7`` on two cores finishes in about its budget,
+and every row says how many steps it measured.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from dataclasses import dataclass, field
 
 from harness.adapter import is_installed
 from harness.presets import PRESETS, preset
-from harness.spec import SpecError, VAESpec, canonical_kmer_count
+from harness.spec import SpecError, VAESpec, canonical_kmer_count, count_params
 
 DEFAULT_IMPLS = ["torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow"]
 
 #: batches per preset on a CPU: one or two sizes each, so the matrix fits a few minutes
 CPU_BATCHES = {"dense": [64, 512], "conv-final": [32], "conv-revised": [8], "conv-original": [8]}
 GPU_BATCHES = [64, 256, 1024, 4096]
-#: seconds for all cells together on a CPU (the nox install and the report come on top)
+#: on a CPU, presets above this many parameters are listed as skipped: one Adam step over
+#: 270 million parameters (conv-revised at k=7) takes longer than the whole matrix's share
+CPU_MAX_PARAMS = 100_000_000
+#: seconds for all cells together on a CPU (the nox install and the report come on top);
+#: the runner hands each cell what is left divided by the cells still to come
 CPU_BUDGET_S = 420.0
-#: what a cell spends before its own clock starts (interpreter start, harness imports);
-#: the framework import, build, compile and warm-up count against the cell's budget
-CELL_OVERHEAD_S = 1.5
 
 
 @dataclass
@@ -35,16 +37,12 @@ class MatrixPlan:
     impls: list[str]
     specs: list[tuple[VAESpec, list[int]]]
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (preset, reason): cannot be built at this k
+    too_slow: list[tuple[VAESpec, str]] = field(default_factory=list)  # skipped on a CPU, with the reason
     omitted_impls: list[tuple[str, str]] = field(default_factory=list)
     budget_s: float | None = None
 
     def cell_count(self) -> int:
         return len(self.impls) * sum(len(b) for _, b in self.specs)
-
-    def cell_budget_s(self) -> float | None:
-        if not self.budget_s or not self.cell_count():
-            return None
-        return max(5.0, self.budget_s / self.cell_count() - CELL_OVERHEAD_S)
 
 
 def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: list[str] | None = None,
@@ -62,6 +60,12 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
             spec = preset(name, length)
         except SpecError as exc:
             plan.invalid.append((name, str(exc)))
+            continue
+        n_params = count_params(spec).total
+        if device != "gpu" and specs is None and n_params > CPU_MAX_PARAMS:
+            plan.too_slow.append((spec, f"{n_params:,} parameters: a CPU training step takes minutes, beyond this "
+                                        f"matrix's time budget; run it on a GPU, or alone with python -m bench run "
+                                        f"--spec {name} --kmer {kmer} --batch 8"))
             continue
         sizes = batches or (GPU_BATCHES if device == "gpu" else CPU_BATCHES.get(name, [32]))
         plan.specs.append((spec, sizes))

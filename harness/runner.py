@@ -23,6 +23,8 @@ from harness.spec import VAESpec
 from harness.store import ResultStore, cell_key, machine_fingerprint
 
 DEFAULT_TIMEOUT_S = 900.0
+#: a matrix budget never gives a cell less than this
+MIN_CELL_BUDGET_S = 5.0
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Cell:
     timeout_s: float = DEFAULT_TIMEOUT_S
     heap: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: seconds this cell may spend (set by ``run_matrix`` from a matrix budget); not part of its identity
+    time_budget_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -55,7 +59,8 @@ class Cell:
     def task(self) -> dict[str, Any]:
         return {"kind": "cell", "spec": self.spec.to_dict(), "kmer": self.kmer, "batch": self.batch,
                 "steps": self.steps, "scenario": self.scenario, "inject_leak_bytes": self.inject_leak_bytes,
-                "data": self.data, "columns": self.columns, "heap": self.heap, **self.extra}
+                "data": self.data, "columns": self.columns, "heap": self.heap,
+                "time_budget_s": self.time_budget_s, **self.extra}
 
 
 def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int, batches: list[int], repeats: int = 1,
@@ -70,8 +75,14 @@ Preflight = Callable[[Cell], "dict[str, Any] | None"]
 
 
 def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, preflight: Preflight | None = None,
-               progress: bool = True, memory_limit_bytes: int | None = None) -> list[dict[str, Any]]:
-    """Run every cell not already in ``store`` (with ``resume``) and return the new rows."""
+               progress: bool = True, memory_limit_bytes: int | None = None,
+               budget_s: float | None = None, runnable: set[str] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not already in ``store`` (with ``resume``) and return the new rows.
+
+    ``budget_s``: seconds for all ``runnable`` cells (keys) together. Each is given what is
+    left divided by the runnable cells still to come, so time a fast cell leaves over
+    goes to the slow ones after it.
+    """
     done = store.done_keys() if resume else set()
     todo = [c for c in cells if c.key not in done]
     fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
@@ -79,8 +90,14 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
     previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     bar = _Progress(len(cells), len(cells) - len(todo), enabled=progress)
     try:
+        start = time.perf_counter()
+        pending = [c.key for c in todo if runnable is None or c.key in runnable]
         with bar:
             for cell in todo:
+                if budget_s and cell.key in pending:
+                    left = budget_s - (time.perf_counter() - start)
+                    cell.time_budget_s = round(max(MIN_CELL_BUDGET_S, left / len(pending)), 1)
+                    pending.remove(cell.key)
                 row = run_one(cell, fingerprint, preflight, memory_limit_bytes, on_phase=bar.phase(cell))
                 store.append(row)
                 rows.append(row)

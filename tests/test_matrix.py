@@ -10,12 +10,12 @@ from pathlib import Path
 from harness.matrix import CPU_BUDGET_S, GPU_BATCHES, plan_default
 
 
-def test_cpu_plan_at_k7_has_every_buildable_preset_and_a_budget():
+def test_cpu_plan_at_k7_runs_what_a_cpu_can_and_lists_the_rest():
     plan = plan_default(7, "cpu", impls=["torch", "flax"])
-    names = [s.name for s, _ in plan.specs]
-    assert names == ["dense", "conv-final", "conv-revised", "conv-original"]
-    assert plan.budget_s == CPU_BUDGET_S and plan.cell_count() == 2 * 5
-    assert all(b for _, b in plan.specs)
+    assert [s.name for s, _ in plan.specs] == ["dense", "conv-final"]
+    assert {s.name for s, _ in plan.too_slow} == {"conv-revised", "conv-original"}
+    assert all("parameters" in reason for _, reason in plan.too_slow)
+    assert plan.budget_s == CPU_BUDGET_S and plan.cell_count() == 2 * 3
 
 
 def test_gpu_plan_gets_the_full_batch_range_and_no_budget():

@@ -278,10 +278,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         cells += plan_cells(plan.impls, [spec.with_settings(tf32=args.tf32)], args.kmer, batches, args.repeats,
                             steps=args.steps, timeout_s=args.timeout)
     verdicts = {}
-    for spec, reason in plan.too_slow:  # listed as skipped rows, with the reason
+    for spec, reason in plan.too_slow:  # listed as skipped rows: memory first if preflight says so, else time
         batch = CPU_BATCHES.get(spec.name, [8])[0]
-        verdicts[(spec.name, batch)] = {"skip": True, "reason": reason}
-        cells += plan_cells(plan.impls, [spec], args.kmer, [batch], 1, steps=args.steps, timeout_s=args.timeout)
+        slow = plan_cells(plan.impls, [spec], args.kmer, [batch], 1, steps=args.steps, timeout_s=args.timeout)
+        verdict = preflight_cell(slow[0], device_memory=args.device_memory, device=device)
+        verdicts[(spec.name, batch)] = verdict if verdict.get("skip") else {**verdict, "skip": True, "reason": reason}
+        cells += slow
     for c in cells:
         if (c.spec.name, c.batch) not in verdicts:
             verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=args.device_memory, device=device)

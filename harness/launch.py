@@ -56,9 +56,7 @@ class WorkerOutcome:
     stderr_tail: list[str]
     wall_s: float
     timed_out: bool = False
-    interrupted: bool = False
     memory_limit_hit: bool = False
-    peak_rss_bytes: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     #: every stderr line, for the classifier (a deep stack dump can push a
     #: framework's abort message out of the stored tail)
@@ -108,12 +106,11 @@ def run_worker(
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True,
                 cwd=str(REPO_ROOT), start_new_session=True,
             )
-            timed_out = interrupted = False
+            timed_out = False
             guard = _MemoryGuard(proc.pid, memory_limit_bytes)
             try:
                 timed_out = _pump(proc, start + timeout_s, events, on_event, guard)
             except KeyboardInterrupt:
-                interrupted = True
                 _kill(proc)
                 raise
             finally:
@@ -124,8 +121,7 @@ def run_worker(
         tail = list(deque(all_lines, maxlen=STDERR_TAIL_LINES))
         result_file = Path(task["result_path"])
         result = json.loads(result_file.read_text()) if result_file.exists() else None
-        peak = next((e.get("peak_rss_bytes") for e in reversed(events) if "peak_rss_bytes" in e), None)
-        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, interrupted, guard.hit, peak, events,
+        return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, guard.hit, events,
                              stderr_all=all_lines)
 
 

@@ -115,9 +115,6 @@ PRESETS: dict[str, Callable[[int], VAESpec]] = {
 def preset(name: str, input_length: int) -> VAESpec:
     if name not in PRESETS:
         raise SpecError(f"unknown spec {name!r}; presets are {', '.join(PRESETS)}, or pass a .json/.yaml spec file")
-    if input_length < 64:
-        # keep the preset builder itself from producing zero-sized layers; validation explains
-        pass
     return validate(PRESETS[name](input_length))
 
 

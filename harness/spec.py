@@ -385,8 +385,6 @@ def validate(spec: VAESpec) -> VAESpec:
         raise SpecError(f"spec {spec.name!r}: only kernel_init glorot_uniform and bias_init zeros are implemented")
     if spec.settings.batch_norm_running_var != "biased":
         raise SpecError(f"spec {spec.name!r}: settings.batch_norm_running_var must be 'biased'")
-    if spec.encoder and spec.encoder[-1].type in ACTIVATIONS + ("batch_norm",):
-        pass  # an activation before the heads is allowed
     if spec.decoder[-1].type in ACTIVATIONS:
         raise SpecError(
             f"spec {spec.name!r}: the decoder must end in logits; drop the final {spec.decoder[-1].type}, "

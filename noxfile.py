@@ -25,6 +25,19 @@ CPU_FRAMEWORKS = [TORCH, "jax", "flax", "optax", "keras", "tensorflow-cpu"]
 CUDA_FRAMEWORKS = [TORCH, "jax[cuda12]", "flax", "optax", "keras", "tensorflow[and-cuda]"]
 
 
+#: the suite checks behaviour, not speed: one thread per framework keeps two test workers from
+#: oversubscribing two cores (torch's OpenMP threads spin while another process holds a core, and a
+#: 30 ms step took 500 ms); every row records these under fingerprint.inherited_env
+TEST_ENV = {
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+
+
 def has_nvidia_gpu() -> bool:
     if not shutil.which("nvidia-smi"):
         return False
@@ -44,7 +57,7 @@ def tests(session: nox.Session) -> None:
     install(session, cuda=False)
     # two workers: most tests wait on worker processes that import a framework
     args = session.posargs or ["-n", "2", "--durations=12"]
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env={"CUDA_VISIBLE_DEVICES": ""})
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)

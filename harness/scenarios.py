@@ -33,7 +33,8 @@ class Scenario:
 
 _ANTI = [
     Scenario("torch-loss-total", ("torch",),
-             "adds the loss tensor, with its autograd graph, into a running total every step",
+             "adds a monitoring loss tensor, never backpropagated, into a running total: every step's graph and saved "
+             "activations stay alive",
              "native", "accumulate loss.item() or loss.detach(), never the loss tensor itself",
              twin="torch-loss-total-fixed"),
     Scenario("jax-jit-per-step", ("flax", "keras-jax"),

@@ -119,6 +119,12 @@ def _default(obj: Any) -> Any:
 # ---------------------------------------------------------------------- fingerprint
 
 
+#: variables a caller may set that change speed or memory (thread pools, allocators); the worker
+#: inherits them, so a row records them (``nox -s tests`` caps threads at one, for example)
+PERFORMANCE_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS",
+                   "TF_NUM_INTEROP_THREADS", "MALLOC_ARENA_MAX", "LD_PRELOAD", "CUDA_VISIBLE_DEVICES")
+
+
 def machine_fingerprint(settings: Settings) -> dict[str, Any]:
     """What the parent knows about the machine; the worker adds framework versions."""
     import psutil
@@ -139,6 +145,7 @@ def machine_fingerprint(settings: Settings) -> dict[str, Any]:
         "git_dirty": bool(_git("status", "--porcelain")),
         "pinned_settings": asdict(settings),
         "pinned_env": fairness_env(settings),
+        "inherited_env": {k: os.environ[k] for k in PERFORMANCE_ENV if k in os.environ},
     }
 
 

@@ -16,16 +16,27 @@ Step = Callable[[np.ndarray], Any]
 
 
 def torch_loss_total(model: Any, fixed: bool) -> Step:
-    """``epoch_loss += loss``: the total keeps every step's autograd graph alive."""
+    """``val_total += val_loss``: a monitoring loss summed as a tensor keeps its whole graph alive.
+
+    The step trains as usual, then computes a monitoring loss on the batch (as a
+    validation or logging pass does) outside ``torch.no_grad()`` and adds it to a
+    running total. No ``backward()`` ever runs on that loss, so its graph keeps
+    every saved activation: the total holds one forward pass's activations per
+    step. (Summing the *training* loss, which has run ``backward()``, keeps only
+    the graph's nodes: a few hundred bytes a step, which the allocator hides.)
+    """
     state = {"total": 0.0}
 
     def step(x: np.ndarray):
         model.model.train()
         model.optimizer.zero_grad(set_to_none=True)
-        loss = model._loss(model._tensor(x), None)
+        batch = model._tensor(x)
+        loss = model._loss(batch, None)
         loss.backward()
         model.optimizer.step()
-        state["total"] = state["total"] + (loss.detach() if fixed else loss)  # the fix: .detach()
+        model.model.eval()
+        val_loss = model._loss(batch, None)
+        state["total"] = state["total"] + (val_loss.detach() if fixed else val_loss)  # the fix: .detach()
         return loss.detach()
 
     return step

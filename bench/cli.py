@@ -365,7 +365,9 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     for o in out:
         print(f"{o['impl']} {o['spec']} k={o['kmer']} b={o['batch']}: bare loop {o['bare_median_s'] * 1e3:.3f} ms, "
-              f"harness {o['harness_median_s'] * 1e3:.3f} ms per step, ratio {o['ratio']:.3f}", file=sys.stderr)
+              f"harness {o['harness_median_s'] * 1e3:.3f} ms per step, ratio {o['ratio']:.3f} "
+              f"(paired 95% CI {o['ratio_ci95'][0]:.3f}-{o['ratio_ci95'][1]:.3f} over {o['repeats']} repeats; "
+              f"bare loop CV across processes {o['bare_cv'] or 0:.0%})", file=sys.stderr)
     return 0 if all(abs(o["ratio"] - 1) <= args.tolerance for o in out) else 1
 
 

@@ -84,6 +84,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    After XLA's CPU compile, or any step, glibc keeps the freed buffers mapped:
+    measured on conv-final k=7 b=64 under Flax, RssAnon stood at 1.6 GB after
+    the first step and 0.37 GB after a trim. A peak measured from there would
+    count the compiler's scratch as training memory. Frees nothing still in use;
+    False where the C library has no ``malloc_trim`` (musl, macOS).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set of this process (VmHWM): the CPU stand-in for device memory."""
     return proc_status().get("VmHWM", 0)

@@ -48,6 +48,8 @@ from harness.worker import emit
 
 #: untimed steps run with tracemalloc after the timing, for the leak attribution
 HEAP_STEPS = 50
+#: untimed steps on a trimmed heap whose VmHWM is the CPU stand-in for device memory
+MEMORY_STEPS = 3
 #: a time budget never cuts the steady phase below this many steps
 MIN_BUDGET_STEPS = 5
 #: batches prefetched for one timing window are capped at this many bytes
@@ -118,10 +120,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     leak.step()
     rss.sample()
     # the compile step's host peak (compiler scratch, first-touch allocations) is kept
-    # apart, as its time is: the training peak starts from a trimmed heap after it
+    # apart, as its time is; the training peak is measured in the memory phase
     compile_hwm = peak_rss_bytes()
-    heap_released = release_free_heap()
-    hwm_reset = hwm_reset and reset_peak_rss()
 
     # ---- warm-up: synchronised single steps
     emit(phase="warmup", compile_s=compile_s)
@@ -177,7 +177,6 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     counters_end = model.counters()
     device_end = model.device_memory()
     anon = rss.anon[rss_steady_index:]
-    peak_rss = peak_rss_bytes()  # before the heap phase, a diagnostic and not training
 
     # ---- heap: tracemalloc slows Python-heavy steps, so it runs after the timing, untimed
     heap_mode = task.get("heap", "auto")
@@ -200,6 +199,24 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         tracemalloc.stop()
         loss = _check(model.loss_value(handle), n_warm + done + n_heap)
     rss.close()
+
+    # ---- memory (CPU only): the training peak, from a trimmed heap, untimed. Without a
+    # device allocator the peak is VmHWM, which would otherwise keep whatever glibc still
+    # maps from the compile step; trimming any earlier would make the steady phase's RSS
+    # regrow and look like a leak
+    heap_trimmed = peak_restarted = False
+    n_memory = 0
+    if not model.device_memory():
+        emit(phase="memory")
+        heap_trimmed = release_free_heap()
+        peak_restarted = hwm_reset and reset_peak_rss()
+        for _ in range(MEMORY_STEPS):
+            handle = step_fn(source.next())
+            model.synchronize()
+            leak.step()
+            n_memory += 1
+        loss = _check(model.loss_value(handle), n_warm + done + len(heap) + n_memory)
+    peak_rss = peak_rss_bytes()
     heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
     from harness.leak import attribute_growth, leak_verdict
@@ -221,8 +238,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     device = model.device_memory()
     nvml = nvml_process_memory()
     status = proc_status()
-    # CPU stand-in for device memory: the peak resident set of the training steps after
-    # the compile step, less the framework's import footprint and the file-backed pages
+    # CPU stand-in for device memory: the peak resident set of the memory phase's
+    # training steps, less the framework's import footprint and the file-backed pages
     # (shared libraries, memmap) and less what the harness itself holds: the synthetic
     # data, one window of prefetched batches, and the injected leak (the positive control
     # is not the model's memory)
@@ -258,10 +275,11 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             "import_anon_bytes": import_anon,
             "training_peak_rss_bytes": training_peak,
             "compile_peak_rss_bytes": compile_peak,
-            "peak_rss_reset_after_compile": hwm_reset,
-            "heap_released_after_compile": heap_released,
+            "memory_phase_steps": n_memory,
+            "heap_trimmed": heap_trimmed,
+            "peak_rss_restarted": peak_restarted,
             "cpu_standin": None if device else (
-                "peak RSS (VmHWM) of the training steps after the compile step, less the framework's import "
+                f"peak RSS (VmHWM) over {n_memory} training steps on a trimmed heap, less the framework's import "
                 "footprint and file-backed pages, stands in for device memory on CPU; the compile step's own "
                 "peak is compile_peak_rss_bytes"),
             "peak_bytes": device.get("peak_bytes") if device else training_peak,

@@ -868,8 +868,9 @@ def _section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> Non
                 doc.note(f"{reps} repeats per impl; memory is the largest peak, leak the worst verdict of any repeat.")
     if any_standin:
         doc.note("* peak RSS: on CPU there is no device allocator, so the worker's peak resident set (VmHWM) during "
-                 "the training steps after the compile step stands in for device memory, less the framework's import "
-                 "footprint and file-backed pages (shared libraries, memmap). It is not comparable with GPU figures.")
+                 "a few training steps on a trimmed heap, after the timing, stands in for device memory, less the "
+                 "framework's import footprint and file-backed pages (shared libraries, memmap). It is not comparable "
+                 "with GPU figures.")
 
 
 def _section_plots(doc: Doc, grouped: dict, out_dir: Path, colors: dict, multi_hash: bool) -> None:

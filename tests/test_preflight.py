@@ -71,6 +71,13 @@ def test_memory_estimate_is_weights_grads_adam_plus_activations_and_workspace():
     assert est.train_bytes == est.state_bytes + est.activation_bytes + est.workspace_bytes
 
 
+def test_loss_terms_and_logits_gradient_are_counted_at_the_output_size():
+    spec = preset("dense", canonical_kmer_count(5))
+    loss = [t for t in tensor_table(spec, 64, eval_batch=256) if t.layer == "loss"]
+    assert sorted(t.kind for t in loss) == ["logits gradient", "loss terms"]
+    assert all(t.pass_ == "train" and t.shape == (64, 512) and t.per_sample for t in loss)
+
+
 def test_preflight_skips_what_cannot_fit():
     rep = preflight(preset("conv-original", 8192), 8, device_memory=24 * 10**9, device="cpu")
     assert not rep.ok and "would need" in rep.reasons[0] and "24.0 GB" in rep.reasons[0]

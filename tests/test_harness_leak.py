@@ -164,6 +164,6 @@ def test_compile_scratch_is_reported_apart_from_the_training_peak(tmp_path):
     cells = plan_cells(["tests/fixtures/planted.py:CompileScratchVAE"], [spec], 3, [16], timeout_s=300.0, steps=40)
     (row,) = run_matrix(cells, ResultStore(tmp_path, "scratch"), progress=False)
     memory = ok(row)["memory"]
-    assert memory["compile_peak_rss_bytes"] >= 240 * MIB, memory
+    assert memory["compile_peak_rss_bytes"] >= 200 * MIB, memory  # 256 MiB less the harness's own share
     assert memory["heap_trimmed"] and memory["peak_rss_restarted"] and memory["memory_phase_steps"] == 3, memory
     assert memory["peak_bytes"] == memory["training_peak_rss_bytes"] < 64 * MIB, memory

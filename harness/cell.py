@@ -241,9 +241,10 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     # CPU stand-in for device memory: the peak resident set of the memory phase's
     # training steps, less the framework's import footprint and the file-backed pages
     # (shared libraries, memmap) and less what the harness itself holds: the synthetic
-    # data, one window of prefetched batches, and the injected leak (the positive control
-    # is not the model's memory)
-    held = (0 if isinstance(source.data, np.memmap) else source.data.nbytes) + spw * batch * row_bytes \
+    # data, the batches in hand (one in the memory phase, a prefetched window without
+    # it), and the injected leak (the positive control is not the model's memory)
+    batches_held = 1 if n_memory else spw
+    held = (0 if isinstance(source.data, np.memmap) else source.data.nbytes) + batches_held * batch * row_bytes \
         + leak.bytes_per_step * len(leak.kept)
     not_model = status.get("RssFile", 0) + status.get("RssShmem", 0) + import_anon + held
     training_peak = peak_rss - not_model

@@ -86,7 +86,7 @@ def paired_ratio_ci(bare: list[float], harness: list[float]) -> tuple[float, flo
     """95% CI of the harness/bare ratio from the ABBA pairs (t interval on log ratios).
 
     Step time varies more between processes than within one (thread placement,
-    memory layout: 15% on 2 cores), so the pairs, not the windows, are the
+    memory layout: a CV of 8-11% measured on 2 cores), so the pairs, not the windows, are the
     samples; with few repeats the interval says how much the ratio can be trusted.
     """
     from scipy import stats

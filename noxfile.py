@@ -3,7 +3,8 @@
 * ``nox -s tests``             - the test suite, CPU builds of every framework.
 * ``nox -s bench -- --kmer 7`` - the default matrix and its report.
 * ``nox -s report``            - rebuild reports from stored results.
-* ``nox -s lint``              - ruff.
+* ``nox -s lint``              - ruff and the import-linter layering contract (``tests`` runs both first).
+* ``nox -s microbench``        - pytest-benchmark timings of preflight, report building and result loading.
 
 ``bench`` picks CUDA builds when an NVIDIA GPU answers ``nvidia-smi``; pass
 ``--cpu`` or ``--cuda`` after ``--`` to force either.
@@ -52,9 +53,20 @@ def install(session: nox.Session, cuda: bool) -> None:
     session.install("-e", ".[test]")
 
 
+LINTERS = ["ruff", "import-linter>=2.1"]
+
+
+def run_linters(session: nox.Session) -> None:
+    """ruff, then the import contract in pyproject.toml: a module that climbs a layer fails CI."""
+    session.run("ruff", "check", ".")
+    session.run("lint-imports")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     install(session, cuda=False)
+    session.install(*LINTERS)
+    run_linters(session)
     # two workers: most tests wait on worker processes that import a framework
     args = session.posargs or ["-n", "2", "--durations=12"]
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env=TEST_ENV)
@@ -84,5 +96,13 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
-    session.run("ruff", "check", ".")
+    session.install(*LINTERS)
+    run_linters(session)
+
+
+@nox.session(python=PYTHON)
+def microbench(session: nox.Session) -> None:
+    """Timings of the framework-free tools (no framework is installed); pytest-benchmark prints the table."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "bench/microbench", "--benchmark-columns",
+                "min,median,iqr,max,rounds", *session.posargs)

@@ -12,48 +12,19 @@ a ratio within 5% of 1.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import numpy as np
 
 
-def bare_loop(task: dict[str, Any]) -> dict[str, Any]:
-    """Worker side: the same windows as the harness, without any probe."""
-    from harness.adapter import load_adapter_class
-    from harness.data import make_source
-    from harness.reference import init_weights
-    from harness.spec import VAESpec
-
-    spec = VAESpec.from_dict(task["spec"])
-    model = load_adapter_class(task["impl"])(spec)
-    model.set_weights(init_weights(spec))
-    source = make_source(task["kmer"], task["batch"], seed=spec.settings.seed)
-    steps, spw = task["steps"], max(1, task["steps"] // 20)
-    for _ in range(1 + max(4, min(20, steps // 10))):  # the harness's compile and warm-up steps
-        model.loss_value(model.train_step(source.next()))
-    model.synchronize()
-    per_step = []
-    done = 0
-    while done < steps:
-        xs = [source.next() for _ in range(spw)]
-        t = time.perf_counter()
-        for x in xs:
-            handle = model.train_step(x)
-        model.synchronize()
-        per_step.append((time.perf_counter() - t) / spw)
-        done += spw
-        model.loss_value(handle)
-    return {"median_s": float(np.median(per_step)), "window_times_s": per_step}
-
-
 def measure_overhead(impl: str, spec, kmer: int, batch: int, steps: int, repeats: int) -> dict[str, Any]:
     """Parent side: interleaved bare and harness workers; returns both medians and their ratio."""
-    from harness.launch import run_worker
-    from harness.runner import Cell, run_one
+    from harness.run.launch import run_worker
+    from harness.run.runner import Cell, run_one
+    from harness.run.task import BareTask
 
     def run_bare() -> float:
-        out = run_worker({"kind": "bare", "spec": spec.to_dict(), "kmer": kmer, "batch": batch, "steps": steps},
+        out = run_worker(BareTask(spec=spec.to_dict(), kmer=kmer, batch=batch, steps=steps),
                          impl, spec.settings, timeout_s=900)
         if (out.result or {}).get("status") != "ok":
             raise RuntimeError(f"bare loop failed: {(out.result or {}).get('message') or out.stderr_tail[-1:]}")

@@ -36,7 +36,7 @@ def print_params(reports, kmer: int) -> None:
 
 
 def print_parity(reports) -> None:
-    from harness.parity import TOL_FORWARD, TOL_STEP
+    from harness.run.parity import TOL_FORWARD, TOL_STEP
 
     for rep in reports:
         table = Table(title=f"parity of {rep.spec} against {rep.reference} (batch {rep.batch}; relative L2; "
@@ -108,7 +108,7 @@ def print_preflight(rep, show_all: bool = True) -> None:
         b = rep.batch if t.pass_ == "train" else (rep.eval_batch or rep.batch)
         flag = ""
         if t.overflows:
-            from harness.preflight import wrap_int32
+            from harness.diagnose.preflight import wrap_int32
 
             safe = t.safe_batch(b)
             flag = f"[red]≥ 2^31: wraps to {wrap_int32(t.elements)}" + (f", safe batch ≤ {safe}" if safe else "") + "[/red]"
@@ -137,4 +137,14 @@ def print_sweep(results) -> None:
         probes = " ".join(f"{p['batch']}:{'ok' if p['outcome'] == 'ok' else p['outcome']}" for p in r.probes)
         table.add_row(r.impl, r.spec, str(r.max_ok or "-"), str(r.first_failure or "none up to max"),
                       r.failure_kind or "", probes)
+    console.print(table)
+
+
+def print_scenarios(scenarios) -> None:
+    table = Table(title="leak scenarios: python -m bench run --scenario NAME (the NAME-fixed twin has the fix)")
+    for col in ("scenario", "impls", "what it shows", "expected cause", "fix"):
+        table.add_column(col, overflow="fold")
+    for sc in scenarios:
+        if sc.anti is None:
+            table.add_row(sc.name, ", ".join(sc.impls), sc.what, sc.expected_cause, sc.fix)
     console.print(table)

@@ -10,7 +10,7 @@ Contract, in the order the harness calls it:
 1. ``__init__(spec)`` builds the model and optimizer from the spec, initialised
    with the spec's pinned initialisers and ``spec.settings.seed``.
 2. ``set_weights(canonical)`` / ``get_weights()`` move weights in the canonical
-   layout (``harness.spec.param_table``): numpy float32 arrays keyed by
+   layout (``harness.spec.schema.param_table``): numpy float32 arrays keyed by
    names like ``encoder.1.kernel``. Optimizer state is reset by ``set_weights``.
 3. ``train_step(x)`` runs one optimizer step on a numpy batch and returns the
    loss *without* waiting for the device (a framework array or a float).
@@ -34,12 +34,13 @@ import importlib
 import importlib.util
 import sys
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.spec import ParamCounts, VAESpec
+from harness.spec.schema import ParamCounts, VAESpec
 
 
 class FrameworkMissing(ImportError):
@@ -118,43 +119,51 @@ class VAEAdapter(ABC):
 
 # ------------------------------------------------------------------------- registry
 
-#: built-in rows: name -> (module, class, environment the worker must set first)
-BUILTIN: dict[str, tuple[str, str, dict[str, str]]] = {
-    "torch": ("impls.torch_vae", "TorchVAE", {}),
-    "flax": ("impls.flax_vae", "FlaxVAE", {}),
-    "keras-jax": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "jax"}),
-    "keras-torch": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "torch"}),
-    "keras-tensorflow": ("impls.keras_vae", "KerasVAE", {"KERAS_BACKEND": "tensorflow"}),
-}
+@dataclass(frozen=True)
+class BuiltinImpl:
+    """One built-in row: where its class lives and what it needs before and at import."""
 
-#: which pip packages each row needs, for the "not installed" message
-REQUIREMENTS: dict[str, str] = {
-    "torch": "torch==2.13.0",
-    "flax": "jax flax optax",
-    "keras-jax": "keras jax",
-    "keras-torch": "keras torch==2.13.0",
-    "keras-tensorflow": "keras tensorflow-cpu (or tensorflow on a GPU machine)",
-}
+    name: str
+    module: str
+    cls: str
+    #: the modules it imports; tells "not installed" from other errors without importing them
+    frameworks: tuple[str, ...]
+    #: what to pip install, for the "not installed" message
+    requirement: str
+    #: environment the worker must set before importing anything
+    env: dict[str, str] = field(default_factory=dict)
 
-#: the modules each row imports; used to tell "not installed" from other errors
-FRAMEWORK_MODULES: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "flax": ("jax", "flax", "optax"),
-    "keras-jax": ("keras", "jax"),
-    "keras-torch": ("keras", "torch"),
-    "keras-tensorflow": ("keras", "tensorflow"),
-}
+    def missing(self) -> list[str]:
+        """Framework modules that cannot be found (checked without importing them)."""
+        return [m for m in self.frameworks if importlib.util.find_spec(m) is None]
+
+
+BUILTIN: dict[str, BuiltinImpl] = {b.name: b for b in (
+    BuiltinImpl("torch", "impls.torch_vae", "TorchVAE", ("torch",), "torch==2.13.0"),
+    BuiltinImpl("flax", "impls.flax_vae", "FlaxVAE", ("jax", "flax", "optax"), "jax flax optax"),
+    BuiltinImpl("keras-jax", "impls.keras_vae", "KerasVAE", ("keras", "jax"), "keras jax", {"KERAS_BACKEND": "jax"}),
+    BuiltinImpl("keras-torch", "impls.keras_vae", "KerasVAE", ("keras", "torch"), "keras torch==2.13.0",
+                {"KERAS_BACKEND": "torch"}),
+    BuiltinImpl("keras-tensorflow", "impls.keras_vae", "KerasVAE", ("keras", "tensorflow"),
+                "keras tensorflow-cpu (or tensorflow on a GPU machine)", {"KERAS_BACKEND": "tensorflow"}),
+)}
 
 
 def impl_env(impl: str) -> dict[str, str]:
     """Environment a worker must set before importing anything for this impl."""
-    return dict(BUILTIN[impl][2]) if impl in BUILTIN else {}
+    return dict(BUILTIN[impl].env) if impl in BUILTIN else {}
 
 
 def is_installed(impl: str) -> bool:
     """True when every framework module of a built-in row can be found, without importing it."""
-    mods = FRAMEWORK_MODULES.get(impl, ())
-    return all(importlib.util.find_spec(m) is not None for m in mods)
+    return impl not in BUILTIN or not BUILTIN[impl].missing()
+
+
+def not_installed_message(impl: str) -> str:
+    builtin = BUILTIN[impl]
+    missing = builtin.missing() or list(builtin.frameworks)
+    return (f"impl {impl!r} needs {', '.join(missing)}, which is not installed; "
+            f"install it with: pip install {builtin.requirement}")
 
 
 def load_adapter_class(impl: str) -> type[VAEAdapter]:
@@ -164,15 +173,10 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
     the point at which a framework is imported.
     """
     if impl in BUILTIN:
-        module_name, attr, _ = BUILTIN[impl]
-        missing = [m for m in FRAMEWORK_MODULES[impl] if importlib.util.find_spec(m) is None]
-        if missing:
-            raise FrameworkMissing(
-                f"impl {impl!r} needs {', '.join(missing)}, which is not installed; "
-                f"install it with: pip install {REQUIREMENTS[impl]}"
-            )
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        builtin = BUILTIN[impl]
+        if builtin.missing():
+            raise FrameworkMissing(not_installed_message(impl))
+        return getattr(importlib.import_module(builtin.module), builtin.cls)
     if ":" not in impl:
         known = ", ".join(BUILTIN)
         raise ValueError(f"unknown impl {impl!r}; built-in impls are {known}, or pass path/to/file.py:Class or module:attr")

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from harness.spec import canonical_kmer_count
+from harness.spec.schema import canonical_kmer_count
 
 
 class DataError(ValueError):

@@ -10,15 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import socket
-import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
-
-from harness.spec import Settings
 
 RESULT_SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = Path("results")
@@ -82,20 +76,38 @@ def read_rows(path: str | Path) -> Iterable[dict[str, Any]]:
             yield row
 
 
-def load_results(paths: str | Path | list[str | Path]):
-    """Rows from files or directories as a pandas DataFrame, one row per cell.
+def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[dict[str, Any]]:
+    """Rows from JSONL files, directories of them, run ids (``<results_dir>/<id>.jsonl``) or row dicts."""
+    if isinstance(results, (str, Path, dict)):
+        results = [results]
+    rows: list[dict[str, Any]] = []
+    for item in results:
+        if isinstance(item, dict):
+            rows.append(item)
+            continue
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(p.glob("*.jsonl"))
+        elif p.is_file():
+            files = [p]
+        elif (Path(results_dir) / f"{item}.jsonl").is_file():
+            files = [Path(results_dir) / f"{item}.jsonl"]
+        else:
+            raise FileNotFoundError(f"no results at {item!r}: not a file, a directory, or a run id in {results_dir}/")
+        for f in files:
+            rows.extend(read_rows(f))
+    return rows
+
+
+def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR):
+    """Rows from files, directories or run ids as a pandas DataFrame, one row per cell.
 
     Nested fields are flattened with dots (``step_stats.median_s``); the long
     per-step series stay as lists.
     """
     import pandas as pd
 
-    if not isinstance(paths, list):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-    rows = [r for f in files for r in read_rows(f)]
+    rows = load_rows(results, results_dir)
     if not rows:
         return pd.DataFrame()
     return pd.json_normalize(rows, max_level=3)
@@ -114,55 +126,3 @@ def _default(obj: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return str(obj)
-
-
-# ---------------------------------------------------------------------- fingerprint
-
-
-#: variables a caller may set that change speed or memory (thread pools, allocators); the worker
-#: inherits them, so a row records them (``nox -s tests`` caps threads at one, for example)
-PERFORMANCE_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS",
-                   "TF_NUM_INTEROP_THREADS", "MALLOC_ARENA_MAX", "LD_PRELOAD", "CUDA_VISIBLE_DEVICES")
-
-
-def machine_fingerprint(settings: Settings) -> dict[str, Any]:
-    """What the parent knows about the machine; the worker adds framework versions."""
-    import psutil
-
-    from harness.launch import fairness_env
-    from harness.probes import gpu_inventory
-
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_physical": psutil.cpu_count(logical=False),
-        "ram_bytes": psutil.virtual_memory().total,
-        "gpus": gpu_inventory(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
-        "pinned_settings": asdict(settings),
-        "pinned_env": fairness_env(settings),
-        "inherited_env": {k: os.environ[k] for k in PERFORMANCE_ENV if k in os.environ},
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent.parent)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None

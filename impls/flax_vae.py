@@ -8,9 +8,9 @@ layout, so the canonical weights are Flax's weights with no transposes at all:
 * ``nnx.ConvTranspose(..., transpose_kernel=True)`` stores its kernel as
   ``(k, out, in)`` and computes the gradient (adjoint) of a conv whose kernel is
   that array, which is exactly the canonical ``conv_transpose1d`` of
-  ``harness.reference``. With stride 1 and an odd kernel its ``'SAME'`` padding is
+  ``harness.spec.reference``. With stride 1 and an odd kernel its ``'SAME'`` padding is
   the symmetric ``((k - 1) / 2, (k - 1) / 2)`` of the reference (checked against
-  ``harness.reference`` in ``tests/test_impl_flax.py``), so no explicit padding
+  ``harness.spec.reference`` in ``tests/test_impl_flax.py``), so no explicit padding
   is needed;
 * ``nnx.BatchNorm`` ``scale``, ``bias``, ``mean``, ``var`` are the canonical
   ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; its ``momentum`` is
@@ -50,7 +50,7 @@ import optax
 from flax import nnx
 
 from harness.adapter import VAEAdapter
-from harness.spec import LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
+from harness.spec.schema import LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
 
 # JAX reads this when its GPU backend starts (the first device use), not at import. The
 # harness worker sets it from ``settings.jax_preallocate`` before anything runs; this

@@ -15,7 +15,7 @@ What a Keras user would write, and this build does:
   ``model.train_on_batch``.
 
 Two places depart from Keras' defaults because the spec pins them (see
-``harness.spec.Settings``): the Adam update (``TextbookAdam``) and the BatchNorm
+``harness.spec.schema.Settings``): the Adam update (``TextbookAdam``) and the BatchNorm
 momentum, epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
 
 The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D
@@ -38,7 +38,7 @@ import numpy as np
 from keras import layers, ops
 
 from harness.adapter import VAEAdapter
-from harness.spec import Layer, ParamCounts, VAESpec, param_table
+from harness.spec.schema import Layer, ParamCounts, VAESpec, param_table
 
 BACKEND = keras.backend.backend()
 
@@ -143,7 +143,7 @@ class Sampling(layers.Layer):
 
 def vae_loss(x, y_pred: dict, beta: float):
     """BCE from logits summed over features plus beta x KL summed over latent dims,
-    both averaged over the batch (``harness.reference.vae_loss``)."""
+    both averaged over the batch (``harness.spec.reference.vae_loss``)."""
     bce = ops.sum(ops.binary_crossentropy(x, y_pred["logits"], from_logits=True), axis=-1)
     mu, logvar = y_pred["z_mean"], y_pred["z_log_var"]
     kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=-1)

@@ -1,4 +1,4 @@
-"""The loop bodies of the leak scenarios (catalogue: ``harness/scenarios.py``).
+"""The loop bodies of the leak scenarios (catalogue: ``harness/diagnose/scenarios.py``).
 
 Each builder takes the cell's adapter and returns ``step(x) -> loss handle``.
 The anti-pattern and its twin differ in exactly the line the fix names.
@@ -135,7 +135,7 @@ BUILDERS: dict[str, Callable[[Any, bool], Step]] = {
 }
 
 
-def build(name: str, model: Any, task: dict[str, Any]) -> Step:
+def build(name: str, model: Any) -> Step:
     fixed = name.endswith("-fixed")
     base = name[: -len("-fixed")] if fixed else name
     return BUILDERS[base](model, fixed)

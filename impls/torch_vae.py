@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import VAEAdapter
-from harness.spec import ACTIVATIONS, LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
+from harness.spec.schema import ACTIVATIONS, LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
 
 # ---------------------------------------------------------------------------- feature orders
 #
@@ -346,7 +346,7 @@ class TorchVAE(VAEAdapter):
         with torch.no_grad():
             for name, layout, leaf, t in self._tensors():
                 if name not in weights:
-                    raise KeyError(f"set_weights: {name!r} is missing; pass every name of harness.spec.param_table")
+                    raise KeyError(f"set_weights: {name!r} is missing; pass every name of harness.spec.schema.param_table")
                 value = np.asarray(weights[name], dtype=np.float32)
                 if value.shape != shapes[name]:
                     raise ValueError(f"set_weights: {name} has shape {value.shape}, expected {shapes[name]}")

@@ -11,7 +11,7 @@ samples the significance test compares are, in order of preference:
    the cell is never called a regression (``samples`` says why).
 
 A cell is a **regression** when B is significantly different (two-sided Mann-Whitney U,
-``harness.stats.mann_whitney_slower``, p < ``alpha``) AND the step-time ratio B/A exceeds
+``harness.measure.stats.mann_whitney_slower``, p < ``alpha``) AND the step-time ratio B/A exceeds
 ``1 + threshold``; an **improvement** is the mirror image (ratio below ``1 - threshold``). A cell that
 ran in A and fails in B is flagged ``new_failure`` (not a timing regression: there is no time to compare).
 
@@ -24,8 +24,9 @@ import math
 import statistics
 from typing import Any
 
-from harness.stats import mann_whitney_slower
-from reports.build import load_rows, row_status
+from harness.measure.stats import mann_whitney_slower
+from harness.store import load_rows
+from reports.cells import row_status
 
 __all__ = ["compare_runs", "print_comparison", "cell_id", "step_samples"]
 
@@ -65,7 +66,7 @@ def _median_of(rows: list[dict], *path: str) -> float | None:
 def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alpha: float = 0.05) -> list[dict]:
     """Compare every cell present in both runs; one dict per cell, sorted by step-time ratio (worst first).
 
-    ``run_a_rows`` / ``run_b_rows``: lists of stored rows (or anything :func:`reports.build.load_rows`
+    ``run_a_rows`` / ``run_b_rows``: lists of stored rows (or anything :func:`harness.store.load_rows`
     accepts: JSONL paths, directories, run ids). Keys of each dict: ``impl``, ``spec_name``, ``spec_hash``,
     ``batch``, ``scenario``, ``sweep``, ``status`` ("compared", "failed in A", "failed in B", "failed in both"),
     ``median_a_s``, ``median_b_s``, ``ratio`` (step time B/A), ``ratio_ci_low``, ``ratio_ci_high``,

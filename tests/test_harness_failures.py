@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from harness import adapter as adapter_mod
-from harness import runner as runner_mod
-from harness.failures import KINDS, classify
-from harness.presets import resolve_spec
-from harness.runner import plan_cells, run_matrix, run_one
+from harness.diagnose.failures import KINDS, classify
+from harness.run import runner as runner_mod
+from harness.run.runner import plan_cells, run_matrix, run_one
+from harness.spec.presets import resolve_spec
 from harness.store import ResultStore, read_rows
 
 PLANTED = "tests/fixtures/planted.py"

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.presets import resolve_spec
-from harness.runner import plan_cells, run_matrix
-from harness.spec import canonical_kmer_count
+from harness.run.runner import plan_cells, run_matrix
+from harness.run.schedule import warmup_steps
+from harness.spec.presets import resolve_spec
+from harness.spec.schema import canonical_kmer_count
 from harness.store import ResultStore
 
 IMPL = "tests/fixtures/planted.py:NumpyVAE"
@@ -140,7 +141,7 @@ def test_memmap_1gib_streamed_is_not_a_leak(tmp_path, record_property):
         (row,) = run_cells(tmp_path, "memmap1g", kmer=5, batches=[batch], steps=steps, data=str(path),
                            memory_limit_bytes=limit)
         run_s = time.perf_counter() - t0
-        warmup = max(4, min(20, steps // 10))  # harness.cell's default warm-up steps
+        warmup = warmup_steps(steps)  # harness.run.cell's default warm-up steps
         streamed = (1 + warmup + steps) * batch
         figures = check_memmap_row(ok(row), path.stat().st_size, limit)
         figures.update(write_s=write_s, run_s=run_s, rows_streamed=streamed)

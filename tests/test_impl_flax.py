@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("flax")
 
-from harness import reference  # noqa: E402
 from harness.adapter import load_adapter_class  # noqa: E402
-from harness.presets import preset  # noqa: E402
-from harness.spec import canonical_kmer_count, count_params, param_table  # noqa: E402
+from harness.spec import reference  # noqa: E402
+from harness.spec.presets import preset  # noqa: E402
+from harness.spec.schema import canonical_kmer_count, count_params, param_table  # noqa: E402
 
 BATCH = 8
 

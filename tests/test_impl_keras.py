@@ -25,9 +25,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from harness.presets import preset
-from harness.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
-from harness.spec import count_params, param_table
+from harness.spec.presets import preset
+from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
+from harness.spec.schema import count_params, param_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("jax", "torch", "tensorflow")

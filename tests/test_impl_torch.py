@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from harness.adapter import load_adapter_class
-from harness.presets import PRESETS, preset
-from harness.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
-from harness.spec import L, VAESpec, count_params, param_table
+from harness.spec.presets import PRESETS, preset
+from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
+from harness.spec.schema import L, VAESpec, count_params, param_table
 
 torch = pytest.importorskip("torch")
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.matrix import CPU_BUDGET_S, GPU_BATCHES, plan_default
+from harness.run.matrix import CPU_BUDGET_S, GPU_BATCHES, plan_default
 
 
 def test_cpu_plan_at_k7_runs_what_a_cpu_can_and_lists_the_rest():

@@ -1,6 +1,6 @@
 """The builds are one model: equal counts, outputs, gradients and one Adam step.
 
-Each impl runs in its own worker (``harness.parity``), so this is the same code
+Each impl runs in its own worker (``harness.run.parity``), so this is the same code
 path as ``python -m bench params`` and ``python -m bench parity``.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from harness.adapter import is_installed
-from harness.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
-from harness.presets import PRESETS, preset
-from harness.spec import canonical_kmer_count
+from harness.run.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
+from harness.spec.presets import PRESETS, preset
+from harness.spec.schema import canonical_kmer_count
 
 IMPLS = [i for i in ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow") if is_installed(i)]
 PLANTED = "tests/fixtures/planted.py:NumpyVAE"

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.stats import summarize_steps
-from reports.build import build_report, load_rows, recommend
+from harness.measure.stats import summarize_steps
+from harness.store import load_rows
+from reports.build import build_report
 from reports.compare import compare_runs, print_comparison
+from reports.recommend import recommend
 
 MS = 1e-3
 MIB = 2**20

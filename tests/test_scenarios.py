@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from harness.presets import preset
-from harness.runner import Cell, run_one
-from harness.scenarios import SCENARIOS, ScenarioError, check_scenario
-from harness.spec import canonical_kmer_count
+from harness.diagnose.scenarios import SCENARIOS, ScenarioError, check_scenario
+from harness.run.runner import Cell, run_one
+from harness.spec.presets import preset
+from harness.spec.schema import canonical_kmer_count
 
 #: (scenario, impl, k, batch, steps): the anti-patterns compile or trace per step, so they get
 #: few steps; the twins are fast and get enough steps for the detector to see a flat line

@@ -1,4 +1,4 @@
-"""Tests for harness.stats and harness.leak on synthetic, seeded series."""
+"""Tests for harness.measure.stats and harness.diagnose.leak on synthetic, seeded series."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.leak import attribute_growth, format_bytes, leak_verdict
-from harness.stats import detect_warmup, mann_whitney_slower, summarize_steps
+from harness.diagnose.leak import attribute_growth, format_bytes, leak_verdict
+from harness.measure.stats import detect_warmup, mann_whitney_slower, summarize_steps
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -205,7 +205,7 @@ def test_mann_whitney_20pct_slower_significant():
 def test_harness_modules_import_no_framework():
     """harness/ must never import a framework; checked statically so the test stays instant."""
     root = Path(__file__).resolve().parents[1] / "harness"
-    for name in ("stats.py", "leak.py"):
+    for name in ("measure/stats.py", "diagnose/leak.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from harness.presets import preset
-from harness.spec import canonical_kmer_count
+from harness.run.sweep import search_max_batch, sweep_impl
+from harness.spec.presets import preset
+from harness.spec.schema import canonical_kmer_count
 from harness.store import ResultStore
-from harness.sweep import search_max_batch, sweep_impl
 
 
 def test_search_is_exact_for_any_limit():

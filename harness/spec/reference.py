@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from harness.spec import VAESpec, infer_shapes, param_table
+from harness.spec.schema import VAESpec, infer_shapes, param_table
 
 
 def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:

@@ -21,32 +21,18 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.adapter import impl_env
-from harness.probes import proc_status
-from harness.spec import Settings
+from harness.measure.probes import proc_status
+from harness.run.task import Task
+from harness.spec.schema import Settings, fairness_env
 
 #: how many trailing stderr lines each result keeps
 STDERR_TAIL_LINES = 30
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def fairness_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that pin framework defaults, set before import."""
-    env = {
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "true" if settings.jax_preallocate else "false",
-        "TF_FORCE_GPU_ALLOW_GROWTH": "true" if settings.tf_memory_growth else "false",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONHASHSEED": str(settings.seed),
-        "PYTHONUNBUFFERED": "1",
-    }
-    if not settings.tf32:
-        # honoured by cuBLAS and cuDNN for every framework in the process
-        env["NVIDIA_TF32_OVERRIDE"] = "0"
-    return env
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -73,7 +59,7 @@ class WorkerOutcome:
 
 
 def run_worker(
-    task: dict[str, Any],
+    task: Task,
     impl: str,
     settings: Settings,
     timeout_s: float,
@@ -81,7 +67,7 @@ def run_worker(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     memory_limit_bytes: int | None = None,
 ) -> WorkerOutcome:
-    """Run ``python -m harness.worker`` on one task and collect what it left behind.
+    """Run ``python -m harness.run.worker`` on one task and collect what it left behind.
 
     The worker writes its result to a JSON file only when it finishes; progress
     events arrive on stdout as JSON lines (``on_event`` sees each one). stderr is
@@ -94,15 +80,15 @@ def run_worker(
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
     with tempfile.TemporaryDirectory(prefix="vaebench-") as tmp:
-        task = dict(task, impl=impl, result_path=str(Path(tmp) / "result.json"), scratch=tmp)
+        task = replace(task, impl=impl, result_path=str(Path(tmp) / "result.json"), scratch=tmp)
         task_path = Path(tmp) / "task.json"
-        task_path.write_text(json.dumps(task))
+        task_path.write_text(json.dumps(task.to_json()))
         stderr_path = Path(tmp) / "stderr.txt"
         events: list[dict[str, Any]] = []
         start = time.perf_counter()
         with open(stderr_path, "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", str(task_path)],
+                [sys.executable, "-m", "harness.run.worker", str(task_path)],
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True,
                 cwd=str(REPO_ROOT), start_new_session=True,
             )
@@ -119,7 +105,7 @@ def run_worker(
         wall = time.perf_counter() - start
         all_lines = stderr_path.read_text(errors="replace").splitlines()
         tail = list(deque(all_lines, maxlen=STDERR_TAIL_LINES))
-        result_file = Path(task["result_path"])
+        result_file = Path(task.result_path)
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         return WorkerOutcome(proc.returncode, result, tail, wall, timed_out, guard.hit, events,
                              stderr_all=all_lines)

@@ -1,7 +1,7 @@
 """Proof that the builds are one model: equal counts, outputs, gradients and steps.
 
 Each build runs in its own worker, starts from the same canonical weights
-(``harness.reference.init_weights`` with non-trivial BatchNorm statistics),
+(``harness.spec.reference.init_weights`` with non-trivial BatchNorm statistics),
 the same batch and the same fixed noise, and saves what it computed. The
 comparison is plain numpy against the PyTorch row: relative L2,
 ``||a - ref|| / ||ref||``.
@@ -19,9 +19,10 @@ import numpy as np
 
 from harness.adapter import impl_label
 from harness.data import synthetic_profiles
-from harness.launch import run_worker
-from harness.reference import init_weights, perturb_batch_norm
-from harness.spec import VAESpec, count_params
+from harness.run.launch import run_worker
+from harness.run.task import ParamsTask, ParityTask
+from harness.spec.reference import init_weights, perturb_batch_norm
+from harness.spec.schema import VAESpec, count_params
 
 #: acceptance thresholds (relative L2 against the reference row)
 TOL_FORWARD = 1e-4
@@ -92,7 +93,7 @@ def check_params(specs: list[VAESpec], impls: list[str], timeout_s: float = 1800
     """One worker per impl counts every spec (without allocating where the build can)."""
     reports = [ParamsReport(s.name, *_expected(s), rows=[]) for s in specs]
     for impl in impls:
-        task = {"kind": "params", "specs": [s.to_dict() for s in specs]}
+        task = ParamsTask(specs=[s.to_dict() for s in specs])
         out = run_worker(task, impl, specs[0].settings, timeout_s)
         res = out.result or {}
         for spec, rep in zip(specs, reports, strict=True):
@@ -194,7 +195,7 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
         outputs: dict[str, list[Any]] = {}
         for m, impl in enumerate(order):
             paths = [Path(tmp) / f"out{m}_{n}.npz" for n in range(len(specs))]
-            task = {"kind": "parity", "items": [dict(it, outputs_path=str(p)) for it, p in zip(items, paths, strict=True)]}
+            task = ParityTask(items=[dict(it, outputs_path=str(p)) for it, p in zip(items, paths, strict=True)])
             outcome = run_worker(task, impl, specs[0][0].settings, timeout_s)
             ok = (outcome.result or {}).get("status") == "ok"
             outputs[impl] = []

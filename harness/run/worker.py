@@ -1,7 +1,7 @@
 """The worker process: imports exactly one framework and does one task.
 
-Run as ``python -m harness.worker TASK.json`` by ``harness.launch``. It writes
-its result to ``task["result_path"]`` only at the end, and progress events as
+Run as ``python -m harness.run.worker TASK.json`` by ``harness.run.launch``. It writes
+its result to ``task.result_path`` only at the end, and progress events as
 JSON lines on stdout. A Python exception becomes a result with the error's
 type and message; anything harder (abort, segfault, kill) leaves no result and
 is classified by the parent from the exit status and the stderr tail.
@@ -17,34 +17,30 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec import VAESpec
+from harness.run.events import emit
+from harness.run.task import BareTask, CellTask, ParamsTask, ParityTask, Task, task_from_json
+from harness.spec.schema import VAESpec
 
 
-def emit(**event: Any) -> None:
-    """One progress event for the parent (JSON on one stdout line)."""
-    sys.stdout.write(json.dumps(event, default=float) + "\n")
-    sys.stdout.flush()
-
-
-def task_params(task: dict[str, Any]) -> dict[str, Any]:
+def task_params(task: ParamsTask) -> dict[str, Any]:
     """Counts for every spec in the task, read off the framework's own (abstract) model."""
     from harness.adapter import load_adapter_class
 
-    cls = load_adapter_class(task["impl"])
+    cls = load_adapter_class(task.impl)
     counts = {}
-    for raw in task["specs"]:
+    for raw in task.specs:
         spec = VAESpec.from_dict(raw)
         c = cls.count_params(spec)
         counts[spec.hash] = {"trainable": c.trainable, "non_trainable": c.non_trainable}
-    return {"counts": counts, "row": getattr(cls, "name", task["impl"]), "versions": cls.versions()}
+    return {"counts": counts, "row": getattr(cls, "name", task.impl), "versions": cls.versions()}
 
 
-def task_parity(task: dict[str, Any]) -> dict[str, Any]:
+def task_parity(task: ParityTask) -> dict[str, Any]:
     """For each item: load the given canonical weights, then record forward, loss, grads and one step."""
     from harness.adapter import load_adapter_class
 
-    cls = load_adapter_class(task["impl"])
-    for item in task["items"]:
+    cls = load_adapter_class(task.impl)
+    for item in task.items:
         spec = VAESpec.from_dict(item["spec"])
         inputs = np.load(item["inputs_path"])
         weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
@@ -65,30 +61,34 @@ def task_parity(task: dict[str, Any]) -> dict[str, Any]:
             out[f"after:{name}"] = np.asarray(w, np.float32)
         np.savez(item["outputs_path"], **out)
         emit(done=spec.name)
-    return {"row": getattr(cls, "name", task["impl"]), "versions": cls.versions()}
+    return {"row": getattr(cls, "name", task.impl), "versions": cls.versions()}
 
 
-TASKS = {"params": task_params, "parity": task_parity}
+def run_task(task: Task) -> dict[str, Any]:
+    """Dispatch on the task's type; the framework is imported inside, never before."""
+    if isinstance(task, CellTask):
+        from harness.run.cell import run_cell
+
+        return run_cell(task)
+    if isinstance(task, BareTask):
+        from harness.run.bare import bare_loop
+
+        return bare_loop(task)
+    if isinstance(task, ParamsTask):
+        return task_params(task)
+    if isinstance(task, ParityTask):
+        return task_parity(task)
+    raise TypeError(f"no runner for {type(task).__name__}")
 
 
 def main(argv: list[str]) -> int:
     import faulthandler
 
     faulthandler.enable()  # a segfault or abort leaves a Python stack in the stderr tail
-    task = json.loads(Path(argv[1]).read_text())
-    result_path = Path(task["result_path"])
+    raw = json.loads(Path(argv[1]).read_text())
+    result_path = Path(raw["result_path"])
     try:
-        kind = task["kind"]
-        if kind == "cell":
-            from harness.cell import run_cell
-
-            result = run_cell(task)
-        elif kind == "bare":
-            from bench.overhead import bare_loop
-
-            result = bare_loop(task)
-        else:
-            result = TASKS[kind](task)
+        result = run_task(task_from_json(raw))
         result = {"status": "ok", **result}
     except BaseException as exc:  # noqa: BLE001 - every failure must become a row
         result = {

@@ -33,7 +33,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.spec import VAESpec, infer_shapes, param_table
+from harness.spec.schema import VAESpec, infer_shapes, param_table
 
 INT32_LIMIT = 2**31
 FLOAT_BYTES = 4
@@ -224,7 +224,7 @@ def host_memory_bytes() -> int | None:
 
 def detect_device_memory() -> tuple[str, int | None]:
     """("gpu", total bytes of GPU 0) from NVML, else ("cpu", available host RAM)."""
-    from harness.probes import gpu_inventory
+    from harness.measure.probes import gpu_inventory
 
     gpus = gpu_inventory()
     if gpus:

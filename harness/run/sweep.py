@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.runner import Cell, Preflight, run_one
+from harness.run.runner import Cell, Preflight, run_one
 from harness.store import ResultStore
 
 #: steps a probe runs after its compile step; enough to hit the steady-state peak

@@ -13,12 +13,16 @@ and every row says how many steps it measured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from harness.adapter import is_installed
-from harness.presets import PRESETS, preset
-from harness.spec import SpecError, VAESpec, canonical_kmer_count, count_params
+from harness.adapter import BUILTIN, is_installed
+from harness.diagnose.preflight import preflight_cell
+from harness.run.runner import Cell, plan_cells
+from harness.spec.presets import PRESETS, preset
+from harness.spec.schema import SpecError, VAESpec, canonical_kmer_count, count_params
 
-DEFAULT_IMPLS = ["torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow"]
+#: every built-in row; keras-tensorflow drops out where TensorFlow is not installed
+DEFAULT_IMPLS = list(BUILTIN)
 
 #: batches per preset on a CPU: one or two sizes each, so the matrix fits a few minutes
 CPU_BATCHES = {"dense": [64, 512], "conv-final": [32], "conv-revised": [8], "conv-original": [8]}
@@ -74,3 +78,48 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
     else:
         plan.budget_s = budget_s
     return plan
+
+
+@dataclass
+class MatrixCells:
+    """The cells of a plan, each with its preflight verdict (shared by every impl of a spec and batch)."""
+
+    cells: list[Cell]
+    verdicts: dict[tuple[str, int], dict[str, Any]]
+
+    def preflight(self, cell: Cell) -> dict[str, Any]:
+        return self.verdicts[(cell.spec.name, cell.batch)]
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if not self.preflight(c).get("skip")]
+
+
+def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_s: float, tf32: bool = False,
+                 device_memory: int | None = None) -> MatrixCells:
+    """Every cell of ``plan``, preflighted once per (spec, batch).
+
+    Presets too slow for this device become one skipped row per impl, with preflight's memory
+    reason where it has one, else the time reason. Under a budget, a cell's timeout is cut to
+    eight times its share (at least three minutes), so one hung cell cannot eat the matrix.
+    """
+    cells: list[Cell] = []
+    for spec, batches in plan.specs:
+        cells += plan_cells(plan.impls, [spec.with_settings(tf32=tf32)], kmer, batches, repeats,
+                            steps=steps, timeout_s=timeout_s)
+    verdicts: dict[tuple[str, int], dict[str, Any]] = {}
+    for spec, reason in plan.too_slow:
+        batch = CPU_BATCHES.get(spec.name, [8])[0]
+        slow = plan_cells(plan.impls, [spec], kmer, [batch], 1, steps=steps, timeout_s=timeout_s)
+        verdict = preflight_cell(slow[0], device_memory=device_memory, device=plan.device)
+        verdicts[(spec.name, batch)] = verdict if verdict.get("skip") else {**verdict, "skip": True, "reason": reason}
+        cells += slow
+    for c in cells:
+        if (c.spec.name, c.batch) not in verdicts:
+            verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=device_memory, device=plan.device)
+    out = MatrixCells(cells, verdicts)
+    if plan.budget_s:
+        share = 8 * plan.budget_s / max(1, len(out.runnable))
+        for c in cells:
+            c.timeout_s = min(c.timeout_s, max(180.0, share))
+    return out

@@ -1,7 +1,7 @@
 """The matrix: plan cells, run each in its own worker, write one row per cell.
 
 Like optimum-benchmark's launcher, the runner knows nothing of frameworks: it
-hands a task to ``harness.launch`` and turns whatever comes back (a result, an
+hands a task to ``harness.run.launch`` and turns whatever comes back (a result, an
 exception, a signal, a timeout) into a row. No failure stops the matrix, and
 no finished row is ever lost: each is on disk before the next cell starts.
 
@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.adapter import BUILTIN, REQUIREMENTS, impl_label, is_installed
-from harness.failures import Failure, classify
-from harness.launch import run_worker
-from harness.spec import VAESpec
-from harness.store import ResultStore, cell_key, machine_fingerprint
+from harness.adapter import BUILTIN, impl_label, is_installed, not_installed_message
+from harness.diagnose.failures import Failure, classify
+from harness.measure.fingerprint import machine_fingerprint
+from harness.run.launch import run_worker
+from harness.run.task import CellTask
+from harness.spec.schema import VAESpec
+from harness.store import ResultStore, cell_key
 
 DEFAULT_TIMEOUT_S = 900.0
 #: a matrix budget never gives a cell less than this
@@ -56,11 +58,11 @@ class Cell:
         extra = f" {self.scenario}" if self.scenario else ""
         return f"{impl_label(self.impl)} {self.spec.name} k={self.kmer} b={self.batch} r{self.repeat}{extra}"
 
-    def task(self) -> dict[str, Any]:
-        return {"kind": "cell", "spec": self.spec.to_dict(), "kmer": self.kmer, "batch": self.batch,
-                "steps": self.steps, "scenario": self.scenario, "inject_leak_bytes": self.inject_leak_bytes,
-                "data": self.data, "columns": self.columns, "heap": self.heap,
-                "time_budget_s": self.time_budget_s, **self.extra}
+    def task(self) -> CellTask:
+        """The worker's task; ``extra`` holds further ``CellTask`` fields (an unknown one is a TypeError)."""
+        return CellTask(spec=self.spec.to_dict(), kmer=self.kmer, batch=self.batch, steps=self.steps,
+                        scenario=self.scenario, inject_leak_bytes=self.inject_leak_bytes, data=self.data,
+                        columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s, **self.extra)
 
 
 def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int, batches: list[int], repeats: int = 1,
@@ -123,8 +125,7 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
         "settings": cell.spec.to_dict()["settings"],
     }
     if cell.impl in BUILTIN and not is_installed(cell.impl):
-        failure = Failure("framework_missing",
-                          f"impl {cell.impl!r} is not installed; install it with: pip install {REQUIREMENTS[cell.impl]}")
+        failure = Failure("framework_missing", not_installed_message(cell.impl))
         return {**base, "status": "failed", "failure_kind": failure.kind, "failure_message": failure.message,
                 "stderr_tail": [], "wall_s": 0.0}
     if preflight is not None:
@@ -155,7 +156,7 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     if cell.scenario:
         from dataclasses import asdict
 
-        from harness.scenarios import SCENARIOS
+        from harness.diagnose.scenarios import SCENARIOS
 
         if cell.scenario in SCENARIOS:
             row["scenario_info"] = asdict(SCENARIOS[cell.scenario])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from harness.spec import L, Layer, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
+from harness.spec.schema import L, Layer, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
 
 
 def _dense(n: int) -> VAESpec:

@@ -13,7 +13,7 @@ placed:
             for asynchronous devices without a sync per step. Batches for a
             window are fetched before its timer starts: the step time is the
             framework's, not the disk's. Leading windows that are still slow
-            by ``harness.stats.detect_warmup`` are dropped and counted.
+            by ``harness.measure.stats.detect_warmup`` are dropped and counted.
 ``heap``    a few more steps with tracemalloc on, after the timing and
             untimed: tracemalloc slows Python-heavy steps far more than 5%,
             so it never runs while the clock does.
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import make_source
-from harness.probes import (
+from harness.measure.probes import (
     RssSampler,
     frameworks_loaded,
     nvml_process_memory,
@@ -42,9 +42,11 @@ from harness.probes import (
     release_free_heap,
     reset_peak_rss,
 )
-from harness.reference import init_weights
-from harness.spec import VAESpec, count_params
-from harness.worker import emit
+from harness.run.events import emit
+from harness.run.schedule import steps_per_window, warmup_steps
+from harness.run.task import CellTask
+from harness.spec.reference import init_weights
+from harness.spec.schema import VAESpec, count_params
 
 #: untimed steps run with tracemalloc after the timing, for the leak attribution
 HEAP_STEPS = 50
@@ -86,26 +88,26 @@ def _check(loss: float, step: int) -> float:
     return loss
 
 
-def run_cell(task: dict[str, Any]) -> dict[str, Any]:
+def run_cell(task: CellTask) -> dict[str, Any]:
     from harness.adapter import load_adapter_class
 
-    spec = VAESpec.from_dict(task["spec"])
-    batch, steps = int(task["batch"]), int(task["steps"])
+    spec = VAESpec.from_dict(task.spec)
+    batch, steps = task.batch, task.steps
     steps_requested = steps
     emit(phase="build")
     t0 = time.perf_counter()
-    cls = load_adapter_class(task["impl"])
+    cls = load_adapter_class(task.impl)
     import_s = time.perf_counter() - t0
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
     model = cls(spec)
     counts, expected = model.param_counts(), count_params(spec)
-    if task.get("shared_init", True):
+    if task.shared_init:
         model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0
-    source = make_source(task["kmer"], batch, task.get("data"), task.get("columns"), seed=spec.settings.seed)
+    source = make_source(task.kmer, batch, task.data, task.columns, seed=spec.settings.seed)
     reset_peak_rss()  # the compile step's peak starts here, after build and the shared weights
     step_fn = _step_function(task, model)
-    leak = InjectedLeak(int(task.get("inject_leak_bytes", 0)))
+    leak = InjectedLeak(task.inject_leak_bytes)
     rss = RssSampler()
     counters_start = model.counters()
 
@@ -125,8 +127,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
     # ---- warm-up: synchronised single steps
     emit(phase="warmup", compile_s=compile_s)
-    default_warm = 2 if task.get("time_budget_s") else max(4, min(20, steps // 10))
-    n_warm = int(task.get("warmup_steps") or default_warm)
+    n_warm = task.warmup_steps or warmup_steps(steps, budgeted=bool(task.time_budget_s))
     warm_times: list[float] = []
     for i in range(n_warm):
         x = source.next()
@@ -140,7 +141,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     plain = float(np.median(warm_times[len(warm_times) // 2:])) if warm_times else float("nan")
 
     # ---- a time budget shortens the steady phase, never the compile or warm-up
-    budget = task.get("time_budget_s")
+    budget = task.time_budget_s
     if budget and plain > 0:
         remaining = float(budget) - (time.perf_counter() - t0)
         steps = max(MIN_BUDGET_STEPS, min(steps, int(remaining / plain)))
@@ -148,7 +149,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     # ---- steady state: windows with one sync each, nothing traced
     emit(phase="steady")
     row_bytes = source.width * 4
-    spw = int(task.get("steps_per_window") or max(1, steps // 20))
+    spw = task.steps_per_window or steps_per_window(steps)
     spw = max(1, min(spw, PREFETCH_BYTES // max(1, batch * row_bytes)))
     counters_steady = model.counters()
     device_steady = model.device_memory()
@@ -179,12 +180,12 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     anon = rss.anon[rss_steady_index:]
 
     # ---- heap: tracemalloc slows Python-heavy steps, so it runs after the timing, untimed
-    heap_mode = task.get("heap", "auto")
+    heap_mode = task.heap
     heap: list[int] = []
     heap_anon: list[int] = []
     if heap_mode != "off":
         emit(phase="heap")
-        n_heap = int(task.get("heap_steps") or min(HEAP_STEPS, max(10, steps // 4)))
+        n_heap = task.heap_steps or min(HEAP_STEPS, max(10, steps // 4))
         tracemalloc.start()
         for _ in range(n_heap):
             handle = step_fn(source.next())
@@ -219,8 +220,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     peak_rss = peak_rss_bytes()
     heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
-    from harness.leak import attribute_growth, leak_verdict
-    from harness.stats import detect_warmup, summarize_steps
+    from harness.diagnose.leak import attribute_growth, leak_verdict
+    from harness.measure.stats import detect_warmup, summarize_steps
 
     # leading windows still slow by the warm-up rule are dropped (the sentinel stands
     # for the compile step the rule always counts as warm-up)
@@ -250,7 +251,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     training_peak = peak_rss - not_model
     compile_peak = compile_hwm - not_model
     return {
-        "row": getattr(model, "name", task["impl"]),
+        "row": getattr(model, "name", task.impl),
         "versions": cls.versions(),
         "device_kind": cls.device_kind(),
         "syncs_every_step": bool(getattr(cls, "syncs_every_step", False)),
@@ -307,11 +308,11 @@ def _device_growth(a: dict, b: dict) -> int | None:
     return None
 
 
-def _step_function(task: dict[str, Any], model):
+def _step_function(task: CellTask, model):
     """The plain train step, or the one a named scenario replaces it with."""
-    name = task.get("scenario")
+    name = task.scenario
     if not name:
         return model.train_step
-    from harness.scenarios import scenario_step
+    from harness.diagnose.scenarios import scenario_step
 
-    return scenario_step(name, model, task)
+    return scenario_step(name, model, task.impl)

@@ -123,6 +123,21 @@ class Settings:
     seed: int = 0
 
 
+
+def fairness_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that pin framework defaults; a worker sets them before any import."""
+    env = {
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "true" if settings.jax_preallocate else "false",
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true" if settings.tf_memory_growth else "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONHASHSEED": str(settings.seed),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if not settings.tf32:
+        # honoured by cuBLAS and cuDNN for every framework in the process
+        env["NVIDIA_TF32_OVERRIDE"] = "0"
+    return env
+
 @dataclass(frozen=True)
 class Optimizer:
     name: str = "adam"

@@ -1,0 +1,1 @@
+"""pytest-benchmark timings of the code whose speed users feel; run with ``nox -s microbench``."""

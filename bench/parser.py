@@ -1,0 +1,205 @@
+"""The command line's grammar: argument types and one parser per verb.
+
+Every type here turns a bad value into one line that names the flag's expected form;
+``bench.cli`` holds what each verb does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.adapter import BUILTIN
+
+DEFAULT_IMPLS = list(BUILTIN)
+
+
+class UsageError(ValueError):
+    """A flag the user can fix; printed as one line."""
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def kmer_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--kmer takes a positive integer such as 7, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--kmer must be at least 1, got {value}")
+    return value
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def size_arg(text: str) -> int:
+    """``1MiB``, ``64KiB``, ``24GB`` or plain bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write it like 1MiB, 64KiB or 24GB")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in split_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+DESCRIPTION = "python -m bench VERB: one verb per question the user asks."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; the user needs only the error line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="vaebench", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("params", help="trainable and non-trainable counts per impl, and whether they agree")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: all presets)")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("parity", help="same weights in every impl: compare outputs, loss, gradients, one Adam step")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--batch", type=positive_int, required=True)
+    p.add_argument("--eval-batch", type=positive_int, help="batch of a validation predict() call, checked too")
+    p.add_argument("--device-memory", type=size_arg, help="device memory to check against (default: detected)")
+    p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
+    p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--start", type=positive_int, default=64, help="first batch probed")
+    p.add_argument("--max-batch", type=positive_int, default=16384, help="largest batch probed")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per probe")
+    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--memory-limit", type=size_arg, help="stop a probe whose RSS passes SIZE (host OOM)")
+    p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
+    p.add_argument("--no-preflight", action="store_true", help="probe even batches preflight says cannot fit")
+    p.add_argument("--results", default="results")
+    p.add_argument("--run-id")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("matrix", help="the default matrix for this device, then the report (nox -s bench)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--impl", help="override the impls")
+    p.add_argument("--spec", help="override the presets")
+    p.add_argument("--batch", type=int_list, help="override the batch sizes")
+    p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (a time budget may cut them)")
+    p.add_argument("--repeats", type=positive_int, default=1)
+    p.add_argument("--budget-minutes", type=positive_float, help="time for all cells (default: 7 on CPU, none on GPU)")
+    p.add_argument("--timeout", type=positive_float, default=900.0)
+    p.add_argument("--device-memory", type=size_arg)
+    p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
+    p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
+    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--results", default="results")
+    p.add_argument("--run-id")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", default="reports/out", help="where reports are written")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("report", help="build a report from stored results")
+    p.add_argument("results", nargs="*", help="result files, directories or run ids (default: the results dir)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--run-id", help="name of the report folder")
+    p.add_argument("--out", default="reports/out")
+
+    p = sub.add_parser("compare", help="step-time and memory ratios between two runs, with significance")
+    p.add_argument("run_a", help="baseline: a results file or run id")
+    p.add_argument("run_b", help="candidate: a results file or run id")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--threshold", type=float, default=0.05, help="slowdown that counts as a regression (0.05 = 5%%)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged (for CI)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("overhead", help="benchmark: the harness's reported step time against a bare loop")
+    p.add_argument("--impl", default="torch")
+    p.add_argument("--spec", default="dense")
+    p.add_argument("--kmer", type=kmer_arg, default=5)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--tolerance", type=float, default=0.05, help="exit 1 if any ratio is further than this from 1")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("scenarios", help="the leak anti-patterns --scenario runs: what each shows, and its fix")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")
+    add_run_arguments(p)
+    return parser
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from harness.store import DEFAULT_RESULTS_DIR
+
+    p.add_argument("--impl", help=f"comma-separated impls or path/to/file.py:Class (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--batch", type=int_list, default=[64], help="comma-separated batch sizes")
+    p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (after compile and warm-up)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="repeats per cell, interleaved across impls")
+    p.add_argument("--data", help="a .npy file (rows x features), streamed as a memmap; default: synthetic profiles")
+    p.add_argument("--columns", help="A:B column block of --data, e.g. the 7-mer block of a multi-k matrix")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
+    p.add_argument("--run-id", help="name of the run (default: timestamp)")
+    p.add_argument("--resume", action="store_true", help="skip cells already in the run (latest run unless --run-id)")
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds per cell")
+    p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
+    p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")
+    p.add_argument("--heap", choices=["auto", "on", "off"], default="auto", help="tracemalloc heap tracking")
+    p.add_argument("--memory-limit", type=size_arg, help="stop a worker whose RSS passes SIZE (host OOM row)")
+    p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
+    p.add_argument("--no-preflight", action="store_true", help="run cells even when preflight says they cannot fit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the new rows as JSON")

@@ -1,0 +1,95 @@
+"""The protocol between the parent and a worker: one typed task per worker process.
+
+The parent builds a task, ``harness.run.launch`` writes it as JSON beside the
+worker and fills in where the worker leaves its result; the worker reads it
+back with :func:`task_from_json`. Both sides import this module, so a field
+the parent sets is a field the worker knows: an unknown key is an error, not
+a silently ignored ``dict.get``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass(kw_only=True)
+class Task:
+    """Fields every task has; ``impl``, ``result_path`` and ``scratch`` are set by the launcher."""
+
+    kind: ClassVar[str]
+    impl: str = ""
+    result_path: str = ""
+    #: a temporary directory that lives as long as the worker
+    scratch: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(kw_only=True)
+class BareTask(Task):
+    """The bare loop the overhead benchmark compares the cell against (``harness.run.bare``)."""
+
+    kind: ClassVar[str] = "bare"
+    spec: dict[str, Any]
+    kmer: int
+    batch: int
+    steps: int
+
+
+@dataclass(kw_only=True)
+class CellTask(BareTask):
+    """Measure one cell (``harness.run.cell.run_cell``): the bare loop's steps, and everything around them."""
+
+    kind: ClassVar[str] = "cell"
+    scenario: str | None = None
+    inject_leak_bytes: int = 0
+    data: str | None = None
+    columns: str | None = None
+    #: tracemalloc phase after the timing: "auto", "on" or "off"
+    heap: str = "auto"
+    #: seconds this cell may spend; shortens the steady phase, never compile or warm-up
+    time_budget_s: float | None = None
+    #: overrides of the schedule in ``harness.run.schedule`` (the sweep's short probes set them)
+    warmup_steps: int | None = None
+    steps_per_window: int | None = None
+    heap_steps: int | None = None
+    #: load the shared canonical initial weights (parity of starting points); a sweep probe skips it
+    shared_init: bool = True
+    #: a max-batch sweep probe (part of the cell's identity, so a probe never resumes a matrix cell)
+    sweep: bool = False
+
+
+@dataclass(kw_only=True)
+class ParamsTask(Task):
+    """Read parameter counts off the framework's own model for each spec."""
+
+    kind: ClassVar[str] = "params"
+    specs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class ParityTask(Task):
+    """Load shared weights, record forward, loss, gradients and one step for each item."""
+
+    kind: ClassVar[str] = "parity"
+    #: each item: ``spec`` (dict), ``inputs_path`` and ``outputs_path`` (npz files)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, ParamsTask, ParityTask)}
+
+
+def task_from_json(data: dict[str, Any]) -> Task:
+    """The task a parent wrote; raises ``ValueError`` naming an unknown kind or field."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in TASK_KINDS:
+        raise ValueError(f"unknown task kind {kind!r}; kinds are {', '.join(TASK_KINDS)}")
+    cls = TASK_KINDS[kind]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{kind} task has unknown field(s) {', '.join(unknown)}")
+    return cls(**data)

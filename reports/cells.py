@@ -1,0 +1,184 @@
+"""Stored rows aggregated into *cells*: one impl at one (spec, batch), its repeats folded together.
+
+This is the one place that decides what a cell's numbers are, so that the tables, plots, the
+recommendation and ``reports.compare`` (which takes :func:`row_status` from here) all agree.
+
+Rows are grouped by spec (name and hash), batch and impl. Rows with a ``scenario`` (a leak
+anti-pattern) or a ``sweep`` key (a batch-size probe) are kept apart: they are evidence for the
+diagnosis and the sweep map, never candidates for a recommendation.
+
+Repeats of one (impl, spec, batch) are aggregated like this:
+
+* step time: the median over repeats of each repeat's ``median_s`` (and likewise for the quartiles,
+  the mean and the compile time);
+* peak memory: the largest peak of any repeat (a peak is a maximum);
+* leak verdict: the worst of the repeats (``leak`` > ``inconclusive`` > ``no leak``), shown with that
+  repeat's slope and CI;
+* status: ``ok`` only when every repeat was ok;
+* the 95% CI used by the tie rule: with one repeat, that repeat's t-interval of the mean; with several,
+  the envelope of the per-repeat intervals (lowest low to highest high). The envelope is conservative on
+  purpose: a winner is declared only when no repeat of a rival could overlap it.
+
+Framework-free: this module must never import torch, jax, keras or tensorflow.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from reports.formatting import fmt_time
+
+__all__ = ["ImplCell", "group_cells", "is_side_row", "median_of", "nested", "num", "row_status", "summarize_impl"]
+
+_LEAK_RANK = {"leak": 2, "inconclusive": 1, "no leak": 0}
+
+
+def is_side_row(row: dict[str, Any]) -> bool:
+    """True for scenario and sweep rows, which are never candidates for a recommendation."""
+    return bool(row.get("scenario")) or bool(row.get("sweep"))
+
+
+def row_status(row: dict[str, Any]) -> str:
+    status = row.get("status")
+    if status in ("ok", "failed", "skipped"):
+        return status
+    return "ok" if isinstance(row.get("step_stats"), dict) else "failed"
+
+
+def nested(d: Any, *path: str, default: Any = None) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def median_of(values: Iterable[Any]) -> float | None:
+    vals = [v for v in (num(x) for x in values) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+@dataclass
+class ImplCell:
+    """One impl at one (spec, batch): its repeats aggregated (see the module docstring)."""
+
+    impl: str
+    label: str
+    rows: list[dict[str, Any]]
+    status: str
+    failure_kind: str | None = None
+    failure_message: str = ""
+    n_repeats: int = 0
+    n_ok: int = 0
+    median_s: float | None = None
+    q1_s: float | None = None
+    q3_s: float | None = None
+    mean_s: float | None = None
+    ci_low_s: float | None = None
+    ci_high_s: float | None = None
+    samples_per_s: float | None = None
+    compile_s: float | None = None
+    peak_bytes: float | None = None
+    cpu_standin: bool = False
+    leak_verdict: str | None = None
+    slope: float | None = None
+    slope_ci_low: float | None = None
+    slope_ci_high: float | None = None
+    leak_reason: str = ""
+    leak_cause: dict[str, Any] = field(default_factory=dict)
+    preflight_estimate: float | None = None
+
+    @property
+    def eligible(self) -> bool:
+        return self.status == "ok" and self.leak_verdict != "leak" and self.median_s is not None
+
+    @property
+    def has_ci(self) -> bool:
+        return self.ci_low_s is not None and self.ci_high_s is not None
+
+    def ci_text(self) -> str:
+        return f"{fmt_time(self.ci_low_s)}–{fmt_time(self.ci_high_s)}" if self.has_ci else "n/a"
+
+
+def summarize_impl(rows: list[dict[str, Any]]) -> ImplCell:
+    """Aggregate the repeats of one impl at one (spec, batch)."""
+    if not rows:
+        raise ValueError("no rows to summarise")
+    impl = str(rows[0].get("impl", "?"))
+    label = str(rows[0].get("row") or impl)
+    statuses = [row_status(r) for r in rows]
+    ok = [r for r, s in zip(rows, statuses, strict=True) if s == "ok"]
+    if all(s == "ok" for s in statuses):
+        status = "ok"
+    elif "failed" in statuses:
+        status = "failed"
+    else:
+        status = "skipped"
+    cell = ImplCell(impl=impl, label=label, rows=rows, status=status, n_repeats=len(rows), n_ok=len(ok))
+    bad = next((r for r, s in zip(rows, statuses, strict=True) if s == status), None) if status != "ok" else None
+    if bad is not None:
+        cell.failure_kind = bad.get("failure_kind") or status
+        cell.failure_message = str(bad.get("failure_message") or "")
+        if len(rows) > 1:
+            cell.failure_message += f" ({statuses.count(status)} of {len(rows)} repeats)"
+    if ok:
+        st = [r.get("step_stats") or {} for r in ok]
+        cell.median_s = median_of(s.get("median_s") for s in st)
+        cell.q1_s = median_of(s.get("q1_s") for s in st)
+        cell.q3_s = median_of(s.get("q3_s") for s in st)
+        cell.mean_s = median_of(s.get("mean_s") for s in st)
+        lows = [num(s.get("ci95_low_s")) for s in st]
+        highs = [num(s.get("ci95_high_s")) for s in st]
+        if all(v is not None for v in lows + highs):
+            cell.ci_low_s, cell.ci_high_s = min(lows), max(highs)
+        batch = num(ok[0].get("batch"))
+        cell.samples_per_s = batch / cell.median_s if batch and cell.median_s else None
+        cell.compile_s = median_of(r.get("compile_s") for r in ok)
+        peaks = [v for v in (num(nested(r, "memory", "peak_bytes")) for r in ok) if v is not None]
+        cell.peak_bytes = max(peaks) if peaks else None
+        cell.cpu_standin = any(nested(r, "memory", "cpu_standin") for r in ok)
+        worst = max(ok, key=lambda r: _LEAK_RANK.get(nested(r, "leak", "verdict"), -1))
+        leak = worst.get("leak") or {}
+        cell.leak_verdict = leak.get("verdict")
+        cell.slope = num(leak.get("slope_bytes_per_batch"))
+        cell.slope_ci_low = num(leak.get("slope_ci_low"))
+        cell.slope_ci_high = num(leak.get("slope_ci_high"))
+        cell.leak_reason = str(leak.get("reason") or "")
+        cell.leak_cause = leak.get("cause") or {}
+    cell.preflight_estimate = median_of(nested(r, "preflight", "estimate_bytes") for r in rows)
+    return cell
+
+
+def group_cells(rows: list[dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:
+    """Plain rows grouped as {(spec_name, spec_hash, kmer): {batch: [ImplCell, ...]}}."""
+    by: dict[tuple, dict[int, dict[str, list[dict]]]] = {}
+    for r in rows:
+        if is_side_row(r):
+            continue
+        key = (str(r.get("spec_name", "?")), str(r.get("spec_hash", "")), r.get("kmer"))
+        by.setdefault(key, {}).setdefault(int(r.get("batch") or 0), {}).setdefault(str(r.get("impl")), []).append(r)
+    out: dict[tuple, dict[int, list[ImplCell]]] = {}
+    for key in sorted(by, key=lambda k: (k[0], str(k[2]), k[1])):
+        out[key] = {}
+        for batch in sorted(by[key]):
+            out[key][batch] = _order([summarize_impl(v) for v in by[key][batch].values()])
+    return out
+
+
+def _order(cells: list[ImplCell]) -> list[ImplCell]:
+    """Eligible rows fastest first, then ok-but-leaking, then failed and skipped."""
+    def key(c: ImplCell):
+        rank = 0 if c.eligible else 1 if c.status == "ok" else 2
+        return rank, c.median_s if c.median_s is not None else math.inf, c.impl
+    return sorted(cells, key=key)

@@ -1,0 +1,186 @@
+"""The report's PNG plots: step time, peak memory, host RSS per batch and the sweep map.
+
+The only module of ``reports`` that imports matplotlib, and only when a plot is drawn, so that building
+a report with ``plots=False`` (and everything else here) works without it.
+
+Framework-free: this module must never import torch, jax, keras or tensorflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reports.cells import ImplCell, nested, row_status
+
+__all__ = ["OUTCOME_COLORS", "impl_colors", "plot_memory", "plot_rss", "plot_step_times", "plot_sweep"]
+
+OUTCOME_COLORS = {
+    "ok": "#2ca02c", "device_oom": "#d62728", "host_oom": "#ff7f0e", "int32_overflow": "#9467bd",
+    "nan_loss": "#8c564b", "timeout": "#7f7f7f", "crash_signal": "#1f1f1f", "compile_error": "#e377c2",
+    "skipped": "#c7c7c7", "framework_missing": "#bcbd22", "error": "#f7b6d2",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def impl_colors(impls: list[str]) -> dict[str, Any]:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {impl: cmap(i % 10) for i, impl in enumerate(sorted(impls))}
+
+
+def _save(fig, path: Path, left: float = 0.8, right: float = 0.15, bottom: float = 0.6, top: float = 0.35) -> None:
+    """Fixed margins in inches instead of tight_layout, which draws every figure twice (half the build time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h)
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
+def _mark_failures(ax, by_batch: dict[int, list[ImplCell]], batches: list[int], colors: dict) -> None:
+    """Failed and skipped impls at each batch, written upright from the x axis in the impl's colour."""
+    for i, b in enumerate(batches):
+        bad = [c for c in by_batch[b] if c.status != "ok"]
+        for j, c in enumerate(bad):
+            x = i + (j - (len(bad) - 1) / 2) * 0.12
+            ax.annotate(f"{c.label}: {c.failure_kind}", (x, 0.03), xycoords=("data", "axes fraction"), rotation=90,
+                        ha="center", va="bottom", fontsize=7, color=colors.get(c.impl, "black"))
+
+
+def plot_step_times(title: str, by_batch: dict[int, list[ImplCell]], colors: dict, path: Path) -> bool:
+    """Median step time per impl and batch, error bars from Q1 to Q3."""
+    batches = sorted(by_batch)
+    impls = sorted({c.impl for cells in by_batch.values() for c in cells if c.median_s is not None})
+    if not impls:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(batches) + 3), 3.6))
+    width = 0.8 / len(impls)
+    ys = []
+    for j, impl in enumerate(impls):
+        xs, med, lo, hi = [], [], [], []
+        for i, b in enumerate(batches):
+            c = next((c for c in by_batch[b] if c.impl == impl and c.median_s is not None), None)
+            if c is None:
+                continue
+            m = c.median_s * 1e3
+            xs.append(i - 0.4 + width * (j + 0.5))
+            med.append(m)
+            lo.append(m - (c.q1_s if c.q1_s is not None else c.median_s) * 1e3)
+            hi.append((c.q3_s if c.q3_s is not None else c.median_s) * 1e3 - m)
+            ys.append(m)
+        label = next(c.label for cells in by_batch.values() for c in cells if c.impl == impl)
+        ax.errorbar(xs, med, yerr=[lo, hi], fmt="o", capsize=4, color=colors.get(impl), label=label)
+    _mark_failures(ax, by_batch, batches, colors)
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlim(-0.5, len(batches) - 0.5)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("median step time (ms), bars: IQR")
+    if ys and max(ys) / max(min(ys), 1e-12) > 20:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_rss(title: str, cells: list[ImplCell], colors: dict, path: Path) -> bool:
+    """Anonymous RSS (solid) and file-backed RSS (dashed) per step, first ok repeat of each impl."""
+    series = []
+    for c in cells:
+        r = next((r for r in c.rows if row_status(r) == "ok" and nested(r, "host", "rss_anon")), None)
+        if r is not None:
+            series.append((c, r["host"]))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for c, host in series:
+        color = colors.get(c.impl)
+        anon = [v / 2**20 for v in host["rss_anon"]]
+        ax.plot(range(len(anon)), anon, color=color, lw=1.3, label=f"{c.label} anon ({c.leak_verdict or 'n/a'})")
+        if host.get("rss_file"):
+            ax.plot(range(len(host["rss_file"])), [v / 2**20 for v in host["rss_file"]], color=color, lw=1,
+                    ls="--", label=f"{c.label} file")
+        if host.get("steady_from"):
+            ax.axvline(host["steady_from"], color=color, ls=":", lw=0.8)
+    ax.set_xlabel("batch index (dotted: start of steady state)")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    return True
+
+
+def plot_memory(title: str, by_batch: dict[int, list[ImplCell]], colors: dict, path: Path) -> bool:
+    """Peak device memory (or peak RSS, hatched, as a CPU stand-in) per impl and batch."""
+    batches = sorted(by_batch)
+    impls = sorted({c.impl for cells in by_batch.values() for c in cells if c.peak_bytes is not None})
+    if not impls:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(batches) + 3), 3.6))
+    width = 0.8 / len(impls)
+    standin = False
+    for j, impl in enumerate(impls):
+        label = next(c.label for cells in by_batch.values() for c in cells if c.impl == impl)
+        for i, b in enumerate(batches):
+            c = next((c for c in by_batch[b] if c.impl == impl and c.peak_bytes is not None), None)
+            if c is None:
+                continue
+            standin |= c.cpu_standin
+            ax.bar(i - 0.4 + width * (j + 0.5), c.peak_bytes / 2**20, width, color=colors.get(impl),
+                   hatch="//" if c.cpu_standin else None, edgecolor="white", label=label)
+            label = None
+    _mark_failures(ax, by_batch, batches, colors)
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlim(-0.5, len(batches) - 0.5)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("peak RSS* (MiB, CPU stand-in)" if standin else "peak device memory (MiB)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_sweep(title: str, grid: dict[tuple[str, int], str], path: Path) -> bool:
+    """Impl x batch grid coloured by outcome."""
+    if not grid:
+        return False
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    impls = sorted({k[0] for k in grid})
+    batches = sorted({k[1] for k in grid})
+    fig, ax = plt.subplots(figsize=(0.9 * len(batches) + 3.2, 0.6 * len(impls) + 1.6))
+    img = [[to_rgb(OUTCOME_COLORS.get(grid.get((i, b), ""), "#ffffff")) if (i, b) in grid else (0.97, 0.97, 0.97)
+            for b in batches] for i in impls]
+    ax.imshow(img, aspect="auto")
+    for y, i in enumerate(impls):
+        for x, b in enumerate(batches):
+            if (i, b) in grid:
+                out = grid[(i, b)]
+                ax.text(x, y, "ok" if out == "ok" else out.replace("_", "\n"), ha="center", va="center",
+                        fontsize=6, color="white" if out not in ("skipped", "ok") else "black")
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches], rotation=45)
+    ax.set_yticks(range(len(impls)), impls)
+    ax.set_xlabel("probe batch size")
+    ax.set_title(title)
+    seen = sorted({v for v in grid.values()})
+    ax.legend(handles=[Patch(color=OUTCOME_COLORS.get(o, "#ffffff"), label=o) for o in seen], fontsize=7,
+              bbox_to_anchor=(1.01, 1), loc="upper left")
+    _save(fig, path, left=1.3, right=1.6, bottom=0.9)
+    return True

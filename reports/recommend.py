@@ -1,0 +1,125 @@
+"""The recommendation rule: which impl to train with at one (spec, batch), and why. This is the product's
+verdict, kept small and free of rendering so that tests can import it directly.
+
+:func:`recommend_cells` works from cells already aggregated by :func:`reports.cells.summarize_impl`
+(the report passes the cells it built for its tables); :func:`recommend` is the same rule on raw rows.
+
+Framework-free: this module must never import torch, jax, keras or tensorflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from reports.cells import ImplCell, is_side_row, summarize_impl
+from reports.formatting import fmt_mem, fmt_rate, fmt_sps, fmt_time, join_and, short
+
+__all__ = ["Recommendation", "recommend", "recommend_cells"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """``choice``: the impl to use (None if none is eligible); ``tie``: every impl tied with the fastest
+    (empty when the fastest won outright); ``reason``: one paragraph with the numbers."""
+
+    choice: str | None
+    tie: list[str]
+    reason: str
+
+
+def _overlap(a: ImplCell, b: ImplCell) -> bool:
+    """Do the 95% CIs overlap? An unmeasured CI (one window) can never separate two rows."""
+    if not (a.has_ci and b.has_ci):
+        return True
+    return a.ci_low_s <= b.ci_high_s and b.ci_low_s <= a.ci_high_s
+
+
+def recommend(rows_for_cell: list[dict[str, Any]]) -> Recommendation:
+    """Which impl to train with at one (spec, batch), from that cell's stored rows: the repeats of each
+    impl are summarised (:func:`reports.cells.summarize_impl`), then :func:`recommend_cells` decides.
+    Scenario and sweep rows are ignored."""
+    by_impl: dict[str, list[dict]] = {}
+    for r in rows_for_cell:
+        if not is_side_row(r):
+            by_impl.setdefault(str(r.get("impl")), []).append(r)
+    return recommend_cells([summarize_impl(v) for v in by_impl.values()])
+
+
+def recommend_cells(cells: list[ImplCell]) -> Recommendation:
+    """Which impl to train with at one (spec, batch), and why, from its impls' summarised cells.
+
+    Rules, in order:
+
+    1. A cell that failed, was skipped, or whose leak verdict is ``leak`` is never recommended (an
+       ``inconclusive`` verdict is allowed, and said).
+    2. Among the eligible cells the fastest by median step time wins, unless its 95% CI of the mean
+       overlaps the CI of another eligible cell: then it is a tie between the fastest and every cell whose
+       CI overlaps the fastest's, broken by the lowest peak memory (and named a tie).
+    3. With no eligible cell, ``choice`` is None and the reason names what failed.
+
+    Repeats of one impl are aggregated as :mod:`reports.cells` says. The verdict does not depend on the
+    order of ``cells``.
+    """
+    if not cells:
+        return Recommendation(None, [], "No rows were measured for this cell.")
+    eligible = sorted([c for c in cells if c.eligible], key=lambda c: (c.median_s, c.impl))
+    excluded = [_exclusion(c) for c in sorted(cells, key=lambda c: c.impl) if not c.eligible]
+    not_eligible = (" Not eligible: " + "; ".join(excluded) + ".") if excluded else ""
+    if not eligible:
+        return Recommendation(None, [], "No impl can be recommended: " + "; ".join(excluded) + ".")
+    fastest = eligible[0]
+    others = eligible[1:]
+    tied = [c for c in others if _overlap(fastest, c)]
+    inconclusive = [c for c in eligible if c.leak_verdict == "inconclusive"]
+    tail = not_eligible
+    leaking_faster = sorted((c for c in cells if c.status == "ok" and c.leak_verdict == "leak"
+                             and c.median_s is not None and c.median_s < fastest.median_s),
+                            key=lambda c: (c.median_s, c.impl))
+    if leaking_faster:
+        tail += " " + ", ".join(f"**{c.label}**" for c in leaking_faster) + \
+            f" had a faster median ({', '.join(fmt_time(c.median_s) for c in leaking_faster)}) but leaks."
+    if inconclusive:
+        tail += " Leak verdict inconclusive for " + "; ".join(
+            f"{c.label} ({c.leak_reason or 'no reason given'})" for c in inconclusive) + "."
+
+    if not tied:
+        reason = (f"**{fastest.label}** is fastest at {fmt_time(fastest.median_s)} per step"
+                  f"{fmt_sps(fastest)}, 95% CI of the mean {fastest.ci_text()}")
+        if others:
+            nxt = others[0]
+            reason += (f"; {nxt.median_s / fastest.median_s:.2f}× faster than the next, {nxt.label} "
+                       f"({fmt_time(nxt.median_s)}, CI {nxt.ci_text()}), and no other CI overlaps.")
+        else:
+            reason += "; it is the only eligible impl."
+        return Recommendation(fastest.impl, [], reason + tail)
+
+    group = [fastest, *tied]
+    by_mem = sorted(group, key=lambda c: (c.peak_bytes if c.peak_bytes is not None else math.inf, c.median_s))
+    choice = by_mem[0]
+    spread = max(c.median_s for c in group) / fastest.median_s - 1
+    no_ci = [c.label for c in group if not c.has_ci]
+    reason = (f"Tie between {join_and([c.label for c in group])}: their 95% CIs of the mean overlap ("
+              + ", ".join(f"{c.label} {c.ci_text()}" for c in group)
+              + f"), so the {spread:.1%} spread in median step time ("
+              + ", ".join(fmt_time(c.median_s) for c in group) + ") is not resolved.")
+    if no_ci:
+        reason += f" ({join_and(no_ci)}: one timing window only, no CI.)"
+    reason += (" Tie broken by peak memory: **" + choice.label + "** peaks at " + fmt_mem(choice)
+               + (" vs " + ", ".join(f"{c.label} {fmt_mem(c)}" for c in by_mem[1:]) if len(by_mem) > 1 else "")
+               + ".")
+    if choice is not fastest:
+        reason += f" ({fastest.label} had the lowest median, {fmt_time(fastest.median_s)}.)"
+    return Recommendation(choice.impl, [c.impl for c in group], reason + tail)
+
+
+def _exclusion(c: ImplCell) -> str:
+    if c.status == "failed":
+        return f"{c.label} failed ({c.failure_kind}: {short(c.failure_message, 100)})"
+    if c.status == "skipped":
+        return f"{c.label} was skipped ({short(c.failure_message, 100) or 'no reason given'})"
+    if c.leak_verdict == "leak":
+        return (f"{c.label} leaks ({fmt_rate(c.slope)}, CI {fmt_rate(c.slope_ci_low)} to "
+                f"{fmt_rate(c.slope_ci_high)})")
+    return f"{c.label} has no step timing"

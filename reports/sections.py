@@ -1,0 +1,386 @@
+"""The report's sections, each written into a :class:`reports.document.Doc`: recommendation, results
+tables, diagnosis (leaks, failures, scenarios, preflight warnings), sweep map, plots and environment,
+plus the parameter-count column's input normalisation.
+
+Framework-free: this module must never import torch, jax, keras or tensorflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.diagnose.failures import ADVICE
+from harness.diagnose.leak import format_bytes
+from reports.cells import ImplCell, nested, num, row_status
+from reports.document import Doc
+from reports.formatting import code, fmt_rate, fmt_time, short, slugify
+from reports.plots import plot_memory, plot_rss, plot_step_times, plot_sweep
+from reports.recommend import recommend_cells
+
+__all__ = [
+    "device_text", "params_index", "section_diagnosis", "section_environment", "section_plots",
+    "section_recommendation", "section_sweep", "section_table", "sweep_grids",
+]
+
+
+def params_index(params_check: Any) -> dict[str, dict[str, Any]]:
+    """Normalise ``params_check`` to {spec: {"expected": (t, nt) | None, "impls": {impl: (t, nt, error)}}}.
+
+    Accepted: {spec: ParamsReport}, {spec: ParamsReport.to_dict()}, {spec: {impl: {"trainable", "non_trainable"}}}
+    (optionally with an "expected" entry), or a list of ParamsReport / to_dict() objects carrying their spec.
+    """
+    if not params_check:
+        return {}
+    items = params_check.items() if isinstance(params_check, dict) else \
+        [(getattr(r, "spec", None) or r.get("spec"), r) for r in params_check]
+    out: dict[str, dict[str, Any]] = {}
+    for spec, rep in items:
+        if hasattr(rep, "to_dict"):
+            rep = rep.to_dict()
+        expected, impls = None, {}
+        if isinstance(rep, dict) and isinstance(rep.get("rows"), list):
+            e = rep.get("expected") or {}
+            expected = (e.get("trainable"), e.get("non_trainable")) if e else None
+            for r in rep["rows"]:
+                impls[str(r.get("impl"))] = (r.get("trainable"), r.get("non_trainable"), r.get("error"))
+        elif isinstance(rep, dict):
+            for k, v in rep.items():
+                if k == "expected" and isinstance(v, dict):
+                    expected = (v.get("trainable"), v.get("non_trainable"))
+                elif isinstance(v, dict):
+                    impls[str(k)] = (v.get("trainable"), v.get("non_trainable"), v.get("error"))
+        out[str(spec)] = {"expected": expected, "impls": impls}
+    return out
+
+
+def _params_cell(pidx: dict[str, Any], spec: str, cell: ImplCell) -> str:
+    entry = pidx.get(spec)
+    if not entry:
+        return "n/a"
+    got = entry["impls"].get(cell.impl) or entry["impls"].get(cell.label)
+    if not got:
+        return "n/a"
+    t, nt, err = got
+    if err or t is None:
+        return f"failed: {short(err or 'no count', 60)}"
+    ref = entry["expected"]
+    if ref is None:
+        counts = {(v[0], v[1]) for v in entry["impls"].values() if v[0] is not None}
+        verdict = "equal" if len(counts) == 1 else "differs"
+    else:
+        verdict = "equal" if (t, nt) == tuple(ref) else "differs"
+    return f"{t:,} / {nt:,} {verdict}"
+
+
+def _fingerprints(rows: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for r in rows:
+        fp = r.get("fingerprint") or {}
+        key = json.dumps([fp.get("hostname"), fp.get("cpu_model"), fp.get("gpus"), fp.get("git_commit")],
+                         sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(fp)
+    return out or [{}]
+
+
+def device_text(rows: list[dict]) -> str:
+    fp = _fingerprints(rows)[0]
+    gpus = fp.get("gpus") or []
+    if gpus:
+        names: dict[str, int] = {}
+        for g in gpus:
+            names[g.get("name", "GPU")] = names.get(g.get("name", "GPU"), 0) + 1
+        return ", ".join(f"{n}× {name}" if n > 1 else str(name) for name, n in names.items())
+    return f"CPU: {fp.get('cpu_model') or 'unknown'}"
+
+
+def section_environment(doc: Doc, rows: list[dict]) -> None:
+    doc.h(2, "Environment")
+    fps = _fingerprints(rows)
+    fp = fps[0]
+    gpus = fp.get("gpus") or []
+    info = [["device", device_text(rows)]]
+    for g in gpus:
+        info.append([f"GPU {g.get('index', '?')}", f"{g.get('name')}, {format_bytes(num(g.get('memory_bytes')))}, "
+                     f"driver {g.get('driver', '?')}"])
+    info += [
+        ["CPU", str(fp.get("cpu_model") or "unknown")],
+        ["cores", f"{fp.get('cpu_cores_logical', '?')} logical / {fp.get('cpu_cores_physical', '?')} physical"],
+        ["RAM", format_bytes(num(fp.get("ram_bytes")))],
+        ["host / platform", f"{fp.get('hostname', '?')} / {fp.get('platform', '?')}"],
+        ["Python", str(fp.get("python", "?"))],
+        ["git commit", f"`{fp.get('git_commit') or 'unknown'}`" + (" (working tree dirty)" if fp.get("git_dirty")
+                                                                    else "")],
+    ]
+    doc.table(["", "value"], info)
+    if len(fps) > 1:
+        doc.p("**Warning:** rows come from more than one machine or commit: "
+              + "; ".join(f"{f.get('hostname')} {f.get('cpu_model')} `{f.get('git_commit')}`" for f in fps) + ".")
+    versions: dict[str, dict] = {}
+    for r in rows:
+        v = nested(r, "fingerprint", "frameworks") or r.get("versions")
+        if v and str(r.get("impl")) not in versions:
+            versions[str(r.get("impl"))] = v
+    impls = sorted({str(r.get("impl")) for r in rows})
+    doc.h(3, "Framework versions per impl")
+    doc.table(["impl", "versions"], [[i, ", ".join(f"{k} {v}" for k, v in sorted(versions[i].items()))
+                                      if i in versions else "n/a (no successful cell reported versions)"]
+                                     for i in impls])
+    doc.h(3, "Pinned settings")
+    doc.p("Every setting below is **pinned**: identical for every impl in this run (the spec's settings and the "
+          "environment each worker is started with).")
+    settings: dict[str, set] = {}
+    for r in rows:
+        for k, v in ((nested(r, "fingerprint", "pinned_settings") or {}) | (r.get("settings") or {})).items():
+            settings.setdefault(k, set()).add(json.dumps(v, default=str))
+    doc.table(["setting (pinned)", "value"], [[k, " / ".join(f"`{v}`" for v in sorted(vals))]
+                                               for k, vals in sorted(settings.items())])
+    env: dict[str, set] = {}
+    for r in rows:
+        for k, v in (nested(r, "fingerprint", "pinned_env") or {}).items():
+            env.setdefault(k, set()).add(str(v))
+    if env:
+        doc.table(["environment variable (pinned)", "value"],
+                  [[k, " / ".join(f"`{v}`" for v in sorted(vals))] for k, vals in sorted(env.items())])
+    else:
+        doc.p("No pinned environment variables were recorded.")
+
+
+def _spec_title(key: tuple, multi_hash: bool) -> str:
+    name, h, k = key
+    return f"{name}" + (f", k={k}" if k is not None else "") + (f" (`{h}`)" if multi_hash and h else "")
+
+
+def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None:
+    doc.h(2, "Results")
+    doc.p("One table per spec and batch size, one row per impl, fastest eligible first. Step times are per step; "
+          "with several repeats, the median over repeats of each repeat's median (IQR likewise). "
+          "\"× best\" is the median step time over the fastest ok impl's (leaking ones included). \"est/meas\" is "
+          "the preflight memory estimate over the measured peak. The anon RSS slope is the Theil-Sen slope of "
+          "anonymous RSS per batch in the steady state, with its 95% CI.")
+    any_standin = False
+    for key, by_batch in grouped.items():
+        for batch, cells in by_batch.items():
+            doc.h(3, f"{_spec_title(key, multi_hash)}, batch {batch}")
+            ok_medians = [c.median_s for c in cells if c.status == "ok" and c.median_s]
+            best = min(ok_medians) if ok_medians else None
+            headers = ["impl"] + (["params (trainable / non-trainable)"] if pidx else []) + [
+                "compile", "median step (IQR)", "samples/s", "× best", "peak memory", "est/meas",
+                "anon RSS slope (95% CI)", "leak", "failure"]
+            rows = []
+            for c in cells:
+                any_standin |= c.cpu_standin
+                mem = "—"
+                if c.peak_bytes is not None:
+                    mem = format_bytes(c.peak_bytes) + (" (peak RSS*)" if c.cpu_standin else "")
+                est = "—"
+                if c.preflight_estimate is not None and c.peak_bytes:
+                    est = f"{c.preflight_estimate / c.peak_bytes:.2f}"
+                elif c.preflight_estimate is not None:
+                    est = f"est {format_bytes(c.preflight_estimate)}"
+                step = "—"
+                if c.median_s is not None:
+                    step = fmt_time(c.median_s)
+                    if c.q1_s is not None and c.q3_s is not None:
+                        step += f" ({fmt_time(c.q1_s)}–{fmt_time(c.q3_s)})"
+                slope = "—" if c.slope is None else (
+                    f"{fmt_rate(c.slope)} ({format_bytes(c.slope_ci_low)} to {format_bytes(c.slope_ci_high)})")
+                failure = "" if c.status == "ok" else f"**{c.failure_kind}** {code(short(c.failure_message))}"
+                rows.append([f"**{c.label}**" if c.label != c.impl else c.impl]
+                            + ([_params_cell(pidx, key[0], c)] if pidx else [])
+                            + ["—" if c.compile_s is None else f"{c.compile_s:.2f} s", step,
+                               "—" if c.samples_per_s is None else f"{c.samples_per_s:,.0f}",
+                               "—" if (best is None or c.median_s is None) else f"{c.median_s / best:.2f}",
+                               mem, est, slope, c.leak_verdict or "—", failure or "—"])
+            n = len(headers)
+            off = 1 if pidx else 0
+            doc.table(headers, rows, right={1 + off, 2 + off, 3 + off, 4 + off, 5 + off, 6 + off} & set(range(n)))
+            reps = max(c.n_repeats for c in cells)
+            if reps > 1:
+                doc.note(f"{reps} repeats per impl; memory is the largest peak, leak the worst verdict of any repeat.")
+    if any_standin:
+        doc.note("* peak RSS: on CPU there is no device allocator, so the worker's peak resident set (VmHWM) during "
+                 "a few training steps on a trimmed heap, after the timing, stands in for device memory, less the "
+                 "framework's import footprint and file-backed pages (shared libraries, memmap). It is not comparable "
+                 "with GPU figures.")
+
+
+def section_plots(doc: Doc, grouped: dict, out_dir: Path, colors: dict, multi_hash: bool) -> None:
+    doc.h(2, "Plots")
+    made = False
+    for key, by_batch in grouped.items():
+        title = _spec_title(key, multi_hash).replace("`", "")
+        slug = slugify(f"{key[0]}_k{key[2]}_{key[1][:6]}")
+        rel = f"plots/step_time_{slug}.png"
+        if plot_step_times(f"{title}: step time", by_batch, colors, out_dir / rel):
+            doc.h(3, f"{_spec_title(key, multi_hash)}: step time")
+            doc.img(rel, f"median step time per impl and batch for {title}, error bars IQR")
+            made = True
+        rel = f"plots/memory_{slug}.png"
+        if plot_memory(f"{title}: peak memory", by_batch, colors, out_dir / rel):
+            doc.h(3, f"{_spec_title(key, multi_hash)}: peak memory")
+            standin = any(c.cpu_standin for cells in by_batch.values() for c in cells)
+            doc.img(rel, f"peak memory per impl and batch for {title}"
+                    + (" (hatched: peak RSS as CPU stand-in)" if standin else ""))
+            made = True
+        for batch, cells in by_batch.items():
+            rel = f"plots/rss_{slug}_b{batch}.png"
+            if plot_rss(f"{title}, batch {batch}: host RSS per batch", cells, colors, out_dir / rel):
+                doc.h(3, f"{_spec_title(key, multi_hash)}, batch {batch}: host memory per batch")
+                doc.img(rel, f"anonymous RSS (solid) and file RSS (dashed) per batch, {title}, batch {batch}")
+                made = True
+    if not made:
+        doc.p("No successful cell: nothing to plot.")
+
+
+def sweep_grids(rows: list[dict]) -> dict[str, dict[tuple[str, int], str]]:
+    grids: dict[str, dict[tuple[str, int], str]] = {}
+    for r in rows:
+        sw = r.get("sweep")
+        if not isinstance(sw, dict):
+            continue
+        impl = str(sw.get("impl") or r.get("impl"))
+        batch = sw.get("probe_batch", r.get("batch"))
+        outcome = sw.get("outcome") or ("ok" if row_status(r) == "ok" else r.get("failure_kind") or "error")
+        if batch is None:
+            continue
+        spec = str(r.get("spec_name", "?")) + (f", k={r['kmer']}" if r.get("kmer") is not None else "")
+        grids.setdefault(spec, {})[(impl, int(batch))] = str(outcome)
+    return grids
+
+
+def section_sweep(doc: Doc, grids: dict[str, dict[tuple[str, int], str]], out_dir: Path, plots: bool = True) -> None:
+    """The sweep map, from :func:`sweep_grids`; nothing when the run has no sweep rows."""
+    if not grids:
+        return
+    doc.h(2, "Sweep map")
+    doc.p("Batch-size probes: each cell is one probe of one impl at one batch size, coloured by its outcome.")
+    for spec, grid in grids.items():
+        doc.h(3, f"Sweep: {spec}")
+        rel = f"plots/sweep_{slugify(spec)}.png"
+        if plots and plot_sweep(f"{spec}: outcome per impl and batch", grid, out_dir / rel):
+            doc.img(rel, f"sweep map for {spec}: outcome per impl and probe batch")
+        impls = sorted({k[0] for k in grid})
+        batches = sorted({k[1] for k in grid})
+        doc.table(["impl"] + [str(b) for b in batches] + ["largest ok", "first failure"],
+                  [[i] + [grid.get((i, b), "") for b in batches] + _sweep_summary(grid, i) for i in impls])
+
+
+def _sweep_summary(grid: dict, impl: str) -> list[str]:
+    probes = sorted((b, o) for (i, b), o in grid.items() if i == impl)
+    ok = [b for b, o in probes if o == "ok"]
+    fail = [(b, o) for b, o in probes if o != "ok"]
+    return [str(max(ok)) if ok else "none", f"{fail[0][0]} ({fail[0][1]})" if fail else "none"]
+
+
+def section_recommendation(doc: Doc, grouped: dict, multi_hash: bool) -> list[dict]:
+    """The verdict per (spec, batch), judged on the cells ``grouped`` already holds; returns them for meta.json."""
+    doc.h(2, "Recommendation")
+    doc.p("Rule: never a row that failed, was skipped or leaks; among the rest the fastest median step time wins, "
+          "unless its 95% CI of the mean overlaps another's: then it is a tie, broken by the lowest peak memory.")
+    out = []
+    for key, by_batch in grouped.items():
+        for batch, cells in by_batch.items():
+            rec = recommend_cells(cells)
+            out.append({"spec": key[0], "spec_hash": key[1], "kmer": key[2], "batch": batch,
+                        "choice": rec.choice, "tie": rec.tie, "reason": rec.reason,
+                        "label": f"{_spec_title(key, multi_hash)}, batch {batch}"})
+    doc.table(["cell", "use"], [[o["label"], "**no recommendation**" if o["choice"] is None else
+                                 f"**{o['choice']}**" + (f" (tie: {', '.join(o['tie'])})" if o["tie"] else "")]
+                                for o in out])
+    for o in out:
+        doc.h(3, o["label"])
+        head = ("**No recommendation.** " if o["choice"] is None
+                else f"**Use {o['choice']}**" + (" (a tie). " if o["tie"] else ". "))
+        doc.p(head + o["reason"])
+    return out
+
+
+def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: bool) -> None:
+    doc.h(2, "Diagnosis")
+    leaks, failures = [], []
+    for key, by_batch in grouped.items():
+        for batch, cells in by_batch.items():
+            where = f"{_spec_title(key, multi_hash)}, batch {batch}"
+            for c in cells:
+                if c.leak_verdict == "leak":
+                    leaks.append((f"{c.label} at {where}", c))
+                if c.status != "ok":
+                    failures.append((f"{c.label} at {where}", c))
+    doc.h(3, "Leaks")
+    if leaks:
+        for where, c in leaks:
+            cause = c.leak_cause or {}
+            doc.p(f"**{where}**: anonymous RSS grows {fmt_rate(c.slope)} (95% CI {fmt_rate(c.slope_ci_low)} to "
+                  f"{fmt_rate(c.slope_ci_high)}). {c.leak_reason}")
+            doc.ul([f"cause: **{cause.get('cause', 'unknown')}**: {cause.get('evidence', 'no evidence recorded')}",
+                    f"fix: {cause.get('fix', 'no fix recorded')}"])
+    else:
+        doc.p("No leak found in the benchmark cells.")
+    inconclusive = [(f"{c.label} at {_spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+                    for b, cs in bb.items() for c in cs if c.leak_verdict == "inconclusive"]
+    if inconclusive:
+        doc.p("Inconclusive leak verdicts (allowed in a recommendation, but check them):")
+        doc.ul([f"{w}: {c.leak_reason or 'no reason given'}" for w, c in inconclusive])
+
+    doc.h(3, "Failures")
+    if failures:
+        for where, c in failures:
+            items = [f"message: {code(short(c.failure_message, 400))}",
+                     f"advice: {ADVICE.get(c.failure_kind or '', ADVICE['error'])}"]
+            tail = next((r.get("stderr_tail") for r in c.rows if r.get("stderr_tail")), None)
+            if tail and " ".join(str(tail[-1]).split()) not in " ".join(c.failure_message.split()):
+                items.append(f"stderr (last line): {code(short(tail[-1], 300))}")
+            doc.p(f"**{where}**: **{c.failure_kind}**")
+            doc.ul(items)
+    else:
+        doc.p("No benchmark cell failed.")
+
+    scen = [r for r in rows if r.get("scenario") and not r.get("sweep")]
+    if scen:
+        doc.h(3, "Leak scenarios")
+        doc.p("Named leak anti-patterns run on purpose; each row shows what the detector concluded.")
+        table = []
+        for r in scen:
+            leak = r.get("leak") or {}
+            cause = leak.get("cause") or {}
+            if row_status(r) == "ok":
+                verdict = leak.get("verdict", "n/a")
+                detail = f"{cause.get('cause', '')}: {cause.get('fix', '')}".strip(": ")
+            else:
+                verdict = f"failed ({r.get('failure_kind')})"
+                detail = code(short(r.get("failure_message", ""), 160))
+            table.append([str(r.get("impl")), str(r.get("scenario")), str(r.get("batch")), verdict,
+                          fmt_rate(num(leak.get("slope_bytes_per_batch"))), detail or "—"])
+        doc.table(["impl", "scenario", "batch", "verdict", "slope", "cause and fix"], table, right={2, 4})
+
+    doc.h(3, "Preflight warnings")
+    seen, flags = set(), []
+    for r in rows:
+        pf = r.get("preflight")
+        if not isinstance(pf, dict):
+            continue
+        for f in pf.get("flags") or []:
+            if not isinstance(f, dict):
+                continue
+            k = json.dumps([r.get("impl"), r.get("spec_name"), r.get("batch"), f], sort_keys=True, default=str)
+            if k in seen:
+                continue
+            seen.add(k)
+            flags.append([str(r.get("impl")), str(r.get("spec_name")), str(r.get("batch")),
+                          str(f.get("layer") or f.get("tensor") or "?"),
+                          f"{f['elements']:,}" if isinstance(f.get("elements"), int) else str(f.get("elements", "?")),
+                          str(f.get("safe_batch", "?")), "yes" if f.get("wrapped") else "no",
+                          short(str(f.get("message") or f.get("reason") or ""), 120) or "—"])
+    skipped = [r for r in rows if row_status(r) == "skipped" and isinstance(r.get("preflight"), dict)]
+    if flags:
+        doc.table(["impl", "spec", "batch", "layer / tensor", "elements", "safe batch", "wrapped", "note"], flags,
+                  right={2, 4, 5})
+    if skipped:
+        doc.ul([f"{r.get('impl')} {r.get('spec_name')} batch {r.get('batch')} skipped by preflight: "
+                f"{short(r['preflight'].get('reason') or r.get('failure_message') or '', 200)}" for r in skipped])
+    if not flags and not skipped:
+        doc.p("No preflight warnings.")

@@ -4,7 +4,8 @@
 * ``nox -s bench -- --kmer 7`` - the default matrix and its report.
 * ``nox -s report``            - rebuild reports from stored results.
 * ``nox -s lint``              - ruff and the import-linter layering contract (``tests`` runs both first).
-* ``nox -s microbench``        - pytest-benchmark timings of preflight, report building and result loading.
+* ``nox -s microbench``        - pytest-benchmark timings of preflight, report building, result loading and
+                                 each impl's staged train step.
 
 ``bench`` picks CUDA builds when an NVIDIA GPU answers ``nvidia-smi``; pass
 ``--cpu`` or ``--cuda`` after ``--`` to force either.
@@ -100,9 +101,21 @@ def lint(session: nox.Session) -> None:
     run_linters(session)
 
 
+#: each impl's staged train step runs in a pytest process of its own: Keras fixes its backend per process
+STEP_BENCHMARKS = [
+    ("torch and not keras", {}),
+    ("flax", {}),
+    ("keras-jax", {"KERAS_BACKEND": "jax"}),
+    ("keras-torch", {"KERAS_BACKEND": "torch"}),
+    ("keras-tensorflow", {"KERAS_BACKEND": "tensorflow"}),
+]
+
+
 @nox.session(python=PYTHON)
 def microbench(session: nox.Session) -> None:
-    """Timings of the framework-free tools (no framework is installed); pytest-benchmark prints the table."""
-    session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "bench/microbench", "--benchmark-columns",
-                "min,median,iqr,max,rounds", *session.posargs)
+    """pytest-benchmark timings: the framework-free tools, then each impl's staged train step (CPU builds)."""
+    install(session, cuda=False)
+    pytest = ["python", "-m", "pytest", "-p", "no:cacheprovider", "--benchmark-columns", "min,median,iqr,max,rounds"]
+    session.run(*pytest, "bench/microbench/test_tooling.py", *session.posargs)
+    for select, env in STEP_BENCHMARKS:
+        session.run(*pytest, "bench/microbench/test_steps.py", "-k", select, *session.posargs, env=env)

@@ -13,31 +13,37 @@ import sys
 from typing import Callable
 
 from bench.parser import DEFAULT_IMPLS, UsageError, build_parser, split_list
-from harness.adapter import BUILTIN
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
 from harness.spec.presets import PRESETS, resolve_spec
 from harness.spec.schema import SpecError
+from harness.store import StoreError
 
 
 def _impls(text: str | None) -> list[str]:
-    impls = split_list(text) if text else list(DEFAULT_IMPLS)
-    out = []
+    """The impls to run, each checked here (a plug-in's file, class and base class) without
+    importing a framework: a bad one is one line and exit 2, not a worker and a failed row."""
+    from pathlib import Path
+
+    from harness.adapter import check_plugin
+
+    impls = split_list(text, "--impl") if text is not None else list(DEFAULT_IMPLS)
+    out: list[str] = []
     for impl in impls:
-        if impl not in BUILTIN and ":" not in impl:
-            raise UsageError(f"unknown impl {impl!r}; built-in impls are {', '.join(BUILTIN)}, "
-                             "or pass path/to/file.py:Class or module:attr")
+        error = check_plugin(impl)
+        if error:
+            raise UsageError(error)
         target, _, attr = impl.rpartition(":")
         if target.endswith(".py"):  # workers start in the repo root: hand them an absolute path
-            from pathlib import Path
-
             impl = f"{Path(target).resolve()}:{attr}"
+        if impl in out:
+            raise UsageError(f"--impl names {impl} twice; give each impl once (--repeats repeats a cell)")
         out.append(impl)
     return out
 
 
 def _specs(text: str | None, default: list[str]) -> list[str]:
-    return split_list(text) if text else default
+    return split_list(text, "--spec") if text is not None else default
 
 
 # ------------------------------------------------------------------------- verbs
@@ -72,32 +78,81 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
-def _store(args: argparse.Namespace):
-    from harness.store import ResultStore, new_run_id
+#: stores whose lock this invocation holds; ``main`` releases them however the verb ends
+_LOCKED: list = []
 
-    if args.resume:
-        if args.run_id:
-            return ResultStore(args.results, args.run_id)
-        latest = ResultStore.latest(args.results)
-        if latest is None:
+
+def _store(args: argparse.Namespace):
+    """The run's store, checked and locked before any worker starts.
+
+    In order, each failure one line and exit 2: the run id is a plain name (nothing written
+    otherwise); ``--results`` can be created and written (a probe file); no other process is
+    writing the run (its pid is named); an existing run is continued only with ``--resume``.
+    """
+    from harness.store import ResultsDirError, ResultStore, check_results_dir, new_run_id, validate_run_id
+
+    if getattr(args, "keep_failed", False) and not args.resume:
+        raise UsageError("--keep-failed only applies with --resume")
+    if args.run_id is not None:
+        validate_run_id(args.run_id)
+    try:
+        check_results_dir(args.results)
+    except ResultsDirError as exc:
+        raise UsageError(f"{exc}; pass --results DIR") from None
+    if args.resume and not args.run_id:
+        store = ResultStore.latest(args.results)
+        if store is None:
             raise UsageError(f"--resume: no earlier run in {args.results}; run without --resume first")
-        return latest
-    return ResultStore(args.results, args.run_id or new_run_id())
+    else:
+        store = ResultStore(args.results, args.run_id or new_run_id())
+    store.lock()
+    _LOCKED.append(store)
+    if not args.resume and store.path.exists():
+        raise UsageError(f"run {store.run_id} already has results in {store.path}; pass a new --run-id, "
+                         f"or --resume to continue it")
+    return store
+
+
+def _exit_status(store, keys: set[str]) -> int:
+    """1 when any of this invocation's cells (``keys``) ended failed (its latest row), else 0."""
+    failed = [r for r in store.latest_rows() if r.get("cell_key") in keys and r.get("status") == "failed"]
+    if not failed:
+        return 0
+    kinds = sorted({str(r.get("failure_kind")) for r in failed})
+    print(f"vaebench: {len(failed)} of {len(keys)} cells failed ({', '.join(kinds)}); "
+          f"rerun them with --resume --run-id {store.run_id}", file=sys.stderr)
+    return 1
 
 
 def _check_data(args: argparse.Namespace) -> None:
     """Fail on a bad data file before any cell starts, not in the middle of the matrix."""
     if not getattr(args, "data", None):
+        if getattr(args, "columns", None) is not None:
+            raise UsageError(f"--columns {args.columns} picks a block of a --data file, and there is none; "
+                             "pass --data FILE.npy, or drop --columns")
+        if getattr(args, "wrap", False):
+            raise UsageError("--wrap lets the rows of a --data file wrap around, and there is none; "
+                             "pass --data FILE.npy, or drop --wrap")
         return
-    from harness.data import open_npy, validate_file
+    from harness.data import check_rows, open_npy, validate_file
     from harness.spec.schema import canonical_kmer_count
 
     arr = open_npy(args.data, args.columns)
+    check_rows(arr, max(args.batch), getattr(args, "wrap", False), f"data file {args.data}")
     expected = canonical_kmer_count(args.kmer)
     if arr.shape[1] != expected:
         raise DataError(f"data file {args.data} has {arr.shape[1]} columns but k={args.kmer} has {expected} "
                         "canonical k-mers; pick the block with --columns A:B")
     validate_file(arr, f"data file {args.data}")
+
+
+def _apply_keras_loop(cells: list, loop: str | None) -> None:
+    """``--keras-loop``: a Keras row's loop is part of what it measures, so it joins the cell's identity;
+    without the flag the build's default (``fit``) runs and the key stays as before."""
+    if loop:
+        for cell in cells:
+            if cell.impl.startswith("keras-"):
+                cell.extra["loop"] = loop
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,20 +165,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     impls = _impls(args.impl)
     specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
     _check_data(args)
-    store = _store(args)
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
                        columns=args.columns, timeout_s=args.timeout, heap=args.heap)
+    _apply_keras_loop(cells, args.keras_loop)
     if args.scenario:
         from harness.diagnose.scenarios import check_scenario
 
         for cell in cells:
             check_scenario(args.scenario, cell.impl)
+    store = _store(args)
     preflight = None if args.no_preflight else _preflight_hook(args)
     print(f"run {store.run_id}: {len(cells)} cells -> {store.path}", file=sys.stderr)
+    _print_resume(args, cells, store)
     try:
         rows = run_matrix(cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
-                          memory_limit_bytes=args.memory_limit)
+                          memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak)
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}; "
               f"continue with --resume --run-id {store.run_id}", file=sys.stderr)
@@ -133,8 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from bench.render import print_rows
 
-        print_rows(store.rows())
-    return 0
+        print_rows(store.latest_rows())
+    return _exit_status(store, {c.key for c in cells})
+
+
+def _print_resume(args: argparse.Namespace, cells: list, store) -> None:
+    if args.resume:
+        from harness.run.runner import plan_resume
+
+        print(f"resume {store.run_id}: {plan_resume(cells, store, args.keep_failed).summary()}", file=sys.stderr)
 
 
 def _preflight_hook(args: argparse.Namespace):
@@ -174,6 +238,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     preflight = None if args.no_preflight else _preflight_hook(args)
     print(f"sweep {store.run_id} -> {store.path}", file=sys.stderr)
     results = []
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ARG001 - SIGTERM ends a sweep as Ctrl-C does: probe killed, rows kept
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         for spec in specs:
             fingerprint = machine_fingerprint(spec.settings)
@@ -188,13 +258,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; probes so far are kept in {store.path}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         from bench.render import print_sweep
 
         print_sweep(results)
-    return 0
+    # a probe failing at a memory, int32 or time limit is how a search ends; anything else is a failure
+    problems = [p for p in (r.problem() for r in results) if p]
+    for problem in problems:
+        print(f"vaebench: sweep failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -207,6 +283,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     plan = plan_default(args.kmer, device, budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
                         impls=_impls(args.impl) if args.impl else None,
                         specs=_specs(args.spec, []) or None, batches=args.batch)
+    store = _store(args)
     for name, reason in plan.invalid:
         print(f"skipped preset {name}: {reason}", file=sys.stderr)
     for impl, reason in plan.omitted_impls:
@@ -214,26 +291,28 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
                            tf32=args.tf32, device_memory=args.device_memory)
     cells, runnable = planned.cells, planned.runnable
-    store = _store(args)
+    _apply_keras_loop(cells, args.keras_loop)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
           + (f", {plan.budget_s:.0f} s for all of them" if plan.budget_s else "") + f" -> {store.path}",
           file=sys.stderr)
+    _print_resume(args, cells, store)
     try:
-        run_matrix(cells, store, resume=args.resume, preflight=planned.preflight,
-                   progress=not args.no_progress, budget_s=plan.budget_s, runnable={c.key for c in runnable})
+        run_matrix(cells, store, resume=args.resume, preflight=planned.preflight, progress=not args.no_progress,
+                   budget_s=plan.budget_s, runnable={c.key for c in runnable}, keep_failed=args.keep_failed,
+                   peak=True)
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
     from reports.build import build_report
 
-    rows = store.rows()
+    rows = store.latest_rows()
     path = build_report([store.path], out_root=args.out, run_id=store.run_id, params_check=params_from_rows(rows))
     from bench.render import print_rows
 
     print_rows([r for r in rows if not r.get("sweep") and not r.get("scenario")])
     print(f"report: {path}")
-    return 0
+    return _exit_status(store, {c.key for c in cells})
 
 
 def params_from_rows(rows: list[dict]) -> dict:
@@ -246,29 +325,72 @@ def params_from_rows(rows: list[dict]) -> dict:
     return out
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _load(sources: list[str], results_dir: str) -> list[dict]:
+    """Stored rows, or one line naming the source that cannot be read and what to pass instead."""
     from harness.store import load_rows
+
+    unreadable = (OSError, ValueError, AttributeError, TypeError, KeyError)
+    try:
+        return load_rows(sources, results_dir=results_dir)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{exc}; pass a results .jsonl file, a directory of them or a run id "
+                         "(see --results-dir)") from None
+    except unreadable as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            "a line is not a result row" if isinstance(exc, (AttributeError, TypeError, KeyError)) else \
+            (str(exc).splitlines() or [type(exc).__name__])[0]
+        culprit = ", ".join(sources)
+        for source in sources:  # name the one that fails
+            try:
+                load_rows([source], results_dir=results_dir)
+            except unreadable:
+                culprit = source
+                break
+        raise UsageError(f"cannot read results from {culprit}: {reason}; pass a results .jsonl file written "
+                         "by vaebench, a directory of them or a run id") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.store import validate_run_id
     from reports.build import build_report
 
+    if args.run_id is not None:
+        validate_run_id(args.run_id)
     sources = args.results or [args.results_dir]
-    rows = load_rows(sources, results_dir=args.results_dir)
+    rows = _load(sources, args.results_dir)
     if not rows:
         raise UsageError(f"no results found in {', '.join(sources)}; run python -m bench run first")
-    path = build_report(sources, out_root=args.out, run_id=args.run_id, params_check=params_from_rows(rows))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"cannot write the report to {out}: it is a file, not a directory; pass --out DIR")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
+    try:
+        path = build_report(rows, out_root=out, run_id=args.run_id, params_check=params_from_rows(rows))
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     print(f"report: {path}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.store import load_rows
-    from reports.compare import compare_runs, print_comparison
+    """Exit 0, or 1 with --fail-on-regression and a regression; 2 when a run cannot be read or the
+    two runs share no cell (nothing to compare is a mistake in the arguments, not a pass)."""
+    from reports.compare import cells_summary, compare_runs, print_comparison
 
-    a = load_rows([args.run_a], results_dir=args.results_dir)
-    b = load_rows([args.run_b], results_dir=args.results_dir)
+    a = _load([args.run_a], args.results_dir)
+    b = _load([args.run_b], args.results_dir)
     for name, rows in ((args.run_a, a), (args.run_b, b)):
         if not rows:
             raise UsageError(f"run {name!r} has no rows; pass a results file, directory or run id in {args.results_dir}")
     comparisons = compare_runs(a, b, threshold=args.threshold, alpha=args.alpha)
+    if not comparisons:
+        raise UsageError(f"{args.run_a} and {args.run_b} have no cell in common (impl, spec, batch and scenario): "
+                         f"{args.run_a} has {cells_summary(a)}; {args.run_b} has {cells_summary(b)}")
     if args.json:
         print(json.dumps(comparisons, indent=2, default=str))
     else:
@@ -309,7 +431,50 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     return 0 if all(abs(o["ratio"] - 1) <= args.tolerance for o in out) else 1
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """The harness's cell against each framework's textbook loop (``bench/baselines``)."""
+    from bench.overhead import BaselineError, measure_baseline
+
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    impls = _impls(args.impl)
+    from bench.baselines import BASELINES
+
+    unknown = [i for i in impls if i not in BASELINES]
+    if unknown:
+        raise UsageError(f"no textbook baseline for {', '.join(unknown)}; baselines exist for {', '.join(BASELINES)}")
+    from bench.baselines.common import UnsupportedSpec, check_output
+
+    try:
+        check_output(spec)
+    except UnsupportedSpec as exc:
+        raise UsageError(f"--spec {args.spec}: {exc}") from None
+    out = []
+    try:
+        for impl in impls:
+            out.append(measure_baseline(impl, spec, args.kmer, args.batch, args.steps, args.repeats))
+    except BaselineError as exc:
+        print(f"vaebench: baseline: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out, indent=2))
+    for o in out:
+        ci, dci = o["step_ratio_ci95"], o["device_step_ratio_ci95"]
+        print(f"{o['impl']} vs {o['baseline']} ({o['spec']} k={o['kmer']} b={o['batch']}, {o['repeats']} repeats, "
+              f"harness loop {o['harness_train_loop']}): baseline {o['baseline_median_s'] * 1e3:.3f} ms; "
+              f"step {o['step_median_s'] * 1e3:.3f} ms, ratio {o['step_ratio']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); "
+              f"device_step {o['device_step_median_s'] * 1e3:.3f} ms, ratio {o['device_step_ratio']:.3f} "
+              f"(95% CI {dci[0]:.3f}-{dci[1]:.3f}); trainable parameters {o['params']['baseline']:,} "
+              f"{'= the spec' if o['params']['equal'] else '!= the spec or the harness: ' + str(o['params'])}",
+              file=sys.stderr)
+    slow = [o["impl"] for o in out if max(o["step_ratio"], o["device_step_ratio"]) > args.tolerance]
+    if slow:
+        print(f"vaebench: baseline: harness step time above {args.tolerance:.2f}x the textbook loop for "
+              f"{', '.join(slow)}", file=sys.stderr)
+    return 1 if slow or not all(o["params"]["equal"] for o in out) else 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "baseline": cmd_baseline,
     "overhead": cmd_overhead,
     "matrix": cmd_matrix,
     "report": cmd_report,
@@ -331,9 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return VERBS[args.verb](args)
-    except (SpecError, DataError, UsageError, ScenarioError) as exc:
+    except (SpecError, DataError, UsageError, ScenarioError, StoreError) as exc:
         print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaebench: interrupted; results written so far are kept (use --resume)", file=sys.stderr)
         return 130
+    finally:
+        while _LOCKED:
+            _LOCKED.pop().unlock()

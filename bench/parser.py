@@ -11,14 +11,27 @@ import argparse
 from harness.adapter import BUILTIN
 
 DEFAULT_IMPLS = list(BUILTIN)
+#: the training loops of the Keras build (``impls.keras_vae.KerasVAE.loops``), its users' first
+KERAS_LOOPS = ("fit", "train_on_batch")
 
 
 class UsageError(ValueError):
     """A flag the user can fix; printed as one line."""
 
 
-def split_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def split_list(text: str, flag: str = "the list") -> list[str]:
+    """``a,b,c`` -> ``["a", "b", "c"]``; an empty item (``a,,b``, ``a,``, ``""``) or a repeated one is an error."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise UsageError(f"{flag} {text!r} has an empty item; separate the items with single commas, "
+                         "e.g. torch,flax or 64,256")
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise UsageError(f"{flag} {text!r} names {item} twice; give each item once"
+                             + (" (--repeats repeats a cell)" if flag == "--batch" else ""))
+        seen.add(item)
+    return items
 
 
 def positive_int(text: str) -> int:
@@ -66,12 +79,51 @@ def size_arg(text: str) -> int:
 
 def int_list(text: str) -> list[int]:
     try:
-        values = [int(t) for t in split_list(text)]
+        items = split_list(text, "--batch")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        values = [int(t) for t in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--batch {text!r} names a batch twice; give each once "
+                                         "(--repeats repeats a cell)")
     return values
+
+
+def columns_arg(text: str) -> str:
+    """``A:B`` (either side may be empty or negative, as in a Python slice); checked against the
+    file's width later (``harness.data.parse_columns``). Returned as written: it is part of a cell's key."""
+    from harness.data import DataError, split_columns
+
+    try:
+        split_columns(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.05, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, such as 0.05, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 such as 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 such as 0.05, got {text!r}")
+    return value
 
 
 DESCRIPTION = "python -m bench VERB: one verb per question the user asks."
@@ -81,6 +133,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; the user needs only the error line."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.startswith("argument --columns: expected one argument"):
+            # argparse reads a value starting with "-" as a flag: --columns -32: never reaches columns_arg
+            message += "; write a block that starts with a negative index as --columns=-32:"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -140,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
     p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
     p.add_argument("--tf32", action="store_true")
-    p.add_argument("--results", default="results")
-    p.add_argument("--run-id")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--results", default="results", help="results directory (checked writable before any cell)")
+    p.add_argument("--run-id", help="name of the run: letters, digits, '-', '_', '.' (default: timestamp)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run (latest unless --run-id): skip ok and skipped cells, retry failed ones")
+    p.add_argument("--keep-failed", action="store_true", help="with --resume, do not retry failed cells")
     p.add_argument("--out", default="reports/out", help="where reports are written")
+    p.add_argument("--keras-loop", choices=KERAS_LOOPS,
+                   help="how Keras rows train: fit over a PyDataset (the default, as Keras users train) or train_on_batch")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="build a report from stored results")
@@ -156,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a", help="baseline: a results file or run id")
     p.add_argument("run_b", help="candidate: a results file or run id")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--threshold", type=float, default=0.05, help="slowdown that counts as a regression (0.05 = 5%%)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--threshold", type=non_negative_float, default=0.05,
+                   help="slowdown that counts as a regression (0.05 = 5%%)")
+    p.add_argument("--alpha", type=probability, default=0.05, help="significance level")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged (for CI)")
     p.add_argument("--json", action="store_true")
 
@@ -168,7 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--tolerance", type=float, default=0.05, help="exit 1 if any ratio is further than this from 1")
+    p.add_argument("--tolerance", type=non_negative_float, default=0.05, help="exit 1 if any ratio is further than this from 1")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("baseline", help="benchmark: the harness's step times against each framework's textbook loop")
+    p.add_argument("--impl", default="torch", help="comma-separated: torch, flax, keras-jax, keras-torch, keras-tensorflow")
+    p.add_argument("--spec", default="dense", help="a fully connected spec (the textbook loops build dense only)")
+    p.add_argument("--kmer", type=kmer_arg, default=5)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--repeats", type=positive_int, default=4)
+    p.add_argument("--tolerance", type=positive_float, default=1.10,
+                   help="exit 1 if any harness/baseline ratio (step or device_step) is above this")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("scenarios", help="the leak anti-patterns --scenario runs: what each shows, and its fix")
@@ -189,10 +260,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (after compile and warm-up)")
     p.add_argument("--repeats", type=positive_int, default=1, help="repeats per cell, interleaved across impls")
     p.add_argument("--data", help="a .npy file (rows x features), streamed as a memmap; default: synthetic profiles")
-    p.add_argument("--columns", help="A:B column block of --data, e.g. the 7-mer block of a multi-k matrix")
+    p.add_argument("--columns", type=columns_arg,
+                   help="A:B column block of --data, e.g. the 7-mer block of a multi-k matrix; negative indices "
+                        "count from the end, as in Python (write --columns=-32: so the value is not read as a flag)")
+    p.add_argument("--wrap", action="store_true",
+                   help="allow a --data file with fewer rows than a batch; rows wrap around")
     p.add_argument("--results", default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
-    p.add_argument("--run-id", help="name of the run (default: timestamp)")
-    p.add_argument("--resume", action="store_true", help="skip cells already in the run (latest run unless --run-id)")
+    p.add_argument("--run-id", help="name of the run: letters, digits, '-', '_', '.' (default: timestamp)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run (latest unless --run-id): skip ok and skipped cells, retry failed ones")
+    p.add_argument("--keep-failed", action="store_true", help="with --resume, do not retry failed cells")
     p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds per cell")
     p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
     p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
@@ -201,5 +278,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", type=size_arg, help="stop a worker whose RSS passes SIZE (host OOM row)")
     p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
     p.add_argument("--no-preflight", action="store_true", help="run cells even when preflight says they cannot fit")
+    p.add_argument("--keras-loop", choices=KERAS_LOOPS,
+                   help="how Keras rows train: fit over a PyDataset (the default, as Keras users train) or train_on_batch")
+    p.add_argument("--no-peak", action="store_true",
+                   help="skip measuring the matmul peak (a few seconds, cached per results dir): rows get no MFU")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the new rows as JSON")

@@ -30,13 +30,15 @@ Contract, in the order the harness calls it:
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -47,6 +49,10 @@ class FrameworkMissing(ImportError):
     """The framework a build needs is not installed; the message says how to get it."""
 
 
+class PluginError(ValueError):
+    """An ``--impl`` that names no usable adapter class; the message is one line and names the fix."""
+
+
 class VAEAdapter(ABC):
     #: row name in every table, e.g. "torch", "flax", "keras-jax"
     name: ClassVar[str] = "custom"
@@ -55,9 +61,27 @@ class VAEAdapter(ABC):
     #: True where ``train_step`` cannot help waiting for the device every step (Keras'
     #: ``train_on_batch`` returns host floats); recorded in every row so the report can say so
     syncs_every_step: ClassVar[bool] = False
+    #: True where ``to_device`` really stages a batch on the device, so that the harness can time
+    #: the framework's compute alone (``device_step``); a plug-in that leaves it False is timed
+    #: on host batches only, and its row says so
+    stages_input: ClassVar[bool] = False
+    #: the training loops this build offers, the first being the one its users write
+    #: (Keras: ``fit``, then ``train_on_batch``); the row records the one that ran
+    loops: ClassVar[tuple[str, ...]] = ("step",)
 
     def __init__(self, spec: VAESpec) -> None:
         self.spec = spec
+        self.loop = self.loops[0]
+
+    def loop_details(self) -> dict[str, Any]:
+        """How the timed loop runs, for the row (Keras adds its ``fit`` pipeline settings)."""
+        return {"loop": self.loop}
+
+    def use_loop(self, loop: str) -> None:
+        """Train through ``loop`` (one of ``loops``) from now on."""
+        if loop not in self.loops:
+            raise ValueError(f"{type(self).__name__} has no training loop {loop!r}; it offers {', '.join(self.loops)}")
+        self.loop = loop
 
     # -- model facts -------------------------------------------------------------------
     @abstractmethod
@@ -92,6 +116,32 @@ class VAEAdapter(ABC):
     @abstractmethod
     def synchronize(self) -> None: ...
 
+    # -- feeding: how a batch gets from host memory into a step ---------------------------
+    def host_batch(self, x: np.ndarray) -> Any:
+        """A batch in host memory as this framework's data loader hands it over.
+
+        The harness calls it before a timing window starts, as a loader's worker would
+        prepare batches off the critical path (PyTorch on CUDA: a pinned tensor, as
+        ``DataLoader(pin_memory=True)`` gives). The default keeps the numpy array.
+        """
+        return x
+
+    def to_device(self, batch: Any) -> Any:
+        """Start moving a host batch to the device without waiting for it; ``train_step`` accepts
+        what this returns (PyTorch: ``.to(device, non_blocking=True)``; JAX: ``jax.device_put``).
+        The default returns the batch unchanged, and ``train_step`` copies it itself."""
+        return batch
+
+    def train_steps(self, feed: Callable[[], Any], steps: int, on_step: Callable[[int, Any], None]) -> None:
+        """The timed loop: ``steps`` steps on host batches from ``feed()``, as this framework's users train.
+
+        Each batch is staged one step ahead, so that its transfer overlaps the step before
+        it, as the PyTorch and JAX docs show; ``on_step(i, loss_handle)`` runs after step
+        ``i`` is dispatched (the harness samples memory there and closes timing windows).
+        Builds whose users train another way override it (Keras: ``fit``).
+        """
+        staged_loop(self.train_step, self.to_device, feed, steps, on_step)
+
     def loss_value(self, handle: Any) -> float:
         return float(np.asarray(handle))
 
@@ -115,6 +165,19 @@ class VAEAdapter(ABC):
     @classmethod
     def device_kind(cls) -> str:
         return "cpu"
+
+
+def staged_loop(step: Callable[[Any], Any], to_device: Callable[[Any], Any], feed: Callable[[], Any], steps: int,
+                on_step: Callable[[int, Any], None]) -> None:
+    """``steps`` steps, each batch moved to the device while the step before it runs (the
+    loop the PyTorch and JAX docs show: the next batch is staged before the current one is
+    waited on); ``on_step(i, loss_handle)`` after each step's dispatch."""
+    nxt = to_device(feed())
+    for i in range(steps):
+        handle = step(nxt)
+        if i + 1 < steps:
+            nxt = to_device(feed())
+        on_step(i, handle)
 
 
 # ------------------------------------------------------------------------- registry
@@ -179,12 +242,12 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
         return getattr(importlib.import_module(builtin.module), builtin.cls)
     if ":" not in impl:
         known = ", ".join(BUILTIN)
-        raise ValueError(f"unknown impl {impl!r}; built-in impls are {known}, or pass path/to/file.py:Class or module:attr")
+        raise PluginError(f"unknown impl {impl!r}; built-in impls are {known}, or pass path/to/file.py:Class or module:attr")
     target, attr = impl.rsplit(":", 1)
     if target.endswith(".py"):
         path = Path(target)
         if not path.exists():
-            raise ValueError(f"impl file {path} does not exist; --impl takes path/to/file.py:Class")
+            raise PluginError(f"impl file {path} does not exist; --impl takes path/to/file.py:Class")
         mod_name = f"vaebench_user_{path.stem}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec and spec.loader
@@ -195,15 +258,283 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"impl module {target!r} cannot be imported ({exc}); check --impl module:attr") from None
+            raise PluginError(f"impl module {target!r} cannot be imported ({exc}); check --impl module:attr") from None
     if not hasattr(module, attr):
-        raise ValueError(f"impl {impl!r}: {target} has no attribute {attr!r}")
+        raise PluginError(f"impl {impl!r}: {target} has no attribute {attr!r}")
     cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, VAEAdapter)):
-        raise ValueError(f"impl {impl!r} is not a subclass of harness.adapter.VAEAdapter")
+        raise PluginError(f"impl {impl!r} is not a subclass of harness.adapter.VAEAdapter; --impl must name a "
+                          "class derived from it (from harness.adapter import VAEAdapter)")
     return cls
 
 
+# ------------------------------------------------------------------------- plug-ins
+#
+# The parent process imports no framework, yet a bad --impl must fail there, as one line,
+# before any worker starts. A .py file is read and parsed: its syntax tree says whether the
+# name exists and whether a class defined there derives from VAEAdapter. Only what the tree
+# cannot decide (a class imported from elsewhere, a base class from another module, the
+# module:attr form) is imported, in a throwaway interpreter, as a worker would import it.
+
+#: seconds the throwaway import check may take (a plug-in that imports a framework needs a few);
+#: past it the check gives up and leaves the verdict to the workers
+PLUGIN_CHECK_TIMEOUT_S = 120.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_ABSTRACT = frozenset(VAEAdapter.__abstractmethods__)
+
+_IMPORT_CHECK = r"""
+import sys
+def say(kind, text=""):
+    sys.stdout.write("\nvaebench-check " + kind + " " + " ".join(str(text).split())[:400] + "\n")
+try:
+    from harness.adapter import PluginError, load_adapter_class
+    cls = load_adapter_class(sys.argv[1])
+except PluginError as exc:
+    say("plugin", exc)
+except BaseException as exc:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    say("import", type(exc).__name__ + (": " + first if first else ""))
+else:
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    say("abstract", f"class {cls.__name__} does not implement {', '.join(missing)}") if missing else say("ok")
+"""
+
+
+def check_plugin(impl: str, timeout_s: float = PLUGIN_CHECK_TIMEOUT_S) -> str | None:
+    """None when ``impl`` is a built-in row or names a usable ``VAEAdapter`` subclass, else the
+    one-line error that says what is wrong and how to fix it. Imports no framework."""
+    if impl in BUILTIN:
+        return None
+    if ":" not in impl:
+        return (f"unknown impl {impl!r}; built-in impls are {', '.join(BUILTIN)}, "
+                "or pass path/to/file.py:Class or module:attr")
+    target, attr = impl.rsplit(":", 1)
+    if not target or not attr.isidentifier():
+        return f"--impl {impl!r} is not of the form path/to/file.py:Class or module:attr (Class a Python name)"
+    if target.endswith(".py"):
+        path = Path(target)
+        verdict = _check_file(path, attr, impl)
+        if verdict != "unsure":
+            return verdict
+        return _import_check(f"{path.resolve()}:{attr}", impl, timeout_s)
+    if not all(part.isidentifier() for part in target.split(".")):
+        return (f"--impl {impl!r}: {target!r} is neither a .py file nor a module name such as package.module; "
+                "pass path/to/file.py:Class or module:attr")
+    return _import_check(impl, impl, timeout_s)
+
+
+def _check_file(path: Path, attr: str, impl: str) -> str | None:
+    """The syntax tree's verdict on ``path:attr``: an error line, None (fine) or "unsure"."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        return f"impl file {path} {what}; --impl takes path/to/file.py:Class"
+    try:
+        tree = _parse(str(path.resolve()), path.stat().st_mtime_ns)
+    except SyntaxError as exc:
+        return f"impl file {path} does not parse: {exc.msg} at line {exc.lineno}; fix the file"
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, null bytes
+        return f"impl file {path} cannot be read as Python source ({exc}); pass a .py file"
+    names = _bindings(tree)
+    if attr not in names:
+        if "*" in names or "__getattr__" in names:
+            return "unsure"  # bound in a way the tree cannot follow
+        classes = [n for n, (node, _) in names.items() if isinstance(node, ast.ClassDef)]
+        listing = f"; it defines {', '.join(classes[:8])}" if classes else "; it defines no class"
+        return f"impl {impl!r}: {path} has no {attr!r} at module level{listing}"
+    node, conditional = names[attr]
+    if conditional or not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign,
+                                            ast.AnnAssign)):
+        return "unsure"  # an import, or a definition under if/try: import it to see
+    if not isinstance(node, ast.ClassDef):
+        value = getattr(node, "value", None)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or isinstance(
+                value, (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set, ast.Lambda, ast.JoinedStr)):
+            return (f"impl {impl!r}: {attr} in {path} is not a class; it must be a subclass of "
+                    "harness.adapter.VAEAdapter")
+        return "unsure"  # an alias or a factory call
+    derives, methods = _derives(node, names, set())
+    if derives == "no":
+        return (f"impl {impl!r}: class {attr} does not derive from harness.adapter.VAEAdapter; "
+                f"write class {attr}(VAEAdapter) with from harness.adapter import VAEAdapter")
+    if derives == "unsure" or not _imports_found(tree):
+        return "unsure"
+    missing = sorted(_ABSTRACT - methods)
+    if missing:
+        return (f"impl {impl!r}: class {attr} does not implement {', '.join(missing)}; "
+                "see the adapter contract in README.md")
+    return None
+
+
+@lru_cache(maxsize=32)
+def _parse(path: str, mtime_ns: int) -> ast.Module:
+    with open(path, "rb") as f:
+        return ast.parse(f.read(), filename=path)
+
+
+def _bindings(tree: ast.Module) -> dict[str, tuple[ast.AST, bool]]:
+    """Module-level name -> (the statement that binds it last, whether it sits under if/try/with/for)."""
+    out: dict[str, tuple[ast.AST, bool]] = {}
+
+    def visit(stmts: list[ast.stmt], conditional: bool) -> None:
+        for node in stmts:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[node.name] = (node, conditional)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if isinstance(node, ast.AnnAssign) and node.value is None:
+                    continue  # an annotation alone binds nothing
+                for t in targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            out[n.id] = (node, conditional or not isinstance(t, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    out[alias.asname or alias.name.split(".")[0]] = (node, conditional)
+            else:
+                for block in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, block, []) or [], True)
+                for handler in getattr(node, "handlers", []) or []:
+                    visit(handler.body, True)
+    visit(tree.body, False)
+    return out
+
+
+def _derives(node: ast.ClassDef, names: dict, seen: set[str]) -> tuple[str, set[str]]:
+    """Whether a class defined in the file derives from VAEAdapter ("yes", "no" or "unsure"), and
+    the names its own body and its in-file base classes define (the methods it implements)."""
+    methods = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    methods |= {t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    if node.decorator_list or node.name in seen:
+        return "unsure", methods
+    seen = seen | {node.name}
+    verdicts = []
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id == "object" and "object" not in names:
+            verdicts.append("no")
+        elif _names_adapter(base, names):
+            verdicts.append("yes")
+        elif isinstance(base, ast.Name) and isinstance(names.get(base.id, (None,))[0], ast.ClassDef) \
+                and not names[base.id][1]:
+            verdict, inherited = _derives(names[base.id][0], names, seen)
+            verdicts.append(verdict)
+            methods |= inherited
+        else:
+            verdicts.append("unsure")
+    if "yes" in verdicts and "unsure" not in verdicts:
+        return "yes", methods
+    if all(v == "no" for v in verdicts):  # also a class with no base at all
+        return "no", methods
+    return "unsure", methods
+
+
+def _names_adapter(base: ast.expr, names: dict) -> bool:
+    """``VAEAdapter`` imported from harness.adapter, or ``harness.adapter.VAEAdapter`` / ``adapter.VAEAdapter``."""
+    if isinstance(base, ast.Name):
+        node = names.get(base.id, (None,))[0]
+        return isinstance(node, ast.ImportFrom) and node.module == "harness.adapter" and node.level == 0 and any(
+            a.name == "VAEAdapter" and (a.asname or a.name) == base.id for a in node.names)
+    if isinstance(base, ast.Attribute) and base.attr == "VAEAdapter":
+        return ast.unparse(base.value) in ("harness.adapter", "adapter")
+    return False
+
+
+def _imports_found(tree: ast.Module) -> bool:
+    """Every module-level absolute import can be found (without importing it); a relative import
+    cannot work in a file loaded by path, so the import check must judge it."""
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            return False
+        roots = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        for root in roots:
+            top = root.split(".")[0]
+            try:
+                if top not in sys.builtin_module_names and importlib.util.find_spec(top) is None:
+                    return False
+            except (ImportError, ValueError):
+                return False
+    return True
+
+
+def _import_check(impl: str, shown: str, timeout_s: float) -> str | None:
+    """Import ``impl`` in a throwaway interpreter started as a worker is (repo root on the path)."""
+    import os
+    import signal
+    import subprocess
+
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, impl], cwd=REPO_ROOT, env=env, text=True,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, errors="replace")
+    except subprocess.TimeoutExpired:
+        return None  # slow, not wrong: the workers will say
+    verdicts = [line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("vaebench-check ")]
+    kind, text = (verdicts[-1] + [""])[:2] if verdicts else ("", "")
+    if kind == "ok":
+        return None
+    if kind == "plugin":  # load_adapter_class's own verdict, about the absolute path handed to it
+        return text.replace(repr(impl), repr(shown)).replace(impl.rsplit(":", 1)[0], shown.rsplit(":", 1)[0])
+    if kind == "import":
+        return f"impl {shown!r} cannot be imported: {text}; fix the module or install what it imports"
+    if kind == "abstract":
+        return f"impl {shown!r}: {text}; see the adapter contract in README.md"
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return f"impl {shown!r} crashed while being imported ({name}); import it in python to see why"
+    return None  # no verdict and no crash (the module exited the interpreter): leave it to the workers
+
+
+# ------------------------------------------------------------------------- row labels
+
+
+def plugin_label(class_name: str, own_name: object) -> str:
+    """A plug-in's row label: the ``name`` its class sets in its own body, else its class name;
+    never a built-in's label (``name = "torch"`` gives ``torch (plug-in MyVAE)``)."""
+    if not isinstance(own_name, str) or not own_name.strip():
+        return class_name
+    own_name = own_name.strip()
+    return f"{own_name} (plug-in {class_name})" if own_name in BUILTIN else own_name
+
+
+def row_label(cls: type, impl: str) -> str:
+    """The row label a worker writes, from the loaded class (``plugin_label``); a built-in row keeps its name."""
+    return impl if impl in BUILTIN else plugin_label(cls.__name__, cls.__dict__.get("name"))
+
+
 def impl_label(impl: str) -> str:
-    """Short row name for a user impl (``my_vae.py:MyVAE`` -> ``MyVAE``)."""
-    return impl if impl in BUILTIN else impl.rsplit(":", 1)[-1]
+    """The same label, in the parent, without importing: read off the class's syntax where the file
+    defines it (``my_vae.py:MyVAE`` -> ``MyVAE``, or the ``name`` its body sets)."""
+    if impl in BUILTIN:
+        return impl
+    target, _, attr = impl.rpartition(":")
+    path = Path(target) if target.endswith(".py") else _module_file(target)
+    if path is not None:
+        try:
+            node = _bindings(_parse(str(path.resolve()), path.stat().st_mtime_ns)).get(attr, (None,))[0]
+        except (OSError, SyntaxError, ValueError):
+            node = None
+        if isinstance(node, ast.ClassDef):
+            own = [n.value.value for n in node.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                   and isinstance(n.value, ast.Constant) and any(
+                       isinstance(t, ast.Name) and t.id == "name"
+                       for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))]
+            return plugin_label(node.name, own[-1] if own else None)
+    return plugin_label(attr, None)
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of ``package.module`` as a worker (repo root first on its path) would find it,
+    found without importing anything."""
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        return None
+    rel = Path(*module.split("."))
+    for root in (REPO_ROOT, *(Path(p) for p in sys.path if p)):
+        for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None

@@ -71,19 +71,50 @@ def synthetic_profiles(k: int, rows: int, seq_len: int = 20_000, seed: int = 0) 
 # ----------------------------------------------------------------------- user data
 
 
+def split_columns(text: str) -> tuple[int | None, int | None]:
+    """``A:B`` -> (A, B), either side ``None`` where empty; indices may be negative (from the end)."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = (int(x) if x.strip() else None for x in parts)
+    except ValueError:
+        raise DataError(f"--columns {text!r} is not of the form A:B (for example --columns 2080:10272, or "
+                        "--columns=-8192: for the last 8192 columns)") from None
+    if a is not None and b is not None and (a < 0) == (b < 0):  # decidable without the file's width
+        _check_order(text, a, b)
+    return a, b
+
+
+def _check_order(text: str, start: int, stop: int) -> None:
+    if start > stop:
+        raise DataError(f"--columns {text} is reversed; write the lower bound first")
+    if start == stop:
+        raise DataError(f"--columns {text} is empty; B must be greater than A")
+
+
 def parse_columns(text: str | None, width: int) -> slice:
-    """``A:B`` -> slice(A, B), checked against the file's width."""
+    """``A:B`` -> slice(A, B), checked against the file's width. As in a Python slice, a side left
+    empty means the edge and a negative index counts from the end (``-32:``: the last 32 columns)."""
     if not text:
         return slice(0, width)
-    try:
-        a, b = text.split(":")
-        start = int(a) if a else 0
-        stop = int(b) if b else width
-    except ValueError:
-        raise DataError(f"--columns {text!r} is not of the form A:B (for example 2080:10272)") from None
+    a, b = split_columns(text)
+    start = 0 if a is None else a + width if a < 0 else a
+    stop = width if b is None else b + width if b < 0 else b
+    _check_order(text, start, stop)
     if not 0 <= start < stop <= width:
-        raise DataError(f"--columns {text!r} is outside the file's {width} columns")
+        raise DataError(f"--columns {text} is outside the file's {width} columns (0:{width})")
     return slice(start, stop)
+
+
+def check_rows(arr: np.ndarray, batch: int, wrap: bool, where: str) -> None:
+    """A file needs at least one row, and a full batch of distinct rows unless ``wrap`` allows repeats."""
+    rows = arr.shape[0]
+    if rows == 0:
+        raise DataError(f"{where} has 0 rows; it needs at least one batch ({batch} rows)")
+    if rows < batch and not wrap:
+        raise DataError(f"{where} has {rows} rows, fewer than the batch of {batch}; lower --batch, or pass "
+                        "--wrap to let rows wrap around within a batch")
 
 
 def open_npy(path: str | Path, columns: str | None = None) -> np.ndarray:
@@ -141,6 +172,8 @@ class BatchSource:
     name: str = "synthetic"
 
     def __post_init__(self) -> None:
+        if self.data.shape[0] == 0:
+            raise DataError(f"{self.name} has 0 rows; it needs at least one batch ({self.batch} rows)")
         if self.data.shape[0] < self.batch:
             reps = -(-self.batch // self.data.shape[0])
             if not isinstance(self.data, np.memmap):

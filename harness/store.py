@@ -3,23 +3,87 @@
 Each line is written whole with a single ``write`` and flushed to disk before
 the next cell starts, so a killed or interrupted run loses nothing it had
 already measured, and ``--resume`` can skip every cell that has a line.
+
+Rules this module owns, so that every reader agrees:
+
+* a run id is a plain file name (:func:`validate_run_id`); nothing is written for any other;
+* one writer per run: :meth:`ResultStore.lock` holds ``flock`` on ``RUN_ID.lock`` beside the
+  JSONL (the holder's pid inside) while a run writes; the kernel drops it when the holder
+  exits, however it exits, so a lock file left by a killed run never blocks;
+* a cell may have several rows (a failed cell retried by ``--resume``): the LATEST row per
+  cell wins (:func:`latest_rows`), for the report, ``compare`` and the final table alike;
+* ``--resume`` skips a cell whose latest row is ``ok`` or ``skipped`` and runs a failed one
+  again (:meth:`ResultStore.done_keys`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 RESULT_SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = Path("results")
+#: statuses ``--resume`` counts as done; a ``failed`` cell runs again unless ``keep_failed``
+DONE_STATUSES = frozenset({"ok", "skipped"})
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+class StoreError(ValueError):
+    """The results store cannot be used as asked; the message is one line for the user."""
+
+
+class ResultsDirError(StoreError):
+    """The results directory cannot be created or written."""
+
+
+class RunLocked(StoreError):
+    """Another process is writing this run."""
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha1(os.urandom(8)).hexdigest()[:6]
+
+
+def validate_run_id(run_id: Any) -> str:
+    """A run id names files (``RUN_ID.jsonl``, ``RUN_ID.lock``), so it must be a plain name:
+    letters, digits, ``-``, ``_`` and ``.``, not starting with ``.``, at most 200 characters."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise StoreError(f"run id {run_id!r} is not a plain name: use letters, digits, '-', '_' and '.' "
+                         "(not starting with '.', at most 200 characters)")
+    return run_id
+
+
+def check_results_dir(root: str | Path) -> Path:
+    """Create ``root`` and write and remove a probe file in it, or raise :class:`ResultsDirError`
+    naming the path and the reason. Called before any cell runs, so that a results directory that
+    cannot be written stops the run at once instead of losing its first row."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ResultsDirError(f"cannot write results to {root}: it is a file, not a directory")
+    probe = root / f".vaebench-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"vaebench probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason = f"{reason} (a part of the path is a file)"
+        raise ResultsDirError(f"cannot write results to {root}: {reason}") from None
+    return root
 
 
 def cell_key(impl: str, spec_hash: str, batch: int, repeat: int, steps: int, extra: dict | None = None) -> str:
@@ -29,35 +93,153 @@ def cell_key(impl: str, spec_hash: str, batch: int, repeat: int, steps: int, ext
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def row_identity(row: dict[str, Any]) -> tuple | None:
+    """What makes two rows the same cell: the run and the cell key (with the scenario and sweep
+    marks, which real keys already contain, so hand-made rows with loose keys stay apart).
+    None for a row without a key: such a row is never merged."""
+    if "cell_key" not in row:
+        return None
+    return row.get("run_id"), row["cell_key"], row.get("scenario"), bool(row.get("sweep"))
+
+
+def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell: the LATEST row of each (a retry replaces the failure before it), in the
+    order each cell first appeared. The one rule every reader of results uses."""
+    out: list[dict[str, Any]] = []
+    where: dict[tuple, int] = {}
+    for row in rows:
+        ident = row_identity(row)
+        if ident is None:
+            out.append(row)
+        elif ident in where:
+            out[where[ident]] = row
+        else:
+            where[ident] = len(out)
+            out.append(row)
+    return out
+
+
 class ResultStore:
-    """``DIR/RUN_ID.jsonl``: one run's rows."""
+    """``DIR/RUN_ID.jsonl``: one run's rows, and ``DIR/RUN_ID.lock`` while a process writes them."""
 
     def __init__(self, root: str | Path, run_id: str) -> None:
         self.root = Path(root)
-        self.run_id = run_id
+        self.run_id = validate_run_id(run_id)
         self.path = self.root / f"{run_id}.jsonl"
+        self.lock_path = self.root / f"{run_id}.lock"
+        self._lock_fd: int | None = None
 
     @classmethod
     def latest(cls, root: str | Path) -> ResultStore | None:
-        files = sorted(Path(root).glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+        files = sorted((p for p in Path(root).glob("*.jsonl") if _RUN_ID.fullmatch(p.stem)),
+                       key=lambda p: p.stat().st_mtime)
         return cls(root, files[-1].stem) if files else None
 
-    def append(self, row: dict[str, Any]) -> None:
+    # ---------------------------------------------------------------- the writer's lock
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def lock(self) -> ResultStore:
+        """Take the run's lock, or raise :class:`RunLocked` naming the holder's pid. Idempotent."""
+        if self._lock_fd is not None:
+            return self
         self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder_pid(fd)
+                os.close(fd)
+                who = f"pid {holder}" if holder else "another process"
+                raise RunLocked(f"run {self.run_id} in {self.root} is being written by {who} "
+                                f"(lock {self.lock_path}); wait for it to finish or pass another --run-id") from None
+            except OSError as exc:
+                os.close(fd)
+                raise StoreError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from None
+            # a holder releasing unlinks the file; if that happened between our open and our
+            # flock, we locked a file nobody else will see: start again on the new one
+            try:
+                current = os.stat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        """Release the lock (remove the file while still holding it, then close)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.lock_path)
+        except OSError:
+            pass
+        os.close(fd)
+
+    @contextmanager
+    def writing(self) -> Iterator[ResultStore]:
+        """Hold the lock for the block, unless this store holds it already (then leave it held)."""
+        if self._lock_fd is not None:
+            yield self
+            return
+        self.lock()
+        try:
+            yield self
+        finally:
+            self.unlock()
+
+    # ---------------------------------------------------------------- rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row as one line and fsync it, under the run's lock.
+
+        A line torn by a power cut is closed first, so the torn part stays one unreadable line
+        and this row its own readable one."""
         line = json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": self.run_id, **row},
                           default=_default, allow_nan=True) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with self.writing():
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def rows(self) -> list[dict[str, Any]]:
+        """Every row in the file, retries included, in the order written."""
         return list(read_rows(self.path)) if self.path.exists() else []
 
-    def done_keys(self) -> set[str]:
-        return {r["cell_key"] for r in self.rows() if "cell_key" in r}
+    def latest_rows(self) -> list[dict[str, Any]]:
+        """One row per cell, the latest (see :func:`latest_rows`)."""
+        return latest_rows(self.rows())
+
+    def done_keys(self, keep_failed: bool = False) -> set[str]:
+        """Cell keys ``--resume`` skips: those whose latest row is ok or skipped; with
+        ``keep_failed``, every cell that has a row (failed cells are not run again)."""
+        return {r["cell_key"] for r in self.latest_rows()
+                if "cell_key" in r and (keep_failed or r.get("status") in DONE_STATUSES)}
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid a lock holder wrote into its lock file (it may be a moment behind its flock)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.01)
+    return None
 
 
 def read_rows(path: str | Path) -> Iterable[dict[str, Any]]:
@@ -76,8 +258,11 @@ def read_rows(path: str | Path) -> Iterable[dict[str, Any]]:
             yield row
 
 
-def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[dict[str, Any]]:
-    """Rows from JSONL files, directories of them, run ids (``<results_dir>/<id>.jsonl``) or row dicts."""
+def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, latest: bool = True) -> list[dict[str, Any]]:
+    """Rows from JSONL files, directories of them, run ids (``<results_dir>/<id>.jsonl``) or row dicts.
+
+    One row per cell of each run, the latest (:func:`latest_rows`); ``latest=False`` gives every
+    row as written, retries included."""
     if isinstance(results, (str, Path, dict)):
         results = [results]
     rows: list[dict[str, Any]] = []
@@ -96,10 +281,10 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> li
             raise FileNotFoundError(f"no results at {item!r}: not a file, a directory, or a run id in {results_dir}/")
         for f in files:
             rows.extend(read_rows(f))
-    return rows
+    return latest_rows(rows) if latest else rows
 
 
-def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR):
+def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, latest: bool = True):
     """Rows from files, directories or run ids as a pandas DataFrame, one row per cell.
 
     Nested fields are flattened with dots (``step_stats.median_s``); the long
@@ -107,7 +292,7 @@ def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR):
     """
     import pandas as pd
 
-    rows = load_rows(results, results_dir)
+    rows = load_rows(results, results_dir, latest=latest)
     if not rows:
         return pd.DataFrame()
     return pd.json_normalize(rows, max_level=3)

@@ -304,6 +304,7 @@ def from_canonical(layout: Layout, leaf: str, a: np.ndarray) -> np.ndarray:
 class TorchVAE(VAEAdapter):
     name = "torch"
     framework = "torch"
+    stages_input = True
 
     def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)
@@ -353,10 +354,25 @@ class TorchVAE(VAEAdapter):
                 t.copy_(torch.from_numpy(from_canonical(layout, leaf, value)))
         self.optimizer = self._make_optimizer()  # fresh moments and step count
 
+    # -- feeding ------------------------------------------------------------------------
+    def host_batch(self, x: np.ndarray) -> np.ndarray | torch.Tensor:
+        """What ``DataLoader(pin_memory=True)`` hands over on CUDA: a page-locked tensor, from which
+        a copy to the device runs asynchronously. On a CPU the numpy array already is on the device."""
+        if self.device.type == "cuda":
+            return torch.from_numpy(np.asarray(x, dtype=np.float32)).pin_memory()
+        return x
+
+    def to_device(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self._tensor(batch)
+
     # -- compute -----------------------------------------------------------------------
-    def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        # non_blocking: a blocking host-to-device copy would wait for the previous step's
-        # kernels; from pageable memory the data is staged before the call returns, so this is safe.
+    def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # non_blocking: from pinned memory the copy is queued behind the running step and the
+        # host goes on (the next step is dispatched meanwhile); from pageable memory the data is
+        # staged before the call returns, so this is safe either way. Pinned buffers are held by
+        # PyTorch's caching host allocator until the copy that reads them has finished.
+        if isinstance(a, torch.Tensor):
+            return a.to(self.device, non_blocking=True)  # no-op for a tensor already there
         return torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.device, non_blocking=True)
 
     def _loss(self, x: torch.Tensor, eps: torch.Tensor | None):

@@ -11,6 +11,7 @@ Repeats of one (impl, spec, batch) are aggregated like this:
 
 * step time: the median over repeats of each repeat's ``median_s`` (and likewise for the quartiles,
   the mean and the compile time);
+* achieved TFLOP/s (dense and conv FLOPs of a step over its median time) and MFU: the median over repeats;
 * peak memory: the largest peak of any repeat (a peak is a maximum);
 * leak verdict: the worst of the repeats (``leak`` > ``inconclusive`` > ``no leak``), shown with that
   repeat's slope and CI;
@@ -29,6 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from harness.measure.peak import mfu_fields
 from reports.formatting import fmt_time
 
 __all__ = ["ImplCell", "group_cells", "is_side_row", "median_of", "nested", "num", "row_status", "summarize_impl"]
@@ -98,6 +100,18 @@ class ImplCell:
     leak_reason: str = ""
     leak_cause: dict[str, Any] = field(default_factory=dict)
     preflight_estimate: float | None = None
+    #: achieved dense + conv TFLOP/s of a step (median over repeats); None for rows that predate FLOP counts
+    tflops: float | None = None
+    #: that rate over the run's measured float32 matmul peak (median over repeats)
+    mfu: float | None = None
+    #: the framework's compute alone (batches staged on the device before the clock); on CPU = median_s
+    device_median_s: float | None = None
+    #: True where device_step was timed apart (an accelerator and a build that stages batches)
+    device_step_timed: bool = False
+    #: the loop that trained the row ("step", or Keras' "fit" / "train_on_batch")
+    train_loop: str | None = None
+    #: whether every ok repeat's compile step loaded its executable from the run's cache (None: cannot tell)
+    compile_cached: bool | None = None
 
     @property
     def eligible(self) -> bool:
@@ -156,8 +170,24 @@ def summarize_impl(rows: list[dict[str, Any]]) -> ImplCell:
         cell.slope_ci_high = num(leak.get("slope_ci_high"))
         cell.leak_reason = str(leak.get("reason") or "")
         cell.leak_cause = leak.get("cause") or {}
+        cell.device_median_s = median_of(nested(r, "device_step_stats", "median_s") for r in ok)
+        cell.device_step_timed = any(str(r.get("device_step_source", "")).startswith("batches staged") for r in ok)
+        cell.train_loop = ok[0].get("train_loop")
+        cached = [r.get("compile_cached") for r in ok]
+        cell.compile_cached = None if any(c is None for c in cached) else all(cached)
+        cell.tflops = median_of(nested(r, "tflops", "matmul_step") for r in ok)
+        cell.mfu = median_of(_row_mfu(r) for r in ok)
     cell.preflight_estimate = median_of(nested(r, "preflight", "estimate_bytes") for r in rows)
     return cell
+
+
+def _row_mfu(row: dict[str, Any]) -> float | None:
+    """The row's MFU of a step: stored by the runner, else from the fingerprint's matmul peak."""
+    stored = num(nested(row, "mfu", "step"))
+    if stored is not None:
+        return stored
+    peak = nested(row, "fingerprint", "matmul_peak")
+    return num(mfu_fields(row.get("tflops"), peak, row.get("device_kind"))["mfu"]["step"]) if peak else None
 
 
 def group_cells(rows: list[dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:

@@ -28,7 +28,7 @@ from harness.measure.stats import mann_whitney_slower
 from harness.store import load_rows
 from reports.cells import row_status
 
-__all__ = ["compare_runs", "print_comparison", "cell_id", "step_samples"]
+__all__ = ["compare_runs", "print_comparison", "cell_id", "step_samples", "cells_summary"]
 
 
 def cell_id(row: dict[str, Any]) -> tuple:
@@ -38,6 +38,20 @@ def cell_id(row: dict[str, Any]) -> tuple:
     batch = sweep.get("probe_batch", row.get("batch"))
     return (str(row.get("impl")), str(row.get("spec_hash", "")), int(batch) if batch is not None else None,
             row.get("scenario") or None, bool(row.get("sweep")))
+
+
+def cells_summary(rows: list[dict[str, Any]], limit: int = 4) -> str:
+    """The cells of a run in a few words (``torch dense b64, flax dense b64 and 3 more``), for the
+    one-line error when two runs share no cell."""
+    seen: dict[tuple, str] = {}
+    for r in rows:
+        impl, _, batch, scenario, sweep = cell_id(r)
+        label = str(r.get("row") or impl)
+        seen.setdefault(cell_id(r), f"{label} {r.get('spec_name') or '?'} b{batch}"
+                        + (f" {scenario}" if scenario else "") + (" (sweep)" if sweep else ""))
+    names = list(dict.fromkeys(seen.values()))
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "no cells"
 
 
 def step_samples(rows: list[dict[str, Any]]) -> tuple[list[float], str]:

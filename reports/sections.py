@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.diagnose.failures import ADVICE
 from harness.diagnose.leak import format_bytes
+from harness.measure.peak import peak_text
 from reports.cells import ImplCell, nested, num, row_status
 from reports.document import Doc
 from reports.formatting import code, fmt_rate, fmt_time, short, slugify
@@ -97,6 +98,31 @@ def device_text(rows: list[dict]) -> str:
     return f"CPU: {fp.get('cpu_model') or 'unknown'}"
 
 
+#: the stretches of a worker's life, in order (``harness.run.walltime``)
+WALL_PARTS = ("process_start", "import", "build", "compile", "warmup", "steady", "device_step", "heap", "memory")
+
+
+def _wall_table(doc: Doc, rows: list[dict]) -> None:
+    """Where each cell's wall time went: what is measurement (compile, warm-up, the timed loops) and what is not."""
+    timed = [r for r in rows if isinstance(r.get("wall_breakdown"), dict) and len(r["wall_breakdown"]) > 1]
+    if not timed:
+        return
+    parts = [p for p in WALL_PARTS if any(p in r["wall_breakdown"] for r in timed)]
+    doc.h(3, "Wall time per cell")
+    doc.p("Seconds from starting the cell's worker to its exit: the interpreter and harness imports "
+          "(process start), the framework import, the model build, then each phase of the cell. Only compile, "
+          "warm-up and the timed loops (steady, device step) are measurement; heap and memory are the untimed "
+          "probes after the timing, and the last stretch runs on to the process exit.")
+    table = []
+    for r in timed:
+        wb = r["wall_breakdown"]
+        label = f"{r.get('row') or r.get('impl')} {r.get('spec_name')} b={r.get('batch')} r{r.get('repeat', 0)}"
+        table.append([label] + ["—" if wb.get(p) is None else f"{wb[p]:.1f}" for p in parts]
+                     + [f"{wb.get('total', 0):.1f}"])
+    doc.table(["cell"] + [p.replace("_", " ") for p in parts] + ["total"], table,
+              right=set(range(1, len(parts) + 2)))
+
+
 def section_environment(doc: Doc, rows: list[dict]) -> None:
     doc.h(2, "Environment")
     fps = _fingerprints(rows)
@@ -112,6 +138,7 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
         ["RAM", format_bytes(num(fp.get("ram_bytes")))],
         ["host / platform", f"{fp.get('hostname', '?')} / {fp.get('platform', '?')}"],
         ["Python", str(fp.get("python", "?"))],
+        ["matmul peak", _peak_line(rows)],
         ["git commit", f"`{fp.get('git_commit') or 'unknown'}`" + (" (working tree dirty)" if fp.get("git_dirty")
                                                                     else "")],
     ]
@@ -129,6 +156,7 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
     doc.table(["impl", "versions"], [[i, ", ".join(f"{k} {v}" for k, v in sorted(versions[i].items()))
                                       if i in versions else "n/a (no successful cell reported versions)"]
                                      for i in impls])
+    _wall_table(doc, rows)
     doc.h(3, "Pinned settings")
     doc.p("Every setting below is **pinned**: identical for every impl in this run (the spec's settings and the "
           "environment each worker is started with).")
@@ -149,6 +177,18 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
         doc.p("No pinned environment variables were recorded.")
 
 
+def _peak_line(rows: list[dict]) -> str:
+    """The run's measured float32 matmul peak (the MFU denominator), from the rows' fingerprints."""
+    peaks: dict[str, dict] = {}
+    for r in rows:
+        p = nested(r, "fingerprint", "matmul_peak")
+        if isinstance(p, dict):
+            peaks.setdefault(peak_text({**p, "cached": False}), p)
+    if not peaks:
+        return "not measured in this run (no MFU)"
+    return " / ".join(peaks)
+
+
 def _spec_title(key: tuple, multi_hash: bool) -> str:
     name, h, k = key
     return f"{name}" + (f", k={k}" if k is not None else "") + (f" (`{h}`)" if multi_hash and h else "")
@@ -160,7 +200,13 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
           "with several repeats, the median over repeats of each repeat's median (IQR likewise). "
           "\"× best\" is the median step time over the fastest ok impl's (leaking ones included). \"est/meas\" is "
           "the preflight memory estimate over the measured peak. The anon RSS slope is the Theil-Sen slope of "
-          "anonymous RSS per batch in the steady state, with its 95% CI.")
+          "anonymous RSS per batch in the steady state, with its 95% CI. \"TFLOP/s\" is the dense and conv FLOPs of one "
+          "training step (2 per multiply-add, backward twice the forward) over the median step time; \"MFU\" is that "
+          "rate over the float32 matmul peak measured on the same device (see Environment). \"median step\" feeds "
+          "batches from host memory the way the framework's users do, each staged one step ahead; \"device step\" "
+          "times the same loop on batches already on the device (the framework's compute alone), and \"step / device\" "
+          "above 1 says the cell is input-bound. On a CPU the two coincide, and are not timed twice. A compile marked "
+          "(cached) loaded its executable from the run's compilation cache.")
     any_standin = False
     for key, by_batch in grouped.items():
         for batch, cells in by_batch.items():
@@ -168,7 +214,8 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
             ok_medians = [c.median_s for c in cells if c.status == "ok" and c.median_s]
             best = min(ok_medians) if ok_medians else None
             headers = ["impl"] + (["params (trainable / non-trainable)"] if pidx else []) + [
-                "compile", "median step (IQR)", "samples/s", "× best", "peak memory", "est/meas",
+                "compile", "median step (IQR)", "device step", "step / device", "samples/s", "× best", "TFLOP/s", "MFU",
+                "peak memory", "est/meas",
                 "anon RSS slope (95% CI)", "leak", "failure"]
             rows = []
             for c in cells:
@@ -189,15 +236,25 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
                 slope = "—" if c.slope is None else (
                     f"{fmt_rate(c.slope)} ({format_bytes(c.slope_ci_low)} to {format_bytes(c.slope_ci_high)})")
                 failure = "" if c.status == "ok" else f"**{c.failure_kind}** {code(short(c.failure_message))}"
-                rows.append([f"**{c.label}**" if c.label != c.impl else c.impl]
+                name = f"**{c.label}**" if c.label != c.impl else c.impl
+                if c.train_loop and c.train_loop != "step":
+                    name += f" ({c.train_loop})"
+                compile_text = "—" if c.compile_s is None else f"{c.compile_s:.2f} s" + (
+                    " (cached)" if c.compile_cached else "")
+                device, ratio = "—", "—"
+                if c.device_median_s is not None and c.median_s is not None:
+                    device = fmt_time(c.device_median_s) if c.device_step_timed else "= step"
+                    ratio = f"{c.median_s / c.device_median_s:.2f}" if c.device_step_timed else "—"
+                rows.append([name]
                             + ([_params_cell(pidx, key[0], c)] if pidx else [])
-                            + ["—" if c.compile_s is None else f"{c.compile_s:.2f} s", step,
+                            + [compile_text, step, device, ratio,
                                "—" if c.samples_per_s is None else f"{c.samples_per_s:,.0f}",
                                "—" if (best is None or c.median_s is None) else f"{c.median_s / best:.2f}",
-                               mem, est, slope, c.leak_verdict or "—", failure or "—"])
+                               "—" if c.tflops is None else f"{c.tflops:.3g}",
+                               "—" if c.mfu is None else f"{c.mfu:.1%}", mem, est, slope, c.leak_verdict or "—", failure or "—"])
             n = len(headers)
             off = 1 if pidx else 0
-            doc.table(headers, rows, right={1 + off, 2 + off, 3 + off, 4 + off, 5 + off, 6 + off} & set(range(n)))
+            doc.table(headers, rows, right={i + off for i in range(1, 11)} & set(range(n)))
             reps = max(c.n_repeats for c in cells)
             if reps > 1:
                 doc.note(f"{reps} repeats per impl; memory is the largest peak, leak the worst verdict of any repeat.")

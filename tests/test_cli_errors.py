@@ -38,7 +38,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def run_args(tmp_path: Path, *extra: str) -> list[str]:
     return ["run", "--impl", NUMPY_IMPL, "--kmer", "3", "--steps", "2", "--batch", "4", "--no-progress",
-            "--no-preflight", "--results", str(tmp_path / "results"), *extra]
+            "--no-preflight", "--no-peak", "--results", str(tmp_path / "results"), *extra]
 
 
 def profiles(rows: int = 64, width: int = K3_WIDTH) -> np.ndarray:

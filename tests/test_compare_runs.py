@@ -13,7 +13,7 @@ def _run(tmp_path, run_id: str, slowdown: float) -> None:
     env = dict(os.environ, VAEBENCH_PLANTED_SLOWDOWN=str(slowdown))
     out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", IMPL, "--spec", "dense", "--kmer", "3",
                           "--batch", "16", "--steps", "200", "--results", str(tmp_path), "--run-id", run_id,
-                          "--no-progress", "--no-preflight"], capture_output=True, text=True, env=env)
+                          "--no-progress", "--no-preflight", "--no-peak"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
 
 

@@ -133,6 +133,21 @@ def test_crash_messages_name_the_cause(matrix):
     assert HANG_TIMEOUT_S <= hang["wall_s"] < HANG_TIMEOUT_S + 30
 
 
+@pytest.mark.parametrize("cls_name,signal_name,fatal", [("SegfaultVAE", "SIGSEGV", "Segmentation fault"),
+                                                        ("PlainAbortVAE", "SIGABRT", "Aborted")])
+def test_signal_crash_message_keeps_the_telling_line(matrix, cls_name, signal_name, fatal):
+    """Not faulthandler's trailing "Extension modules: numpy, ... (total: N)" line, but the
+    fatal error and the first frame of the crashing thread (the planted ``fail``)."""
+    _, rows = matrix
+    message = row_of(rows, cls_name)["failure_message"]
+    assert signal_name in message, message
+    detail = message.split(": ", 1)[-1]
+    assert not detail.startswith("Extension modules"), message
+    assert "Extension modules" not in message, message
+    assert f"Fatal Python error: {fatal}" in message, message
+    assert 'File "' in message and ", line " in message, message
+
+
 def test_good_cells_intact_around_failures(matrix):
     _, rows = matrix
     good = [row_of(rows, "NumpyVAE", 8), row_of(rows, "NumpyVAE", 16)]

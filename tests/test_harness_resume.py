@@ -26,7 +26,7 @@ BATCHES = [8, 16, 32, 64]
 def bench_cmd(results: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bench", "run", "--impl", "tests/fixtures/planted.py:SlowVAE", "--spec", "dense",
             "--kmer", "3", "--batch", ",".join(map(str, BATCHES)), "--steps", "20", "--results", str(results),
-            "--run-id", "t1", "--no-progress", "--no-preflight", *extra]
+            "--run-id", "t1", "--no-progress", "--no-preflight", "--no-peak", *extra]
 
 
 def _env() -> dict[str, str]:

@@ -15,6 +15,8 @@ from harness.spec.schema import canonical_kmer_count
 
 IMPLS = [i for i in ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow") if is_installed(i)]
 PLANTED = "tests/fixtures/planted.py:NumpyVAE"
+#: the planted adapter's row label: the name its class sets (``harness.adapter.impl_label``)
+PLANTED_LABEL = "numpy"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_every_impl_is_installed_for_the_suite():
 def test_parity_holds_for_every_impl(parity_reports, index, name):
     rep = parity_reports[index]
     for row in rep.rows:
-        if row.impl == "NumpyVAE":
+        if row.impl == PLANTED_LABEL:
             continue
         assert row.error is None, f"{name} {row.impl}: {row.error}"
         assert row.forward <= TOL_FORWARD, (name, row.impl, row.forward)
@@ -43,7 +45,7 @@ def test_parity_holds_for_every_impl(parity_reports, index, name):
 
 
 def test_dense_biases_before_batch_norm_are_checked_as_zero_gradients(parity_reports):
-    rows = [r for r in parity_reports[0].rows if r.impl != "NumpyVAE"]
+    rows = [r for r in parity_reports[0].rows if r.impl != PLANTED_LABEL]
     for row in rows:
         assert set(row.zero_grad) == {"encoder.0.bias", "encoder.3.bias", "decoder.0.bias", "decoder.3.bias"}
         assert max(row.zero_grad.values()) < 1e-5
@@ -53,7 +55,7 @@ def test_parity_catches_a_build_that_is_not_the_same_model(parity_reports):
     """The planted numpy adapter has the right forward but zero gradients and no Adam:
     parity must fail it, or the check above proves nothing."""
     for rep in parity_reports:
-        planted = next(r for r in rep.rows if r.impl == "NumpyVAE")
+        planted = next(r for r in rep.rows if r.impl == PLANTED_LABEL)
         assert planted.error is None
         assert planted.forward <= TOL_FORWARD  # it does share the forward (the numpy reference)
         assert not planted.passed()

@@ -118,7 +118,9 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
             name = f"signal {-returncode}"
         if name == "SIGKILL":
             return Failure("host_oom", "killed by SIGKILL without a timeout: most likely the kernel's OOM killer")
-        return Failure("crash_signal", f"worker died by {name} in phase {phase or 'start'}" + (f": {last}" if last else ""))
+        detail = crash_detail(stderr_tail)
+        return Failure("crash_signal", f"worker died by {name} in phase {phase or 'start'}"
+                       + (f": {detail}" if detail else ""))
     return Failure("error", f"worker exited with status {returncode} and no result" + (f": {last}" if last else ""))
 
 
@@ -126,9 +128,42 @@ def _is_framework(message: str) -> bool:
     return any(f"'{m}" in message for m in ("torch", "jax", "flax", "optax", "keras", "tensorflow"))
 
 
+#: faulthandler's dump around a crash: headers, frames and the loaded-modules trailer, none of which says why
+_DUMP = re.compile(r'^\s*(Extension modules: |Current thread 0x|Thread 0x|Stack \(most recent call first\)|'
+                   r'File ".*", line \d+ in |<no Python frame>|Python runtime state: |Fatal Python error: )')
+_FRAME = re.compile(r'^\s*File ".*", line \d+ in ')
+_ERRORISH = re.compile(r"error|fatal|check failed|abort|terminate called|what\(\)|exception|assert|"
+                       r"segmentation fault|illegal|failed", re.IGNORECASE)
+
+
+def crash_detail(lines: list[str]) -> str:
+    """The most telling lines of a worker that died by a signal: the last error line a framework
+    wrote above faulthandler's dump, the dump's ``Fatal Python error: ...`` line and the first
+    frame of the crashing thread's stack; never the dump's ``Extension modules: ...`` trailer."""
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error: ")), None)
+    above = lines if fatal is None else lines[:fatal]
+    framework = next((line.strip() for line in reversed(above)
+                      if line.strip() and not _DUMP.match(line) and _ERRORISH.search(line)), "")
+    parts = [framework[:200]] if framework else []
+    if fatal is not None:
+        parts.append(lines[fatal].strip())
+        frame = _first_frame(lines[fatal:])
+        if frame:
+            parts.append(f"at {frame[:160]}")
+    return "; ".join(parts)[:400] if parts else _last_meaningful(lines)
+
+
+def _first_frame(lines: list[str]) -> str:
+    """The innermost frame of the crashing thread ("Current thread ..."), else of the first stack shown."""
+    headers = [i for i, line in enumerate(lines) if line.startswith("Current thread 0x")] or \
+        [i for i, line in enumerate(lines) if line.startswith(("Thread 0x", "Stack (most recent call first)"))]
+    start = headers[0] + 1 if headers else 0
+    return next((line.strip() for line in lines[start:] if _FRAME.match(line)), "")
+
+
 def _last_meaningful(lines: list[str]) -> str:
     for line in reversed(lines):
-        if line.strip():
+        if line.strip() and not _DUMP.match(line):
             return line.strip()[:300]
     return ""
 

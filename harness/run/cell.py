@@ -3,20 +3,26 @@
 Phases, each announced to the parent as an event so a hard crash can be
 placed:
 
-``build``   construct the model and load the shared canonical initial weights.
-``compile`` the first step, synchronised, timed on its own: tracing,
-            compilation and the first run. Reported as ``compile_s``.
-``warmup``  a few more steps, each synchronised and timed; the median of
-            their second half sizes a time budget.
-``steady``  ``steps`` steps in windows of ``steps_per_window``; the device is
-            synchronised once at the end of each window, so the figure is true
-            for asynchronous devices without a sync per step. Batches for a
-            window are fetched before its timer starts: the step time is the
-            framework's, not the disk's. Leading windows that are still slow
-            by ``harness.measure.stats.detect_warmup`` are dropped and counted.
-``heap``    a few more steps with tracemalloc on, after the timing and
-            untimed: tracemalloc slows Python-heavy steps far more than 5%,
-            so it never runs while the clock does.
+``build``       construct the model and load the shared canonical initial weights.
+``compile``     the first step, synchronised, timed on its own: tracing,
+                compilation and the first run. Reported as ``compile_s``
+                (``compile_cached`` where JAX loaded it from the run's cache).
+``warmup``      a few more steps, each synchronised and timed (the median of
+                their second half sizes a time budget), then two steps through
+                the timed loop itself, so its first-call setup is off the clock.
+``steady``      ``steps`` steps through the framework's own loop
+                (``adapter.train_steps``), timed in windows by
+                ``harness.run.windows``: one device sync per window, the next
+                window's batches made ready between windows, off the clock.
+                This is ``step``, the headline. Leading windows still slow by
+                ``harness.measure.stats.detect_warmup`` are dropped and counted.
+``device_step`` on an accelerator, the same loop on batches staged on the
+                device before each window's clock: the framework's compute alone.
+``heap``        a few more steps with tracemalloc on, after the timing and
+                untimed: tracemalloc slows Python-heavy steps far more than 5%,
+                so it never runs while the clock does.
+``memory``      on a CPU, a few steps on a trimmed heap whose peak RSS stands
+                in for device memory.
 
 After every step the anonymous and file-backed RSS are sampled.
 """
@@ -32,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.adapter import staged_loop
 from harness.data import make_source
 from harness.measure.probes import (
     RssSampler,
@@ -42,9 +49,11 @@ from harness.measure.probes import (
     release_free_heap,
     reset_peak_rss,
 )
+from harness.run.compile_cache import compile_cached
 from harness.run.events import emit
 from harness.run.schedule import steps_per_window, warmup_steps
 from harness.run.task import CellTask
+from harness.run.windows import Windows
 from harness.spec.reference import init_weights
 from harness.spec.schema import VAESpec, count_params
 
@@ -52,6 +61,8 @@ from harness.spec.schema import VAESpec, count_params
 HEAP_STEPS = 50
 #: untimed steps on a trimmed heap whose VmHWM is the CPU stand-in for device memory
 MEMORY_STEPS = 3
+#: steps run through the timed loop itself before its clock starts (its first-call setup)
+LOOP_WARMUP_STEPS = 2
 #: a time budget never cuts the steady phase below this many steps
 MIN_BUDGET_STEPS = 5
 #: batches prefetched for one timing window are capped at this many bytes
@@ -89,7 +100,7 @@ def _check(loss: float, step: int) -> float:
 
 
 def run_cell(task: CellTask) -> dict[str, Any]:
-    from harness.adapter import load_adapter_class
+    from harness.adapter import load_adapter_class, row_label
 
     spec = VAESpec.from_dict(task.spec)
     batch, steps = task.batch, task.steps
@@ -100,6 +111,8 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     import_s = time.perf_counter() - t0
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
     model = cls(spec)
+    if task.loop:
+        model.use_loop(task.loop)
     counts, expected = model.param_counts(), count_params(spec)
     if task.shared_init:
         model.set_weights(init_weights(spec))
@@ -119,6 +132,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     loss = _check(model.loss_value(step_fn(x)), 0)
     model.synchronize()
     compile_s = time.perf_counter() - t
+    cached = compile_cached(counters_start, model.counters())
     leak.step()
     rss.sample()
     # the compile step's host peak (compiler scratch, first-touch allocations) is kept
@@ -146,38 +160,56 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         remaining = float(budget) - (time.perf_counter() - t0)
         steps = max(MIN_BUDGET_STEPS, min(steps, int(remaining / plain)))
 
-    # ---- steady state: windows with one sync each, nothing traced
+    def each_step() -> None:
+        leak.step()
+        rss.sample()
+
+    if step_fn == model.train_step:
+        timed_loop, host_batch = model.train_steps, model.host_batch
+    else:  # a scenario's loop body takes numpy batches
+        def timed_loop(feed, n, on_step):
+            staged_loop(step_fn, _same, feed, n, on_step)
+
+        host_batch = _same
+
+    # the timed loop's own first-call work (Keras: fit's iterator, callbacks and, on TensorFlow,
+    # tracing fit's function) is paid here, off the clock, as it would be once in a user's epoch
+    timed_loop(lambda: host_batch(source.next()), LOOP_WARMUP_STEPS, lambda i, handle: each_step())
+    model.synchronize()
+
+    # ---- steady state: the framework's own training loop, timed in windows with one sync each
     emit(phase="steady")
     row_bytes = source.width * 4
     spw = task.steps_per_window or steps_per_window(steps)
-    spw = max(1, min(spw, PREFETCH_BYTES // max(1, batch * row_bytes)))
+    spw = max(1, min(spw, PREFETCH_BYTES // max(1, (batch * row_bytes))))
     counters_steady = model.counters()
     device_steady = model.device_memory()
     rss_steady_index = len(rss.anon)
-    windows: list[float] = []
-    done = 0
-    next_report = time.perf_counter() + 1.0
-    while done < steps:
-        n = min(spw, steps - done)
-        xs = [source.next() for _ in range(n)]
-        t = time.perf_counter()
-        for xb in xs:
-            handle = step_fn(xb)
-            leak.step()
-            rss.sample()
-        model.synchronize()
-        elapsed = time.perf_counter() - t
-        del xs
-        if n == spw:
-            windows.append(elapsed)
-        done += n
-        loss = _check(model.loss_value(handle), n_warm + done)
-        if time.perf_counter() >= next_report:
-            emit(phase="steady", done=done, steps=steps)
-            next_report = time.perf_counter() + 1.0
+    losses: list[float] = []
+    progress = _Progress()
+
+    def check_loss(handle: Any, done: int) -> None:
+        losses.append(_check(model.loss_value(handle), n_warm + LOOP_WARMUP_STEPS + done))
+
+    def windows_for(staged: bool) -> Windows:
+        prepare = (lambda x: model.to_device(host_batch(x))) if staged else host_batch
+        return Windows(steps, spw, source.next, prepare, model.synchronize, each_step, check_loss,
+                       staged=staged, progress=progress)
+
+    step_windows = windows_for(staged=False)
+    timed_loop(step_windows.feed, steps, step_windows.on_step)
     counters_end = model.counters()
     device_end = model.device_memory()
     anon = rss.anon[rss_steady_index:]
+
+    # ---- device_step: the same loop on batches staged on the device before each window's clock
+    device_windows = None
+    if _times_device_step(model, cls, task):
+        emit(phase="device_step")
+        device_windows = windows_for(staged=True)
+        timed_loop(device_windows.feed, steps, device_windows.on_step)
+    loss = losses[-1]
+    done = steps
 
     # ---- heap: tracemalloc slows Python-heavy steps, so it runs after the timing, untimed
     heap_mode = task.heap
@@ -221,13 +253,26 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
     from harness.diagnose.leak import attribute_growth, leak_verdict
+    from harness.measure.peak import flop_fields
     from harness.measure.stats import detect_warmup, summarize_steps
+    from harness.spec.flops import step_flops
 
-    # leading windows still slow by the warm-up rule are dropped (the sentinel stands
-    # for the compile step the rule always counts as warm-up)
-    dropped = max(0, detect_warmup([math.inf, *windows]) - 1) if len(windows) >= 8 else 0
-    timed = windows[dropped:]
-    stats = summarize_steps(timed or [elapsed], spw if timed else n, batch)
+    def window_stats(w: Windows) -> tuple[dict[str, Any], int]:
+        # leading windows still slow by the warm-up rule are dropped (the sentinel stands
+        # for the compile step the rule always counts as warm-up)
+        dropped = max(0, detect_warmup([math.inf, *w.times]) - 1) if len(w.times) >= 8 else 0
+        timed = w.times[dropped:]
+        elapsed, n = w.last_window
+        stats = summarize_steps(timed or [elapsed], spw if timed else n, batch)
+        return {**stats.to_dict(), "window_times_s": [t / spw for t in timed], "feed_fallbacks": w.fallbacks}, dropped
+
+    step_stats, dropped = window_stats(step_windows)
+    if device_windows is not None:
+        device_step_stats, _ = window_stats(device_windows)
+        device_step_source = "batches staged on the device before each window's clock started"
+    else:
+        device_step_stats = step_stats
+        device_step_source = _device_step_same_reason(model, cls)
     verdict = leak_verdict(anon, warmup_steps=0)
     heap_growth = None
     if len(heap) > 1 and len(anon) > 1:
@@ -251,24 +296,33 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     training_peak = peak_rss - not_model
     compile_peak = compile_hwm - not_model
     return {
-        "row": getattr(model, "name", task.impl),
+        "row": row_label(cls, task.impl),
         "versions": cls.versions(),
         "device_kind": cls.device_kind(),
-        "syncs_every_step": bool(getattr(cls, "syncs_every_step", False)),
+        "syncs_every_step": bool(getattr(model, "syncs_every_step", False)),
         "frameworks_loaded": frameworks_loaded(),
         "pid": os.getpid(),
         "import_s": import_s,
         "build_s": build_s,
         "compile_s": compile_s,
+        "compile_cached": cached,
         "warmup_step_times_s": warm_times,
         "steady_windows_dropped": dropped,
+        "train_loop": model.loop,
+        "loop_details": model.loop_details(),
+        "stages_input": bool(getattr(cls, "stages_input", False)),
         "final_loss": loss,
         "steps_measured": steps,
         "steps_requested": steps_requested,
         "time_budget_s": budget,
         "param_counts": {"trainable": counts.trainable, "non_trainable": counts.non_trainable},
         "param_counts_expected": {"trainable": expected.trainable, "non_trainable": expected.non_trainable},
-        "step_stats": {**stats.to_dict(), "window_times_s": [w / spw for w in timed]},
+        "step_stats": step_stats,
+        "device_step_stats": device_step_stats,
+        "device_step_source": device_step_source,
+        "input_bound_ratio": step_stats["median_s"] / device_step_stats["median_s"],
+        # FLOPs of one step from the spec, and the achieved rates; MFU needs the run's peak (runner)
+        **flop_fields(step_flops(spec, batch), step_stats["median_s"], device_step_stats["median_s"]),
         "memory": {
             "device": device,
             "device_source": "allocator" if device else None,
@@ -300,6 +354,36 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         "leak": {**verdict.to_dict(), "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},
         "counters": {"start": counters_start, "steady": counters_steady, "end": counters_end},
     }
+
+
+def _same(batch: Any) -> Any:
+    return batch
+
+
+class _Progress:
+    """Progress events for the parent, at most one a second."""
+
+    def __init__(self) -> None:
+        self._next = time.perf_counter() + 1.0
+
+    def __call__(self, done: int, steps: int) -> None:
+        if time.perf_counter() >= self._next:
+            emit(phase="steady", done=done, steps=steps)
+            self._next = time.perf_counter() + 1.0
+
+
+def _times_device_step(model, cls, task: CellTask) -> bool:
+    """``device_step`` is timed apart only where it can differ from ``step``: a build that
+    stages batches, on an accelerator, training with its plain step (not a scenario)."""
+    return bool(getattr(cls, "stages_input", False)) and cls.device_kind() != "cpu" and not task.scenario
+
+
+def _device_step_same_reason(model, cls) -> str:
+    if cls.device_kind() == "cpu":
+        return "same as step: on a CPU a batch in host memory is already in device memory"
+    if not getattr(cls, "stages_input", False):
+        return "same as step: this adapter does not stage batches on the device (no to_device)"
+    return "same as step: a scenario replaces the train step"
 
 
 def _device_growth(a: dict, b: dict) -> int | None:

@@ -95,7 +95,7 @@ def run_worker(
             timed_out = False
             guard = _MemoryGuard(proc.pid, memory_limit_bytes)
             try:
-                timed_out = _pump(proc, start + timeout_s, events, on_event, guard)
+                timed_out = _pump(proc, start, start + timeout_s, events, on_event, guard)
             except KeyboardInterrupt:
                 _kill(proc)
                 raise
@@ -146,8 +146,9 @@ class _MemoryGuard:
         return self.hit
 
 
-def _pump(proc: subprocess.Popen, deadline: float, events: list, on_event, guard: _MemoryGuard) -> bool:
-    """Read JSON-line events until the worker exits or the deadline passes."""
+def _pump(proc: subprocess.Popen, start: float, deadline: float, events: list, on_event, guard: _MemoryGuard) -> bool:
+    """Read JSON-line events until the worker exits or the deadline passes; each event is stamped
+    with the seconds since the worker was started (``at_s``), for the wall-time breakdown."""
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -176,6 +177,7 @@ def _pump(proc: subprocess.Popen, deadline: float, events: list, on_event, guard
                         event = json.loads(line)
                     except json.JSONDecodeError:
                         continue
+                    event["at_s"] = round(time.perf_counter() - start, 4)
                     events.append(event)
                     if on_event:
                         on_event(event)

@@ -3,7 +3,8 @@
 Like optimum-benchmark's launcher, the runner knows nothing of frameworks: it
 hands a task to ``harness.run.launch`` and turns whatever comes back (a result, an
 exception, a signal, a timeout) into a row. No failure stops the matrix, and
-no finished row is ever lost: each is on disk before the next cell starts.
+no finished row is ever lost: each is on disk before the next cell starts. The
+run's lock is held while it writes, so no second process adds to the same run.
 
 Repeats are interleaved (A B C A B C, not A A B B C C) so that slow drift of
 the machine (thermal, other tenants) falls on every impl alike.
@@ -14,15 +15,20 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from harness.adapter import BUILTIN, impl_label, is_installed, not_installed_message
 from harness.diagnose.failures import Failure, classify
 from harness.measure.fingerprint import machine_fingerprint
+from harness.measure.peak import mfu_fields
+from harness.run.compile_cache import cache_dir, compile_cache_env
 from harness.run.launch import run_worker
+from harness.run.peak import measured_peak
 from harness.run.task import CellTask
+from harness.run.walltime import wall_breakdown
 from harness.spec.schema import VAESpec
-from harness.store import ResultStore, cell_key
+from harness.store import DONE_STATUSES, ResultStore, cell_key
 
 DEFAULT_TIMEOUT_S = 900.0
 #: a matrix budget never gives a cell less than this
@@ -46,6 +52,8 @@ class Cell:
     extra: dict[str, Any] = field(default_factory=dict)
     #: seconds this cell may spend (set by ``run_matrix`` from a matrix budget); not part of its identity
     time_budget_s: float | None = None
+    #: the run's shared compilation cache (set by ``run_matrix``); not part of the cell's identity
+    compile_cache: Path | None = None
 
     @property
     def key(self) -> str:
@@ -76,36 +84,77 @@ def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int, batches: list[
 Preflight = Callable[[Cell], "dict[str, Any] | None"]
 
 
+@dataclass
+class ResumePlan:
+    """What ``--resume`` does with a run's cells: which are done, which failed ones run again, which are new."""
+
+    todo: list[Cell]
+    done: int
+    retried: int
+    kept_failed: int
+
+    def summary(self) -> str:
+        kept = f", {self.kept_failed} failed kept as done (--keep-failed)" if self.kept_failed else ""
+        return (f"{self.done} cell(s) skipped as done (ok or skipped), {self.retried} failed cell(s) retried{kept}, "
+                f"{len(self.todo) - self.retried} not run before")
+
+
+def plan_resume(cells: list[Cell], store: ResultStore, keep_failed: bool = False) -> ResumePlan:
+    """Split ``cells`` by their latest row in ``store``: ok or skipped is done; failed runs again
+    (or counts as done with ``keep_failed``); no row yet runs."""
+    latest = {r["cell_key"]: r.get("status") for r in store.latest_rows() if "cell_key" in r}
+    done = store.done_keys(keep_failed=keep_failed)
+    todo = [c for c in cells if c.key not in done]
+    failed = [c for c in cells if c.key in latest and latest[c.key] not in DONE_STATUSES]
+    return ResumePlan(todo, len(cells) - len(todo) - (len(failed) if keep_failed else 0),
+                      0 if keep_failed else len(failed), len(failed) if keep_failed else 0)
+
+
 def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, preflight: Preflight | None = None,
                progress: bool = True, memory_limit_bytes: int | None = None,
-               budget_s: float | None = None, runnable: set[str] | None = None) -> list[dict[str, Any]]:
-    """Run every cell not already in ``store`` (with ``resume``) and return the new rows.
+               budget_s: float | None = None, runnable: set[str] | None = None,
+               keep_failed: bool = False, peak: bool = False) -> list[dict[str, Any]]:
+    """Run every cell not already done in ``store`` (with ``resume``) and return the new rows.
+
+    With ``resume``, a cell whose latest row is ok or skipped is skipped and a failed one runs
+    again (its new row follows the old one; readers take the latest), unless ``keep_failed``.
+    The run's lock is held throughout (see :meth:`ResultStore.lock`).
 
     ``budget_s``: seconds for all ``runnable`` cells (keys) together. Each is given what is
     left divided by the runnable cells still to come, so time a fast cell leaves over
     goes to the slow ones after it.
+
+    ``peak``: measure the device's matmul peak once for the run (cached in the results dir,
+    ``harness.run.peak``) and put it in the fingerprint, so every row carries its MFU.
+    Every cell shares the run's compilation cache (``harness.run.compile_cache``).
     """
-    done = store.done_keys() if resume else set()
-    todo = [c for c in cells if c.key not in done]
-    fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
-    rows: list[dict[str, Any]] = []
-    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    bar = _Progress(len(cells), len(cells) - len(todo), enabled=progress)
-    try:
-        start = time.perf_counter()
-        pending = [c.key for c in todo if runnable is None or c.key in runnable]
-        with bar:
-            for cell in todo:
-                if budget_s and cell.key in pending:
-                    left = budget_s - (time.perf_counter() - start)
-                    cell.time_budget_s = round(max(MIN_CELL_BUDGET_S, left / len(pending)), 1)
-                    pending.remove(cell.key)
-                row = run_one(cell, fingerprint, preflight, memory_limit_bytes, on_phase=bar.phase(cell))
-                store.append(row)
-                rows.append(row)
-                bar.finished(cell, row)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with store.writing():
+        todo = plan_resume(cells, store, keep_failed).todo if resume else list(cells)
+        fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
+        if peak and cells and todo:
+            fingerprint["matmul_peak"] = measured_peak(store.root, cells[0].spec.settings,
+                                                       "gpu" if fingerprint.get("gpus") else "cpu")
+        shared_cache = cache_dir(store.root, store.run_id)
+        for cell in todo:
+            cell.compile_cache = cell.compile_cache or shared_cache
+        rows: list[dict[str, Any]] = []
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        bar = _Progress(len(cells), len(cells) - len(todo), enabled=progress)
+        try:
+            start = time.perf_counter()
+            pending = [c.key for c in todo if runnable is None or c.key in runnable]
+            with bar:
+                for cell in todo:
+                    if budget_s and cell.key in pending:
+                        left = budget_s - (time.perf_counter() - start)
+                        cell.time_budget_s = round(max(MIN_CELL_BUDGET_S, left / len(pending)), 1)
+                        pending.remove(cell.key)
+                    row = run_one(cell, fingerprint, preflight, memory_limit_bytes, on_phase=bar.phase(cell))
+                    store.append(row)
+                    rows.append(row)
+                    bar.finished(cell, row)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return rows
 
 
@@ -143,10 +192,11 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
         if on_phase:
             on_phase(event)
 
-    outcome = run_worker(cell.task(), cell.impl, cell.spec.settings, cell.timeout_s, on_event=track,
-                         memory_limit_bytes=memory_limit_bytes)
-    phase = phases[-1] if phases else None
     device = "gpu" if fingerprint.get("gpus") else "cpu"
+    env = compile_cache_env(cell.compile_cache, gpu=device == "gpu") if cell.compile_cache else None
+    outcome = run_worker(cell.task(), cell.impl, cell.spec.settings, cell.timeout_s, on_event=track,
+                         memory_limit_bytes=memory_limit_bytes, extra_env=env)
+    phase = phases[-1] if phases else None
     failure = classify(outcome.result, outcome.returncode, outcome.stderr_all or outcome.stderr_tail,
                        outcome.timed_out, outcome.memory_limit_hit, phase, device=device)
     row = {**base, "status": "ok" if failure.ok else "failed", "failure_kind": failure.kind,
@@ -164,6 +214,8 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     if failure.ok and result.get("status") == "ok":
         row.update({k: v for k, v in result.items() if k != "status"})
         row["fingerprint"] = {**fingerprint, "frameworks": result.get("versions", {})}
+        row.update(mfu_fields(row.get("tflops"), fingerprint.get("matmul_peak"), row.get("device_kind")))
+    row["wall_breakdown"] = wall_breakdown(outcome.events, outcome.wall_s, result)
     return row
 
 

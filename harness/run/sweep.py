@@ -17,6 +17,9 @@ from harness.store import ResultStore
 
 #: steps a probe runs after its compile step; enough to hit the steady-state peak
 PROBE_STEPS = 3
+#: the limits a sweep searches for: a probe that fails with one of these is the expected end of
+#: the search, not a failure of the sweep (``skipped``: preflight says the batch cannot fit)
+LIMIT_KINDS = frozenset({"device_oom", "host_oom", "int32_overflow", "timeout", "skipped"})
 
 
 @dataclass
@@ -30,6 +33,16 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    def problem(self) -> str | None:
+        """Why this search gave no clean answer, or None: a probe failed for a reason other than
+        the limits in :data:`LIMIT_KINDS`, or no batch trained at all."""
+        odd = sorted({p["outcome"] for p in self.probes if p["outcome"] != "ok" and p["outcome"] not in LIMIT_KINDS})
+        if odd:
+            return f"{self.impl} {self.spec}: a probe failed with {', '.join(odd)}, not a memory, int32 or time limit"
+        if self.max_ok is None:
+            return f"{self.impl} {self.spec}: no batch trained (batch {self.first_failure}: {self.failure_kind})"
+        return None
 
 
 def search_max_batch(probe: Callable[[int], str], start: int = 8,

@@ -59,6 +59,29 @@ class CellTask(BareTask):
     shared_init: bool = True
     #: a max-batch sweep probe (part of the cell's identity, so a probe never resumes a matrix cell)
     sweep: bool = False
+    #: the adapter's training loop to time (``VAEAdapter.loops``; Keras: "fit" or "train_on_batch");
+    #: None takes the build's default, the loop its users write
+    loop: str | None = None
+
+
+@dataclass(kw_only=True)
+class BaselineTask(Task):
+    """A textbook training loop that the cell's step time is checked against (``python -m bench baseline``).
+
+    ``module`` names the baseline by import path (e.g. ``bench.baselines.torch_loop``); the worker
+    imports it by that string and calls its ``run(spec, kmer, batch, steps, warmup, steps_per_window)``,
+    so the harness never imports ``bench`` itself.
+    """
+
+    kind: ClassVar[str] = "baseline"
+    module: str
+    spec: dict[str, Any]
+    kmer: int
+    batch: int
+    steps: int
+    #: steps before the clock (the cell's compile and warm-up steps); None: the baseline's own rule
+    warmup: int | None = None
+    steps_per_window: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -78,7 +101,22 @@ class ParityTask(Task):
     items: list[dict[str, Any]] = field(default_factory=list)
 
 
-TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, ParamsTask, ParityTask)}
+@dataclass(kw_only=True)
+class PeakTask(Task):
+    """Time a square float32 matmul on the cells' device: the MFU denominator (``harness.measure.peak``)."""
+
+    kind: ClassVar[str] = "peak"
+    #: the product's size n (n x n times n x n); None: 8192 on a GPU, 2048 or less on a CPU
+    size: int | None = None
+    #: timed products (after warm-up); None: 10 on a GPU, 5 on a CPU
+    repeats: int | None = None
+    #: the run allows TF32: measure with it on, and off as well
+    tf32: bool = False
+    #: "gpu", "cpu" or "auto" (a GPU when the framework sees one, as the cells do)
+    device: str = "auto"
+
+
+TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask, PeakTask)}
 
 
 def task_from_json(data: dict[str, Any]) -> Task:

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from harness.run.events import emit
-from harness.run.task import BareTask, CellTask, ParamsTask, ParityTask, Task, task_from_json
+from harness.run.task import BareTask, BaselineTask, CellTask, ParamsTask, ParityTask, PeakTask, Task, task_from_json
 from harness.spec.schema import VAESpec
 
 
 def task_params(task: ParamsTask) -> dict[str, Any]:
     """Counts for every spec in the task, read off the framework's own (abstract) model."""
-    from harness.adapter import load_adapter_class
+    from harness.adapter import load_adapter_class, row_label
 
     cls = load_adapter_class(task.impl)
     counts = {}
@@ -32,12 +32,12 @@ def task_params(task: ParamsTask) -> dict[str, Any]:
         spec = VAESpec.from_dict(raw)
         c = cls.count_params(spec)
         counts[spec.hash] = {"trainable": c.trainable, "non_trainable": c.non_trainable}
-    return {"counts": counts, "row": getattr(cls, "name", task.impl), "versions": cls.versions()}
+    return {"counts": counts, "row": row_label(cls, task.impl), "versions": cls.versions()}
 
 
 def task_parity(task: ParityTask) -> dict[str, Any]:
     """For each item: load the given canonical weights, then record forward, loss, grads and one step."""
-    from harness.adapter import load_adapter_class
+    from harness.adapter import load_adapter_class, row_label
 
     cls = load_adapter_class(task.impl)
     for item in task.items:
@@ -61,7 +61,17 @@ def task_parity(task: ParityTask) -> dict[str, Any]:
             out[f"after:{name}"] = np.asarray(w, np.float32)
         np.savez(item["outputs_path"], **out)
         emit(done=spec.name)
-    return {"row": getattr(cls, "name", task.impl), "versions": cls.versions()}
+    return {"row": row_label(cls, task.impl), "versions": cls.versions()}
+
+
+def task_baseline(task: BaselineTask) -> dict[str, Any]:
+    """A textbook loop, imported by name (``bench.baselines.*``: the harness never imports ``bench``
+    statically); it imports its framework itself, after the launcher's environment is in force."""
+    import importlib
+
+    module = importlib.import_module(task.module)
+    return module.run(VAESpec.from_dict(task.spec), task.kmer, task.batch, task.steps, task.warmup,
+                      task.steps_per_window)
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -74,10 +84,18 @@ def run_task(task: Task) -> dict[str, Any]:
         from harness.run.bare import bare_loop
 
         return bare_loop(task)
+    if isinstance(task, BaselineTask):
+        return task_baseline(task)
     if isinstance(task, ParamsTask):
         return task_params(task)
     if isinstance(task, ParityTask):
         return task_parity(task)
+    if isinstance(task, PeakTask):
+        import importlib
+
+        from harness.measure.peak import PEAK_MODULE
+
+        return importlib.import_module(PEAK_MODULE).measure_matmul_peak(task)
     raise TypeError(f"no runner for {type(task).__name__}")
 
 

@@ -1,0 +1,25 @@
+"""Textbook training loops, one per framework, that the harness's step time is checked against.
+
+Each module is what a user writes from that framework's own tutorial, with none of
+vaebench's adapter code: ``torch_loop`` (an ``nn.Module`` and the loop of the PyTorch
+tutorials), ``jax_loop`` (Flax NNX with the functional, donated ``jax.jit`` step of the
+Flax performance guide), ``keras_fit`` (a ``keras.Model`` with ``compute_loss``,
+trained by ``fit`` over a ``keras.utils.PyDataset``, as the Keras VAE example).
+They read only the spec's layer sizes (``harness.spec``) and the same synthetic
+batches (``harness.data``); an import-linter contract in ``pyproject.toml`` keeps
+them away from ``impls`` and the rest of the harness.
+
+Each exposes ``run(spec, kmer, batch, steps, warmup, steps_per_window) -> dict`` with
+``median_s``, ``window_times_s`` (seconds per step of each window) and ``params``
+(trainable count). ``python -m bench baseline`` runs them in workers
+(``harness.run.task.BaselineTask``), in the environment a cell gets.
+"""
+
+#: the harness's impl -> the baseline module that trains the same model the textbook way
+BASELINES: dict[str, str] = {
+    "torch": "bench.baselines.torch_loop",
+    "flax": "bench.baselines.jax_loop",
+    "keras-jax": "bench.baselines.keras_fit",
+    "keras-torch": "bench.baselines.keras_fit",
+    "keras-tensorflow": "bench.baselines.keras_fit",
+}

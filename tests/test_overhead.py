@@ -12,11 +12,14 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from bench.overhead import paired_ratio_ci
 
 IMPL = "tests/fixtures/planted.py:TunableNumpyVAE"
 
 
+@pytest.mark.timing
 def test_harness_step_time_is_within_five_percent_of_a_bare_loop():
     out = subprocess.run([sys.executable, "-m", "bench", "overhead", "--impl", IMPL, "--spec", "dense", "--kmer", "3",
                           "--batch", "16", "--steps", "60", "--repeats", "2", "--json"],

@@ -49,13 +49,16 @@ SELECT = {"torch": "torch and not keras", "flax": "flax"}
 def benchmark_median(impl: str, tmp_path: Path, n: int) -> float:
     """pytest-benchmark's median of the staged step, from its JSON, in a fresh pytest process."""
     out = tmp_path / f"bench-{impl}-{n}.json"
-    env = dict(os.environ, VAEBENCH_STEP_KMER=str(KMER), VAEBENCH_STEP_BATCH=str(BATCH),
+    # a suite run under xdist leaves PYTEST_XDIST_* in the environment, and pytest-benchmark then
+    # disables itself in the child ("xdist plugin is active") and writes no JSON
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env.update(VAEBENCH_STEP_KMER=str(KMER), VAEBENCH_STEP_BATCH=str(BATCH),
                VAEBENCH_STEP_ROUNDS=str(ROUNDS // PER_ROUND), VAEBENCH_STEP_WARMUP=str(20 // PER_ROUND),
                VAEBENCH_STEP_ITERATIONS=str(PER_ROUND))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "bench/microbench/test_steps.py", "-k", SELECT[impl], f"--benchmark-json={out}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     (bench,) = json.loads(out.read_text())["benchmarks"]
     return bench["stats"]["median"]
 
@@ -67,6 +70,7 @@ def harness_median(impl: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 @pytest.mark.parametrize("impl", ["torch", "flax"])
 def test_pytest_benchmark_and_harness_device_step_agree(impl, tmp_path, monkeypatch):
     if not is_installed(impl):

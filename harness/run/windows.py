@@ -43,7 +43,6 @@ class Windows:
         self.done = 0
         self._fed = 0
         self.last_window: tuple[float, int] = (float("nan"), 0)
-        self.handle: Any = None
         self._fill(self.spw + 1)  # the loop stages one batch ahead, so the first window needs one more
         self._t = time.perf_counter()
 
@@ -67,7 +66,6 @@ class Windows:
 
     def on_step(self, i: int, handle: Any) -> None:
         self._each_step()
-        self.handle = handle
         self.done = i + 1
         if self.done % self.spw and self.done != self.steps:
             return

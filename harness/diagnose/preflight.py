@@ -30,9 +30,10 @@ framework's own import on CPU).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from harness.diagnose.memory import MemoryEstimate, estimate_memory
 from harness.spec.schema import VAESpec, infer_shapes, param_table
 
 INT32_LIMIT = 2**31
@@ -117,33 +118,6 @@ def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> li
 
 
 @dataclass
-class MemoryEstimate:
-    state_bytes: int
-    activation_bytes: int
-    workspace_bytes: int
-    eval_bytes: int
-
-    @property
-    def train_bytes(self) -> int:
-        return self.state_bytes + self.activation_bytes + self.workspace_bytes
-
-    def to_dict(self) -> dict[str, int]:
-        return {**asdict(self), "train_bytes": self.train_bytes}
-
-
-def estimate_memory(tensors: list[Tensor]) -> MemoryEstimate:
-    state = sum(t.bytes for t in tensors if not t.per_sample)
-    acts = [t for t in tensors if t.pass_ == "train" and t.per_sample]
-    activation = sum(t.bytes for t in acts)
-    weights = sum(t.bytes for t in tensors if t.kind == "weight")
-    workspace = max(2 * max((t.bytes for t in acts if t.kind != "pool indices"), default=0), 2 * weights)
-    evals = [t for t in tensors if t.pass_ == "eval"]
-    # eval keeps no activations for backward: weights plus the two largest live activations
-    eval_bytes = weights + sum(sorted((t.bytes for t in evals), reverse=True)[:2]) if evals else 0
-    return MemoryEstimate(state, activation, workspace, eval_bytes)
-
-
-@dataclass
 class PreflightReport:
     spec: str
     batch: int
@@ -176,7 +150,8 @@ class PreflightReport:
 
 
 def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_memory: int | None = None,
-              device: str | None = None, int32_applies: bool | None = None) -> PreflightReport:
+              device: str | None = None, int32_applies: bool | None = None,
+              impl: str | None = None) -> PreflightReport:
     """Check one spec and batch against int32 limits and the memory at hand.
 
     ``int32_applies``: whether an overflowing tensor stops the cell. On a GPU it
@@ -192,7 +167,7 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     available = device_memory if device_memory is not None else detected
     host = host_memory_bytes()
     tensors = tensor_table(spec, batch, eval_batch)
-    est = estimate_memory(tensors)
+    est = estimate_memory(tensors, impl=impl, device=device)
     rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host)
     if int32_applies is None:
         int32_applies = device == "gpu"
@@ -239,7 +214,7 @@ def detect_device_memory() -> tuple[str, int | None]:
 
 def preflight_cell(cell, device_memory: int | None = None, device: str | None = None) -> dict[str, Any]:
     """The runner's hook: a compact verdict stored in the cell's row."""
-    rep = preflight(cell.spec, cell.batch, device_memory=device_memory, device=device)
+    rep = preflight(cell.spec, cell.batch, device_memory=device_memory, device=device, impl=cell.impl)
     d = rep.to_dict()
     d.pop("tensors")
     return d

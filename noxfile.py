@@ -124,3 +124,5 @@ def microbench(session: nox.Session) -> None:
     session.run(*pytest, "bench/microbench/test_tooling.py", *session.posargs)
     for select, env in STEP_BENCHMARKS:
         session.run(*pytest, "bench/microbench/test_steps.py", "-k", select, *session.posargs, env=env)
+    # the two timers on the real builds, with the figures printed (-s): see bench/microbench/crosscheck.py
+    session.run(*pytest, "-s", "-p", "no:xdist", "bench/microbench/test_crosscheck.py")

@@ -284,17 +284,20 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     device = model.device_memory()
     nvml = nvml_process_memory()
     status = proc_status()
-    # CPU stand-in for device memory: the peak resident set of the memory phase's
-    # training steps, less the framework's import footprint and the file-backed pages
-    # (shared libraries, memmap) and less what the harness itself holds: the synthetic
-    # data, the batches in hand (one in the memory phase, a prefetched window without
-    # it), and the injected leak (the positive control is not the model's memory)
+    # CPU stand-in for device memory (harness.measure.host_peak): the peak resident set of the
+    # memory phase's training steps, less the file-backed pages sampled before it (not those read
+    # now, after the imports above mapped more libraries), the framework's import footprint and
+    # what the harness itself holds: the synthetic data, the batches in hand (one in the memory
+    # phase, a prefetched window without it), and the injected leak (not the model's memory)
+    from harness.measure.host_peak import cpu_standin_peak, weights_and_state_bytes
+
     batches_held = 1 if n_memory else spw
     held = (0 if isinstance(source.data, np.memmap) else source.data.nbytes) + batches_held * batch * row_bytes \
         + leak.bytes_per_step * len(leak.kept)
-    not_model = status.get("RssFile", 0) + status.get("RssShmem", 0) + import_anon + held
-    training_peak = peak_rss - not_model
-    compile_peak = compile_hwm - not_model
+    standin = cpu_standin_peak(peak_rss, compile_hwm, rss.file, import_anon, held, status.get("RssShmem", 0),
+                               weights_and_state_bytes(expected.trainable, expected.non_trainable),
+                               fallback_file=status.get("RssFile", 0))
+    training_peak, compile_peak = standin.training_bytes, standin.compile_bytes
     return {
         "row": row_label(cls, task.impl),
         "versions": cls.versions(),
@@ -339,6 +342,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
                 "footprint and file-backed pages, stands in for device memory on CPU; the compile step's own "
                 "peak is compile_peak_rss_bytes"),
             "peak_bytes": device.get("peak_bytes") if device else training_peak,
+            **({} if device else standin.fields()),
         },
         "host": {
             "rss_anon": rss.anon,

@@ -214,8 +214,9 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
     spec = resolve_spec(args.spec, kmer=args.kmer)
     device = "gpu" if args.gpu else None
+    impl = _preflight_impl(args.impl)
     rep = preflight(spec, args.batch, args.eval_batch, device_memory=args.device_memory, device=device,
-                    int32_applies=True if args.gpu else None)
+                    int32_applies=True if args.gpu else None, impl=impl, results_dir=args.results)
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
     else:
@@ -226,6 +227,16 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         print(f"vaebench: preflight: cannot run {spec.name} at batch {args.batch}: {rep.reasons[0]}", file=sys.stderr)
         return 3
     return 0
+
+
+def _preflight_impl(text: str | None) -> str | None:
+    """One impl: a built-in name, or a plug-in (whose framework is unknown, so every overflow is a warning)."""
+    if text is None:
+        return None
+    impls = _impls(text)
+    if len(impls) != 1:
+        raise UsageError(f"preflight --impl takes one impl, got {text!r}; leave it out to see every impl side by side")
+    return impls[0]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-memory", type=size_arg, help="device memory to check against (default: detected)")
     p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
     p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
+    p.add_argument("--impl", help="judge int32 for this impl's framework (default: every built-in impl side by side)")
+    p.add_argument("--results", default="results", help="where cached probe-int32 results are read")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")

@@ -126,7 +126,40 @@ def print_preflight(rep, show_all: bool = True) -> None:
     if n:
         note = "" if rep.device == "gpu" else " (a warning on CPU; CUDA kernels would abort)"
         console.print(f"[red]{n} tensor(s) reach 2^31 elements{note}[/red]")
+        print_int32(rep)
+    for w in rep.warnings:
+        console.print(f"[yellow]warning: {w}[/yellow]")
     console.print("verdict: " + ("[green]fits[/green]" if rep.ok else f"[red]{'; '.join(rep.reasons)}[/red]"))
+
+
+_BEHAVIOUR_STYLE = {"ok": "green", "unknown": "yellow", "raises": "red", "aborts": "red", "wrong": "red"}
+
+
+def print_int32(rep) -> None:
+    """Each overflowing tensor against each impl judged: what its framework does (``harness.diagnose.int32``)."""
+    impls = list(rep.int32)
+    table = Table(title=f"int32 past 2^31 on {rep.device}, per impl (facts: probe cache, shipped table, else unknown)")
+    for col in ("pass", "layer", "tensor", "elements", "wraps to", "safe batch", *impls):
+        table.add_column(col, justify="right" if col in ("elements", "wraps to", "safe batch") else "left")
+    for k, t in enumerate(rep.flags):
+        cells = []
+        for impl in impls:
+            e = rep.int32[impl][k]
+            cells.append(f"[{_BEHAVIOUR_STYLE.get(e.behaviour, 'white')}]{e.behaviour}[/] ({e.op})")
+        e0 = rep.int32[impls[0]][k]
+        table.add_row(t.pass_, t.layer, t.kind, f"{t.elements:,}", str(e0.wraps_to), str(e0.safe_batch or "-"), *cells)
+    console.print(table)
+    sources = sorted({e.source for entries in rep.int32.values() for e in entries if e.behaviour != "unknown"})
+    for src in sources:
+        console.print(f"  source: {src}")
+    for impl in impls:
+        console.print(f"  {impl}: {rep.int32_verdict if rep.impl else _verdict(impl, rep.int32[impl])}")
+
+
+def _verdict(impl, entries) -> str:
+    from harness.diagnose.int32 import verdict
+
+    return verdict(impl, entries)
 
 
 def print_sweep(results) -> None:

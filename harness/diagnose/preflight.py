@@ -33,18 +33,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.diagnose.int32 import FAILING, IMPL_FRAMEWORK, Int32Entry, judge, verdict, wrap_int32
 from harness.diagnose.memory import MemoryEstimate, estimate_memory
 from harness.spec.schema import VAESpec, infer_shapes, param_table
 
 INT32_LIMIT = 2**31
 FLOAT_BYTES = 4
 INDEX_BYTES = 8
-
-
-def wrap_int32(n: int) -> int:
-    """The value a count of ``n`` takes as a signed 32-bit integer."""
-    n &= 0xFFFFFFFF
-    return n - 2**32 if n >= 2**31 else n
 
 
 @dataclass
@@ -55,6 +50,10 @@ class Tensor:
     shape: tuple[int, ...]
     per_sample: bool  # scales with the batch
     dtype_bytes: int = FLOAT_BYTES
+    #: the spec op that writes it (layer type, "loss", "input") and the next op that reads it;
+    #: a kernel can fail past 2^31 in either (``harness.diagnose.int32``)
+    op: str = ""
+    reader: str = ""
 
     @property
     def elements(self) -> int:
@@ -90,25 +89,28 @@ def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> li
     for pass_, b in (("train", batch), ("eval", eval_batch)):
         if not b:
             continue
-        tensors.append(Tensor(pass_, "input", "activation", (b, spec.input_length), True))
-        for ls in infer_shapes(spec):
+        shapes = [ls for ls in infer_shapes(spec) if ls.layer.type not in ("flatten", "reshape")]  # views
+        readers = [ls.layer.type for ls in shapes[1:]] + ["loss"]
+        tensors.append(Tensor(pass_, "input", "activation", (b, spec.input_length), True,
+                              op="input", reader=shapes[0].layer.type if shapes else ""))
+        for ls, reader in zip(shapes, readers, strict=True):
             shape = (b, *ls.out_shape)
             t = ls.layer.type
             kind = {"upsample1d": "upsampled output", "conv_transpose1d": "conv-transpose output",
                     "conv1d": "conv output"}.get(t, "activation")
-            if t in ("flatten", "reshape"):
-                continue  # views: no new memory
-            tensors.append(Tensor(pass_, ls.name, kind, shape, True))
+            if ls.name in ("z_mean", "z_log_var"):
+                reader = "sampling"
+            tensors.append(Tensor(pass_, ls.name, kind, shape, True, op=t, reader=reader))
             if t == "max_pool1d" and pass_ == "train":
-                tensors.append(Tensor(pass_, ls.name, "pool indices", shape, True, INDEX_BYTES))
+                tensors.append(Tensor(pass_, ls.name, "pool indices", shape, True, INDEX_BYTES, op=t))
             if ls.name == "z_log_var":
-                tensors.append(Tensor(pass_, "sampling", "activation", shape, True))
+                tensors.append(Tensor(pass_, "sampling", "activation", shape, True, op="sampling"))
         if pass_ == "train":
             # the loss is summed from per-element BCE terms, and backward starts from the
             # gradient of the logits: two more tensors of the output's size
             out = (b, spec.input_length)
-            tensors.append(Tensor(pass_, "loss", "loss terms", out, True))
-            tensors.append(Tensor(pass_, "loss", "logits gradient", out, True))
+            tensors.append(Tensor(pass_, "loss", "loss terms", out, True, op="loss"))
+            tensors.append(Tensor(pass_, "loss", "logits gradient", out, True, op="loss"))
     for p in param_table(spec):
         tensors.append(Tensor("train", p.name.rsplit(".", 1)[0], "weight", p.shape, False))
         if p.trainable:
@@ -128,6 +130,19 @@ class PreflightReport:
     available_bytes: int | None
     host_bytes: int | None
     reasons: list[str] = field(default_factory=list)
+    #: the impl judged (None: every built-in impl, side by side)
+    impl: str | None = None
+    #: per impl, each overflowing tensor with what that impl's framework does with it
+    int32: dict[str, list[Int32Entry]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def int32_verdict(self) -> str:
+        if self.impl is not None:
+            return verdict(self.impl, self.int32.get(self.impl, []))
+        if not self.flags:
+            return verdict(None, [])
+        return "; ".join(f"{i}: {verdict(i, e)}" for i, e in self.int32.items())
 
     @property
     def flags(self) -> list[Tensor]:
@@ -146,17 +161,29 @@ class PreflightReport:
                       for t in self.flags],
             "ok": self.ok, "skip": not self.ok, "reason": "; ".join(self.reasons) or None,
             "tensors": [t.to_dict(self.batch) for t in self.tensors],
+            "impl": self.impl,
+            "int32": [e.to_dict() for entries in self.int32.values() for e in entries],
+            "verdict": self.int32_verdict,
+            "verdicts": {i: verdict(i, e) for i, e in self.int32.items()},
+            "warnings": self.warnings,
         }
 
 
 def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_memory: int | None = None,
               device: str | None = None, int32_applies: bool | None = None,
-              impl: str | None = None) -> PreflightReport:
+              impl: str | None = None, results_dir: str | None = None,
+              versions: dict[str, str] | None = None) -> PreflightReport:
     """Check one spec and batch against int32 limits and the memory at hand.
 
     ``int32_applies``: whether an overflowing tensor stops the cell. On a GPU it
     does (the kernels index with int32); on CPU the flags are reported as
     warnings, since CPU kernels use 64-bit indexing.
+
+    ``impl``: judge int32 for that impl's framework (``harness.diagnose.int32``): only an op
+    that raises, aborts or computes wrong past 2^31 stops the cell; one nobody has measured
+    is a warning. Without it every built-in impl is judged side by side, and any overflow
+    stops the check, as no framework is known. ``results_dir`` holds cached probe results;
+    ``versions`` (framework -> version) overrides the installed versions.
     """
     dev, detected = detect_device_memory()
     if device == "cpu" and dev == "gpu":  # planning for the CPU on a GPU machine: host RAM is the limit
@@ -168,20 +195,54 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     host = host_memory_bytes()
     tensors = tensor_table(spec, batch, eval_batch)
     est = estimate_memory(tensors, impl=impl, device=device)
-    rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host)
+    rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host, impl=impl)
     if int32_applies is None:
         int32_applies = device == "gpu"
-    if int32_applies and rep.flags:
-        worst = max(rep.flags, key=lambda t: t.elements)
-        b = batch if worst.pass_ == "train" else (eval_batch or batch)
-        rep.reasons.append(
-            f"int32 overflow: {worst.layer} {worst.kind} {worst.shape} has {worst.elements:,} elements "
-            f"(wraps to {wrap_int32(worst.elements)}); largest safe batch {worst.safe_batch(b)}")
+    _judge_int32(rep, int32_applies, results_dir, versions or {})
     if available and est.train_bytes > available:
         rep.reasons.append(f"would need {_gb(est.train_bytes)} of {_gb(available)} {device} memory")
     if device == "gpu" and host and est.state_bytes // 4 > host:
         rep.reasons.append(f"weights alone need {_gb(est.state_bytes // 4)} of {_gb(host)} host RAM")
     return rep
+
+
+def _judge_int32(rep: PreflightReport, applies: bool, results_dir: str | None, versions: dict[str, str]) -> None:
+    """Fill ``rep.int32`` and turn a failing op (or, with no impl named, any overflow) into a reason."""
+    if not rep.flags:
+        return
+
+    def batch_of(t: Tensor) -> int:
+        return rep.batch if t.pass_ == "train" else (rep.eval_batch or rep.batch)
+
+    for i in [rep.impl] if rep.impl is not None else list(IMPL_FRAMEWORK):
+        rep.int32[i] = judge(i, rep.flags, batch_of, rep.device, results_dir,
+                             version=versions.get(IMPL_FRAMEWORK.get(i, "")))
+    if not applies:
+        rep.warnings.append(f"{len(rep.flags)} tensor(s) reach 2^31 elements: a warning on {rep.device} "
+                            "(CPU kernels index with 64 bits)")
+        return
+    if rep.impl is not None:
+        entries = rep.int32[rep.impl]
+        line = verdict(rep.impl, entries)
+        if any(e.behaviour in FAILING for e in entries):
+            rep.reasons.append(line)
+        elif any(e.behaviour == "unknown" for e in entries):
+            rep.warnings.append(line)
+        return
+    worst = max(rep.flags, key=lambda t: t.elements)
+    per_impl = []
+    for i, entries in rep.int32.items():
+        bad = [e for e in entries if e.behaviour in FAILING]
+        if bad:
+            e = bad[0]
+            per_impl.append(f"{i} {e.behaviour} at {e.layer} {e.op}")
+        else:
+            unknown = any(e.behaviour == "unknown" for e in entries)
+            per_impl.append(f"{i} {'unknown' if unknown else 'ok'}")
+    rep.reasons.append(
+        f"int32 overflow: {worst.layer} {worst.kind} {worst.shape} has {worst.elements:,} elements "
+        f"(wraps to {wrap_int32(worst.elements)}); largest safe batch {worst.safe_batch(batch_of(worst))} "
+        f"(per impl: {', '.join(per_impl)}; name one with --impl)")
 
 
 def _gb(n: int) -> str:
@@ -212,9 +273,11 @@ def detect_device_memory() -> tuple[str, int | None]:
         return "cpu", None
 
 
-def preflight_cell(cell, device_memory: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """The runner's hook: a compact verdict stored in the cell's row."""
-    rep = preflight(cell.spec, cell.batch, device_memory=device_memory, device=device, impl=cell.impl)
+def preflight_cell(cell, device_memory: int | None = None, device: str | None = None,
+                   results_dir: str | None = None) -> dict[str, Any]:
+    """The runner's hook: a compact verdict stored in the cell's row, judged for the cell's own impl."""
+    rep = preflight(cell.spec, cell.batch, device_memory=device_memory, device=device, impl=cell.impl,
+                    results_dir=results_dir)
     d = rep.to_dict()
     d.pop("tensors")
     return d

@@ -1,7 +1,8 @@
 """The default matrix behind ``nox -s bench -- --kmer K``.
 
 What runs depends on the device. A GPU gets every preset at batches up to
-4,096 (preflight skips what cannot fit or would overflow int32). A CPU gets
+4,096 (preflight skips what cannot fit, and, per impl, what its framework's
+kernels cannot run past 2^31 elements: ``harness.diagnose.int32``). A CPU gets
 batches its cores can step through in minutes, and a time budget for the
 whole matrix that is split evenly over the cells: each cell runs its compile
 and warm-up steps in full, then as many steady-state steps as its share
@@ -82,13 +83,14 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
 
 @dataclass
 class MatrixCells:
-    """The cells of a plan, each with its preflight verdict (shared by every impl of a spec and batch)."""
+    """The cells of a plan, each with its preflight verdict for its own impl: an int32 overflow
+    skips only the impls whose framework raises, aborts or computes wrong there."""
 
     cells: list[Cell]
-    verdicts: dict[tuple[str, int], dict[str, Any]]
+    verdicts: dict[tuple[str, str, int], dict[str, Any]]
 
     def preflight(self, cell: Cell) -> dict[str, Any]:
-        return self.verdicts[(cell.spec.name, cell.batch)]
+        return self.verdicts[(cell.impl, cell.spec.name, cell.batch)]
 
     @property
     def runnable(self) -> list[Cell]:
@@ -97,7 +99,7 @@ class MatrixCells:
 
 def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_s: float, tf32: bool = False,
                  device_memory: int | None = None) -> MatrixCells:
-    """Every cell of ``plan``, preflighted once per (spec, batch).
+    """Every cell of ``plan``, preflighted once per (impl, spec, batch).
 
     Presets too slow for this device become one skipped row per impl, with preflight's memory
     reason where it has one, else the time reason. Under a budget, a cell's timeout is cut to
@@ -107,16 +109,19 @@ def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_
     for spec, batches in plan.specs:
         cells += plan_cells(plan.impls, [spec.with_settings(tf32=tf32)], kmer, batches, repeats,
                             steps=steps, timeout_s=timeout_s)
-    verdicts: dict[tuple[str, int], dict[str, Any]] = {}
+    verdicts: dict[tuple[str, str, int], dict[str, Any]] = {}
     for spec, reason in plan.too_slow:
         batch = CPU_BATCHES.get(spec.name, [8])[0]
         slow = plan_cells(plan.impls, [spec], kmer, [batch], 1, steps=steps, timeout_s=timeout_s)
-        verdict = preflight_cell(slow[0], device_memory=device_memory, device=plan.device)
-        verdicts[(spec.name, batch)] = verdict if verdict.get("skip") else {**verdict, "skip": True, "reason": reason}
+        for c in slow:
+            verdict = preflight_cell(c, device_memory=device_memory, device=plan.device)
+            verdicts[(c.impl, spec.name, batch)] = verdict if verdict.get("skip") else \
+                {**verdict, "skip": True, "reason": reason}
         cells += slow
     for c in cells:
-        if (c.spec.name, c.batch) not in verdicts:
-            verdicts[(c.spec.name, c.batch)] = preflight_cell(c, device_memory=device_memory, device=plan.device)
+        if (c.impl, c.spec.name, c.batch) not in verdicts:
+            verdicts[(c.impl, c.spec.name, c.batch)] = preflight_cell(c, device_memory=device_memory,
+                                                                      device=plan.device)
     out = MatrixCells(cells, verdicts)
     if plan.budget_s:
         share = 8 * plan.budget_s / max(1, len(out.runnable))

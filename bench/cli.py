@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Callable
 
+from bench.fit_memory import VERB as FIT_MEMORY
+from bench.fit_memory import cmd_fit_memory
 from bench.parser import DEFAULT_IMPLS, UsageError, build_parser, split_list
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
@@ -496,6 +498,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "parity": cmd_parity,
     "run": cmd_run,
     "scenarios": cmd_scenarios,
+    FIT_MEMORY: cmd_fit_memory,
 }
 
 

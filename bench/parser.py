@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench.fit_memory import add_fit_memory_parser
 from harness.adapter import BUILTIN
 
 DEFAULT_IMPLS = list(BUILTIN)
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")
     add_run_arguments(p)
+    add_fit_memory_parser(sub)
     return parser
 
 

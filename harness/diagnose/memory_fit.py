@@ -1,0 +1,186 @@
+"""Fit the per-impl memory terms of :mod:`harness.diagnose.memory` from measured cells.
+
+numpy and scipy only; ``python -m bench fit-memory`` is the command (``bench.fit_memory``).
+
+**Cells.** Every ``ok`` row of a plain training cell (no scenario, no injected leak) that carries a
+measured peak:
+
+* GPU: the allocator's peak (``memory.device.peak_bytes``);
+* CPU, rows of stand-in method 2 (``harness.measure.host_peak``): ``memory.peak_bytes``, unless the
+  floor applied (then the figure is a bound, not a measurement, and the cell is left out);
+* CPU, older rows (method 1 read the file-backed pages after the row's late imports): recomputed
+  from the row's own fields as method 2 would have it, peak RSS less the import footprint, the last
+  RssFile sample before the memory phase and the data held.
+
+The framework-free terms (state and activation bytes) come from the current arithmetic
+(:func:`harness.spec.presets.resolve_spec` at the row's k, checked against its spec hash), else from
+the row's stored preflight estimate.
+
+**Fit.** Per (impl, device kind), ``measured ≈ f_state * state + f_activation * activations +
+constant``, minimising the squared *relative* error (the acceptance band is a ratio) with a small
+ridge pull (``RIDGE``) toward the framework-free prior (1, 1, 0; the constant as a fraction of the
+median cell). The pull settles what the cells cannot: dense and conv-final at k=7 have nearly the
+same state, so state and constant are almost collinear, and a fit from one spec's batches alone
+cannot split them at all. Factors are bounded at 0. Each cell keeps its fitted ratio, and where an
+impl has 3 or more cells its leave-one-out ratio (the fit without that cell), an honest figure of
+how far the model carries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from harness.diagnose.memory import MODEL, estimate_memory, fitted_bytes
+from harness.diagnose.preflight import tensor_table
+from harness.measure.host_peak import STANDIN_METHOD, held_bytes
+from harness.spec.presets import resolve_spec
+from harness.spec.schema import canonical_kmer_count
+
+RIDGE = 0.01
+PRIOR = (1.0, 1.0, 0.0)
+
+
+class FitError(ValueError):
+    """The rows cannot be fitted; the message is one line for the user."""
+
+
+def measured_peak(row: dict[str, Any]) -> tuple[int | None, str]:
+    """(bytes, how) for one row; (None, why not) where the row has no usable measured peak."""
+    m = row.get("memory") or {}
+    dev = m.get("device") or {}
+    if dev.get("peak_bytes"):
+        return int(dev["peak_bytes"]), "allocator peak"
+    if m.get("standin_method", 1) >= STANDIN_METHOD:
+        if m.get("peak_floor_applied"):
+            return None, "the floor applied: a bound, not a measurement"
+        v = m.get("peak_bytes")
+        return (int(v), "CPU stand-in peak RSS") if isinstance(v, (int, float)) and v > 0 else (None, "no peak")
+    files = (row.get("host") or {}).get("rss_file") or []
+    need = ("peak_rss_bytes", "import_anon_bytes")
+    if not files or any(not isinstance(m.get(k), (int, float)) for k in need) or not row.get("kmer"):
+        return None, "no peak fields"
+    # every CPU row so far ran the memory phase (one batch in hand); without it, a window of one is assumed
+    held = held_bytes(int(row["batch"]), canonical_kmer_count(int(row["kmer"])), int(m.get("memory_phase_steps") or 0),
+                      1, memmap=bool(row.get("data")))
+    v = int(m["peak_rss_bytes"]) - int(m["import_anon_bytes"]) - int(files[-1]) - held
+    return (v, "CPU stand-in recomputed from a method-1 row") if v > 0 else (None, "recomputed peak not positive")
+
+
+def framework_free_terms(row: dict[str, Any]) -> tuple[int, int] | None:
+    """(state_bytes, activation_bytes) of the row's cell from the current arithmetic, else from the row."""
+    try:
+        spec = resolve_spec(str(row["spec_name"]), kmer=int(row["kmer"]))
+        if not row.get("spec_hash") or spec.hash == row["spec_hash"]:
+            est = estimate_memory(tensor_table(spec, int(row["batch"])))
+            return est.state_bytes, est.activation_bytes
+    except Exception:  # noqa: BLE001 - a spec file no longer at hand: fall back to the row's figures
+        pass
+    e = (row.get("preflight") or {}).get("estimate") or {}
+    if isinstance(e.get("state_bytes"), (int, float)) and isinstance(e.get("activation_bytes"), (int, float)):
+        return int(e["state_bytes"]), int(e["activation_bytes"])
+    return None
+
+
+def cells_from_rows(rows: Iterable[dict[str, Any]], run_id: str | None = None,
+                    device: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The fit's cells, and one line for each row left out."""
+    cells, skipped = [], []
+    for r in rows:
+        if run_id and r.get("run_id") != run_id:
+            continue
+        if device and r.get("device_kind") != device:
+            continue
+        label = f"{r.get('impl')} {r.get('spec_name')} k={r.get('kmer')} b={r.get('batch')}"
+        if r.get("status") != "ok" or r.get("scenario") or r.get("inject_leak_bytes"):
+            skipped.append(f"{label}: not a plain ok training cell")
+            continue
+        meas, how = measured_peak(r)
+        terms = framework_free_terms(r)
+        if meas is None or terms is None:
+            skipped.append(f"{label}: {how if meas is None else 'no estimate terms'}")
+            continue
+        fp = r.get("fingerprint") or {}
+        gpus = fp.get("gpus") or []
+        cells.append({
+            "impl": r["impl"], "device": r.get("device_kind") or ("gpu" if gpus else "cpu"),
+            "device_name": gpus[0].get("name") if gpus and r.get("device_kind") == "gpu" else fp.get("cpu_model"),
+            "spec": r.get("spec_name"), "kmer": r.get("kmer"), "batch": r.get("batch"), "run_id": r.get("run_id"),
+            "measured_bytes": meas, "measured_source": how, "state_bytes": terms[0], "activation_bytes": terms[1],
+            "versions": r.get("versions") or {}, "git_commit": fp.get("git_commit"),
+        })
+    return cells, skipped
+
+
+def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> tuple[float, float, float]:
+    from scipy.optimize import lsq_linear
+
+    y = np.array([c["measured_bytes"] for c in cells], float)
+    scale = float(np.median(y))
+    # unknowns: f_state, f_activation, constant as a fraction of the median cell
+    x = np.array([[c["state_bytes"], c["activation_bytes"], scale] for c in cells], float) / y[:, None]
+    pen = np.sqrt(ridge) * np.eye(3)
+    a = np.vstack([x, pen])
+    b = np.concatenate([np.ones(len(y)), pen @ np.array(PRIOR)])
+    sol = lsq_linear(a, b, bounds=(0.0, np.inf)).x
+    return float(sol[0]), float(sol[1]), float(sol[2] * scale)
+
+
+def fit_group(cells: list[dict[str, Any]], source: str | None = None, ridge: float = RIDGE) -> dict[str, Any]:
+    """One (impl, device) fit with its cells' ratios (estimate / measured)."""
+    f_s, f_a, const = _solve(cells, ridge)
+    fit = {"impl": cells[0]["impl"], "device": cells[0]["device"], "device_name": cells[0]["device_name"],
+           "f_state": round(f_s, 4), "f_activation": round(f_a, 4), "constant_bytes": int(round(const)),
+           "versions": cells[0]["versions"], "source": source, "run_ids": sorted({str(c["run_id"]) for c in cells}),
+           "git_commits": sorted({str(c["git_commit"]) for c in cells if c.get("git_commit")})}
+    out = []
+    for i, c in enumerate(cells):
+        est = fitted_bytes(fit, c["state_bytes"], c["activation_bytes"])
+        cell = {k: c[k] for k in ("spec", "kmer", "batch", "measured_bytes", "measured_source", "state_bytes",
+                                  "activation_bytes")}
+        cell.update(estimate_bytes=int(round(est)), ratio=round(est / c["measured_bytes"], 3))
+        if len(cells) >= 3:
+            rest = cells[:i] + cells[i + 1:]
+            g = dict(zip(("f_state", "f_activation", "constant_bytes"), _solve(rest, ridge), strict=True))
+            cell["loo_ratio"] = round(fitted_bytes(g, c["state_bytes"], c["activation_bytes"]) / c["measured_bytes"], 3)
+        out.append(cell)
+    fit["cells"] = out
+    return fit
+
+
+def fit_cells(cells: list[dict[str, Any]], source: str | None = None, ridge: float = RIDGE) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["impl"], c["device"]), []).append(c)
+    if not groups:
+        raise FitError("no measured cells to fit: need ok training rows with a memory peak")
+    return [fit_group(sorted(g, key=lambda c: (str(c["spec"]), c["batch"])), source, ridge)
+            for _, g in sorted(groups.items())]
+
+
+def merge_factors(existing: dict[str, Any], fits: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """The factors file with ``fits`` replacing any earlier fit of the same impl and device kind."""
+    new = {(f["impl"], f["device"]) for f in fits}
+    kept = [f for f in existing.get("fits", []) if (f.get("impl"), f.get("device")) not in new]
+    return {
+        "schema": 1,
+        "model": MODEL,
+        "about": "Per-impl memory terms for harness.diagnose.memory, fitted by `python -m bench fit-memory` "
+                 "(harness.diagnose.memory_fit); each fit names its device, versions and the cells it came from.",
+        "fits": sorted(kept + fits, key=lambda f: (f["device"], f["impl"])),
+        "commands": sorted(set(existing.get("commands", [])) | {command}),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_factors(path: str | Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)

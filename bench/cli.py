@@ -15,6 +15,7 @@ from typing import Callable
 from bench.fit_memory import VERB as FIT_MEMORY
 from bench.fit_memory import cmd_fit_memory
 from bench.parser import DEFAULT_IMPLS, UsageError, build_parser, split_list
+from bench.probe import cmd_probe_int32
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
 from harness.spec.presets import PRESETS, resolve_spec
@@ -494,6 +495,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "sweep": cmd_sweep,
     "preflight": cmd_preflight,
+    "probe-int32": cmd_probe_int32,
     "params": cmd_params,
     "parity": cmd_parity,
     "run": cmd_run,

@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="where cached probe-int32 results are read")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("probe-int32", help="run each op past 2^31 elements per impl: ok, raises, aborts, wrong or oom")
+    p.add_argument("--impl", required=True, help="comma-separated impls, or a probe module path/to/file.py")
+    p.add_argument("--device", choices=("gpu", "cpu"), help="where the ops run (default: a GPU if NVML sees one)")
+    p.add_argument("--ops", help="comma-separated op kinds (default: every op of the spec language)")
+    p.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per worker")
+    p.add_argument("--results", default="results", help="where the rows are cached for preflight")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")

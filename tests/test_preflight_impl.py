@@ -101,7 +101,7 @@ def test_bad_impl_is_one_line():
 def test_a_cached_probe_outranks_the_table(tmp_path):
     """A probe of this torch version saying the upsample runs beats the table's 'raises'."""
     row = {"impl": "torch", "framework": "torch", "framework_version": "2.11.0", "device": "gpu", "op": "upsample1d",
-           "pass": "forward", "size": "past", "boundary": 2**31, "behaviour": "ok", "at": "2026-11-26T13:00:00",
+           "pass": "forward", "size": "past", "boundary": 2**31, "behaviour": "ok", "below": "ok", "at": "2026-11-26T13:00:00",
            "device_name": "NVIDIA H200"}
     rows = [row, {**row, "op": "conv_transpose1d"}]  # the upsample's output is read by a transposed conv
     (tmp_path / PROBE_CACHE).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -49,6 +49,11 @@ _HOST_OOM = re.compile(
 )
 
 
+def says_out_of_memory(text: str) -> bool:
+    """True where an error message reports device or host memory exhausted (probe-int32's ``oom``)."""
+    return bool(_DEVICE_OOM.search(text) or _HOST_OOM.search(text))
+
+
 @dataclass(frozen=True)
 class Failure:
     kind: str

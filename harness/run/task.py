@@ -116,7 +116,21 @@ class PeakTask(Task):
     device: str = "auto"
 
 
-TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask, PeakTask)}
+@dataclass(kw_only=True)
+class Int32ProbeTask(Task):
+    """Run ops past 2^31 elements (``harness.measure.int32_check``): one op's probes per worker."""
+
+    kind: ClassVar[str] = "int32-probe"
+    #: the framework code: a module name (``impls.int32_probe_torch``) or a .py file
+    module: str
+    #: "gpu" or "cpu"
+    device: str
+    #: each probe: ``op``, ``pass`` ("forward" or "forward+backward") and ``size`` ("below" or "past")
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask, PeakTask,
+                                                         Int32ProbeTask)}
 
 
 def task_from_json(data: dict[str, Any]) -> Task:

@@ -18,7 +18,17 @@ from typing import Any
 import numpy as np
 
 from harness.run.events import emit
-from harness.run.task import BareTask, BaselineTask, CellTask, ParamsTask, ParityTask, PeakTask, Task, task_from_json
+from harness.run.task import (
+    BareTask,
+    BaselineTask,
+    CellTask,
+    Int32ProbeTask,
+    ParamsTask,
+    ParityTask,
+    PeakTask,
+    Task,
+    task_from_json,
+)
 from harness.spec.schema import VAESpec
 
 
@@ -96,6 +106,10 @@ def run_task(task: Task) -> dict[str, Any]:
         from harness.measure.peak import PEAK_MODULE
 
         return importlib.import_module(PEAK_MODULE).measure_matmul_peak(task)
+    if isinstance(task, Int32ProbeTask):
+        from harness.measure.int32_check import run_probes
+
+        return {"results": run_probes(task.module, task.impl, task.device, task.probes, emit)}
     raise TypeError(f"no runner for {type(task).__name__}")
 
 

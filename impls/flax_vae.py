@@ -104,6 +104,11 @@ def _reshape(h: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return h.reshape(h.shape[0], *shape)
 
 
+def _crop_or_pad(h: jax.Array, length: int) -> jax.Array:
+    """``output_length_policy: crop_or_pad``: the first ``length`` logits, or trailing zeros up to it."""
+    return h[:, :length] if h.shape[1] >= length else jnp.pad(h, ((0, 0), (0, length - h.shape[1])))
+
+
 def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
     """One spec layer as a Flax module (parametric layers) or a plain function (the rest)."""
     t, a = ls.layer.type, ls.layer.args
@@ -115,10 +120,14 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
     if t == "dense":
         return nnx.Linear(ls.in_shape[0], a["units"], **init)
     if t == "conv1d":
-        return nnx.Conv(ls.in_shape[1], a["filters"], a["kernel_size"], padding="SAME", **init)
+        # 'SAME' with a stride is XLA's (and so Keras'): ceil(L / s) outputs, the odd pad on the right
+        return nnx.Conv(ls.in_shape[1], a["filters"], a["kernel_size"], strides=ls.layer.stride, padding="SAME",
+                        **init)
     if t == "conv_transpose1d":
+        # L * s outputs: lax.conv_transpose's 'SAME' is the adjoint of the strided 'SAME' conv
         return nnx.ConvTranspose(
-            ls.in_shape[1], a["filters"], a["kernel_size"], padding="SAME", transpose_kernel=True, **init
+            ls.in_shape[1], a["filters"], a["kernel_size"], strides=ls.layer.stride, padding="SAME",
+            transpose_kernel=True, **init
         )
     if t == "batch_norm":
         # use_fast_variance=False computes var as E[(x - E[x])^2] rather than
@@ -163,7 +172,9 @@ class VAE(nnx.Module):
         features = shapes["z_mean"].in_shape[0]
         self.z_mean = nnx.Linear(features, spec.latent_dim, **dense, rngs=rngs)
         self.z_log_var = nnx.Linear(features, spec.latent_dim, **dense, rngs=rngs)
-        self.decoder = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in dec))
+        tail = ([functools.partial(_crop_or_pad, length=spec.input_length)]
+                if spec.output_length_policy == "crop_or_pad" else [])
+        self.decoder = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in dec), *tail)
         self.beta = spec.loss.beta
         # The model owns its noise stream (as nnx.Dropout owns its dropout stream): the
         # key and its counter are model state, so a jitted step that draws from it hands
@@ -263,6 +274,8 @@ class FlaxVAE(VAEAdapter):
         o = spec.optimizer
         # optax.adam adds eps to sqrt(v_hat), the adam_epsilon_hat=True form.
         self._tx = optax.adam(o.lr, b1=o.beta1, b2=o.beta2, eps=o.eps)
+        if o.clip_global_norm is not None:  # g * min(1, c / ||g||) over all parameters, then Adam
+            self._tx = optax.chain(optax.clip_by_global_norm(o.clip_global_norm), self._tx)
 
         # Built under nnx.jit: initialisation is one compiled program instead of one
         # eager dispatch (and, on a new shape, one compile) per random tensor.

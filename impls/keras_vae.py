@@ -17,7 +17,7 @@ What a Keras user would write, and this build does:
   which is also what ``train_step`` runs.
 
 Two places depart from Keras' defaults because the spec pins them (see
-``harness.spec.schema.Settings``): the Adam update (``TextbookAdam``) and the BatchNorm
+``harness.spec.schema.Settings``): the Adam update (``TextbookAdam``, ``impls/keras_adam.py``) and the BatchNorm
 momentum, epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
 
 The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D
@@ -41,7 +41,8 @@ import numpy as np
 from keras import layers, ops
 
 from harness.adapter import VAEAdapter
-from harness.spec.schema import Layer, ParamCounts, VAESpec, param_table
+from harness.spec.schema import Layer, ParamCounts, VAESpec, param_table, transpose_trim
+from impls.keras_adam import TextbookAdam
 from impls.keras_fit import async_callbacks, fit_details, fit_steps
 
 BACKEND = keras.backend.backend()
@@ -145,6 +146,21 @@ class Sampling(layers.Layer):
         return z_mean + ops.exp(0.5 * z_log_var) * eps
 
 
+class CropOrPad(layers.Layer):
+    """``output_length_policy: crop_or_pad``: flat logits cropped to ``length``, or padded with trailing zeros."""
+
+    def __init__(self, length: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.length = length
+
+    def call(self, x):
+        n = x.shape[-1]
+        return x[:, : self.length] if n >= self.length else ops.pad(x, [[0, 0], [0, self.length - n]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.length)
+
+
 def vae_loss(x, y_pred: dict, beta: float):
     """BCE from logits summed over features plus beta x KL summed over latent dims,
     both averaged over the batch (``harness.spec.reference.vae_loss``)."""
@@ -192,85 +208,6 @@ class VAE(keras.Model):
         return super().train_step(*args)
 
 
-class TextbookAdam(keras.optimizers.Adam):
-    """Adam in the textbook (PyTorch, Optax) form: ``lr * m_hat / (sqrt(v_hat) + eps)``.
-
-    Keras' Adam folds the bias corrections into the learning rate and adds epsilon to
-    ``sqrt(v)``: ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, which is
-    the textbook update with an effective epsilon of ``eps / sqrt(1 - b2^t)`` (31.6x
-    larger at step 1 with b2 = 0.999). For gradients near epsilon that is a different
-    step, so the spec pins the textbook form (``settings.adam_epsilon_hat``). Written
-    with ``keras.ops`` only, it runs unchanged on every backend.
-
-    On the torch backend Keras swaps ``keras.optimizers.Adam`` itself for a version that
-    updates all variables at once with ``torch._foreach`` ops; a subclass is left alone,
-    and eager torch would then run ``update_step``'s dozen ops per variable one by one
-    (measured on one CPU thread at B=64: 1.3x the stock step at dense k=5, 1.9x at k=7).
-    So on torch the same update runs
-    through ``torch._foreach`` (``_backend_update_step``, the hook Keras' own torch
-    optimizers override); under ``jax.jit`` / ``tf.function`` the per-variable form costs
-    nothing extra, as the compiler fuses it.
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(gradient, dtype)
-        step = ops.cast(self.iterations + 1, dtype)
-        m = self._momentums[self._get_variable_index(variable)]
-        v = self._velocities[self._get_variable_index(variable)]
-
-        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
-        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
-        m_hat = ops.divide(m, self._bias_correction(self.beta_1, step))
-        v_hat = ops.divide(v, self._bias_correction(self.beta_2, step))
-        self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), ops.add(ops.sqrt(v_hat), self.epsilon)))
-
-    if BACKEND == "torch":
-        def _backend_update_step(self, grads, trainable_variables, learning_rate):
-            """Keras' own fused torch Adam (``backend/torch/optimizers/torch_adam.py``), op for op,
-            with the textbook epsilon: ``lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps sqrt(bc2))`` is
-            ``lr * m_hat / (sqrt(v_hat) + eps)``. The same passes over the parameters and the same
-            temporaries as the stock step, so the pinned update costs what Keras' Adam costs; the
-            bias corrections stay device scalars, so nothing waits for the device."""
-            params = [v.value for v in trainable_variables]
-            dtype = params[0].dtype
-            step = ops.cast(self.iterations + 1, dtype)
-            bc2_sqrt = ops.sqrt(self._bias_correction(self.beta_2, step))
-            alpha = ops.divide(ops.multiply(ops.cast(learning_rate, dtype), bc2_sqrt),
-                               self._bias_correction(self.beta_1, step))
-            eps_hat = ops.multiply(bc2_sqrt, self.epsilon)
-            grads = [g.to(dtype) for g in grads]
-            m = [self._momentums[self._get_variable_index(v)].value for v in trainable_variables]
-            v = [self._velocities[self._get_variable_index(v)].value for v in trainable_variables]
-            with torch.no_grad():
-                torch._foreach_mul_(m, self.beta_1)
-                torch._foreach_add_(m, grads, alpha=1 - self.beta_1)
-                torch._foreach_mul_(v, self.beta_2)
-                torch._foreach_add_(v, torch._foreach_mul(grads, grads), alpha=1 - self.beta_2)
-                torch._foreach_add_(params, torch._foreach_div(
-                    torch._foreach_mul(m, alpha), torch._foreach_add(torch._foreach_sqrt(v), eps_hat)), alpha=-1)
-
-    @staticmethod
-    def _bias_correction(beta: float, step):
-        """``1 - beta**step``, to full float32 precision.
-
-        Written as ``1 - power(float32(beta), step)`` it loses digits: 0.999 is not a
-        float32, and ``1 - float32(0.999)`` is 0.00099998713, 1.3e-5 off, which scales
-        every step by 6e-6 (PyTorch does this in double precision on the host). With
-        ``log(beta)`` taken in double, ``-expm1(step * log(beta))`` is exact to float32.
-        """
-        return ops.negative(ops.expm1(ops.multiply(step, math.log(beta))))
-
-    def reset(self) -> None:
-        """Back to step 0 with zero moments, as a freshly built optimizer."""
-        if not self.built:
-            return
-        self.iterations.assign(0)
-        for slot in self._momentums + self._velocities:
-            slot.assign(ops.zeros(slot.shape, dtype=slot.dtype))
-
-
 def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
     """The stock Keras layer for one spec layer, with every framework default pinned."""
     t, a, s = layer.type, layer.args, spec.settings
@@ -278,7 +215,11 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
         return layers.Dense(a["units"], kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
     if t in ("conv1d", "conv_transpose1d"):
         conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
-        return conv(a["filters"], a["kernel_size"], padding="same",
+        # A strided conv-transpose is built "valid" and trimmed by a Cropping1D after it
+        # (``build_encoder_decoder``): Keras' torch backend places a strided "same" transpose one
+        # position off the jax and tensorflow backends (it warns so), the full one it places alike.
+        padding = "valid" if t == "conv_transpose1d" and layer.stride > 1 else "same"
+        return conv(a["filters"], a["kernel_size"], strides=layer.stride, padding=padding,
                     kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
     if t == "max_pool1d":
         return layers.MaxPooling1D(a["pool_size"], name=name)
@@ -311,6 +252,8 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
             keras_obj = keras_layer(spec, layer, f"{part}_{i}")  # Keras layer names may not contain '.'
             by_name[f"{part}.{i}"] = keras_obj
             h = keras_obj(h)
+            if layer.type == "conv_transpose1d" and layer.stride > 1:  # "same" = the full transpose, trimmed
+                h = layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{part}_{i}_trim")(h)
         return h
 
     x = keras.Input(shape=(spec.input_length,), name="x")
@@ -323,7 +266,10 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
     encoder = keras.Model(x, heads, name="encoder")
 
     z = keras.Input(shape=(spec.latent_dim,), name="z")
-    decoder = keras.Model(z, stack("decoder", spec.decoder, z), name="decoder")
+    logits = stack("decoder", spec.decoder, z)
+    if spec.output_length_policy == "crop_or_pad":
+        logits = CropOrPad(spec.input_length, name="crop_or_pad")(logits)
+    decoder = keras.Model(z, logits, name="decoder")
 
     return encoder, decoder, by_name
 
@@ -375,7 +321,8 @@ class KerasVAE(VAEAdapter):
         keras.utils.set_random_seed(s.seed)
         self.model, layer_of = build_vae(spec)
         o = spec.optimizer
-        self.optimizer = TextbookAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps)
+        self.optimizer = TextbookAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps,
+                                      global_clipnorm=o.clip_global_norm)
         self.model.compile(optimizer=self.optimizer)
         # canonical name -> Keras variable; Keras' attribute names are the canonical leaves
         self.variables = {p.name: getattr(layer_of[p.name.rsplit(".", 1)[0]], p.name.rsplit(".", 1)[1])

@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import VAEAdapter
-from harness.spec.schema import ACTIVATIONS, LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
+from harness.spec.schema import (
+    ACTIVATIONS,
+    LayerShape,
+    ParamCounts,
+    VAESpec,
+    infer_shapes,
+    param_table,
+    same_padding,
+    transpose_trim,
+)
 
 # ---------------------------------------------------------------------------- feature orders
 #
@@ -120,6 +129,29 @@ class Reorder(nn.Module):
         return x.index_select(1, self.index)
 
 
+class Trim1d(nn.Module):
+    """Drops positions at either end of the length axis: a strided "same" conv-transpose is the full
+    ``nn.ConvTranspose1d`` with the positions Keras' "same" leaves out trimmed (``transpose_trim``)."""
+
+    def __init__(self, left: int, right: int) -> None:
+        super().__init__()
+        self.left, self.right = left, right
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.left : x.shape[-1] - self.right]
+
+
+class CropOrPad(nn.Module):
+    """``output_length_policy: crop_or_pad``: flat logits cropped to the input length, or padded with trailing zeros."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.length = length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, self.length - x.shape[-1]))  # a negative pad crops
+
+
 class VAE(nn.Module):
     def __init__(self, encoder: nn.Sequential, latent_in: int, latent_dim: int, decoder: nn.Sequential) -> None:
         super().__init__()
@@ -192,11 +224,21 @@ def _build_stack(spec: VAESpec, shapes: list[LayerShape], order: np.ndarray | No
             m = nn.Linear(s.in_shape[0], a["units"])
             layouts.append(Layout(s.name, t, m, order, out_order))
             order = out_order
-        elif t in ("conv1d", "conv_transpose1d"):
+        elif t in ("conv1d", "conv_transpose1d") and s.layer.stride == 1:
             conv = nn.Conv1d if t == "conv1d" else nn.ConvTranspose1d
             k = a["kernel_size"]
             m = conv(s.in_shape[1], a["filters"], k, padding=(k - 1) // 2)  # 'same' for odd k
             layouts.append(Layout(s.name, t, m))
+        elif t == "conv1d":  # strided: Keras' "same" pads asymmetrically, so pad explicitly
+            k, stride = a["kernel_size"], s.layer.stride
+            conv = nn.Conv1d(s.in_shape[1], a["filters"], k, stride=stride)
+            m = nn.Sequential(nn.ConstantPad1d(same_padding(s.in_shape[0], k, stride), 0.0), conv)
+            layouts.append(Layout(s.name, t, conv))
+        elif t == "conv_transpose1d":  # strided: the full transpose, trimmed to L * stride as Keras' "same"
+            k, stride = a["kernel_size"], s.layer.stride
+            conv = nn.ConvTranspose1d(s.in_shape[1], a["filters"], k, stride=stride, output_padding=max(stride - k, 0))
+            m = nn.Sequential(conv, Trim1d(*transpose_trim(k, stride)))
+            layouts.append(Layout(s.name, t, conv))
         elif t == "max_pool1d":
             m = nn.MaxPool1d(a["pool_size"])
         elif t == "upsample1d":
@@ -230,8 +272,11 @@ def build_vae(spec: VAESpec) -> tuple[VAE, list[Layout]]:
     encoder, order, layouts = _build_stack(spec, [s for s in shapes if s.name.startswith("encoder.")], None)
     latent_in = next(s.in_shape[0] for s in shapes if s.name == "z_mean")
     decoder, out_order, dec_layouts = _build_stack(spec, [s for s in shapes if s.name.startswith("decoder.")], None)
+    n_out = next(s.out_shape[0] for s in reversed(shapes) if s.name.startswith("decoder."))
     if out_order is not None:  # the logits must come out in the canonical order of x
-        decoder.append(Reorder(reorder_index(out_order, None, spec.input_length)))
+        decoder.append(Reorder(reorder_index(out_order, None, n_out)))
+    if spec.output_length_policy == "crop_or_pad":
+        decoder.append(CropOrPad(spec.input_length))
     model = VAE(encoder, latent_in, spec.latent_dim, decoder)
     layouts = [*layouts, Layout("z_mean", "dense", model.z_mean, order, None),
                Layout("z_log_var", "dense", model.z_log_var, order, None), *dec_layouts]
@@ -385,6 +430,8 @@ class TorchVAE(VAEAdapter):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self._tensor(x), None if eps is None else self._tensor(eps))
         loss.backward()
+        if self.spec.optimizer.clip_global_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optimizer.clip_global_norm)
         self.optimizer.step()
         return loss.detach()  # no .item(): that would wait for the device
 

@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("flax")
 
+from fixtures.strided_specs import STRIDED  # noqa: E402
+
 from harness.adapter import load_adapter_class  # noqa: E402
 from harness.spec import reference  # noqa: E402
 from harness.spec.presets import preset  # noqa: E402
@@ -57,7 +59,8 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 # conv-original at k=5 has 1e8 parameters and is left to the k=3 case). Not k=7: a build costs
 # one XLA compile of the initialisers (seconds on CPU) whatever its size, and conv-revised and
 # conv-original have 2.7e8 and 1.6e9 parameters there.
-PARAM_CASES = [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5), ("conv-original", 3)]
+PARAM_CASES = [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5), ("conv-original", 3),
+               ("conv-strided", 3), ("conv-strided", 4)]
 
 
 @pytest.mark.parametrize(("name", "k"), PARAM_CASES)
@@ -88,8 +91,10 @@ def test_set_weights_rejects_wrong_shape():
 # ------------------------------------------------------------------ parity with reference
 
 
-@pytest.mark.parametrize(("name", "k"), [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5)])
+@pytest.mark.parametrize(("name", "k"), [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5),
+                                         ("conv-strided", 3), ("conv-strided", 4)])
 def test_eval_forward_matches_reference(name, k):
+    """conv-strided at k=4 reaches odd lengths (17 -> 9) and crops 144 logits to 136."""
     spec, model = spec_for(name, k), build(name, k)
     w = start_weights(spec)  # non-trivial BatchNorm statistics for the dense preset
     model.set_weights(w)
@@ -118,6 +123,49 @@ def test_loss_and_grads_match_reference(name, k):
     for key, shape in trainable.items():
         assert grads[key].shape == shape, key
         assert np.all(np.isfinite(grads[key])), key
+
+
+@functools.lru_cache(maxsize=None)
+def strided_model(clip: float | None = None):
+    return flax_class()(STRIDED.with_clip_norm(clip))
+
+
+def test_strided_loss_and_grads_match_the_reference():
+    """Strided convs and conv-transposes (asymmetric pads, a trim, k < s) and a zero-padded output:
+    the eval forward and loss are the reference's, and a step along a gradient changes the float64
+    reference loss by the gradient's norm."""
+    spec, model = STRIDED, strided_model()
+    w = reference.init_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    got, ref = model.eval_forward(x, eps), reference.eval_forward(spec, w, x, eps)
+    assert rel_l2(got["recon"], ref["recon"]) <= 1e-5
+    loss, grads = model.loss_and_grads(x, eps)
+    assert loss == pytest.approx(reference.vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
+    h = 1e-5
+    for key in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel"):
+        d = grads[key] / np.linalg.norm(grads[key])
+        f = [reference.eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
+             for sign in (1, -1)]
+        f = [reference.vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]) for r in f]
+        assert (f[0] - f[1]) / (2 * h) == pytest.approx(np.linalg.norm(grads[key]), rel=1e-3), key
+
+
+def test_clip_by_global_norm_scales_the_gradient_before_adam():
+    """optax.clip_by_global_norm chained before Adam: with a clip far below the gradient norm the
+    first step is lr * c g / (|c g| + eps), c = clip / ||g||."""
+    model = strided_model(1e-5)
+    w = reference.init_weights(STRIDED)
+    model.set_weights(w)
+    x, eps = batch(STRIDED)
+    _, grads = model.loss_and_grads(x, eps)
+    norm = float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values())))
+    assert norm > 1.0, norm
+    model.train_step(x, eps)
+    after, o, c = model.get_weights(), STRIDED.optimizer, 1e-5 / norm
+    for key, g in grads.items():
+        np.testing.assert_allclose(after[key], w[key] - o.lr * c * g / (np.abs(c * g) + o.eps), rtol=0, atol=1e-7,
+                                   err_msg=key)
 
 
 def test_loss_and_grads_changes_nothing():

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
@@ -79,7 +80,8 @@ class Models:
 
     def __call__(self, name: str, length: int):
         if (name, length) not in self.cache:
-            self.cache[(name, length)] = self.cls(preset(name, length))
+            spec = {"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5)}.get(name)
+            self.cache[(name, length)] = self.cls(spec or preset(name, length))
         return self.cache[(name, length)]
 
 
@@ -109,7 +111,7 @@ def check_identity(cls, models) -> dict[str, Any]:
 PARAM_COUNT_CASES = (
     ("dense", 32), ("conv-revised", 32), ("conv-original", 32),
     ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-    ("dense", 8192),
+    ("dense", 8192), *CONV_STRIDED_CASES,
 )
 
 
@@ -141,10 +143,11 @@ def check_weights_round_trip(cls, models) -> None:
 @check
 def check_eval_forward(cls, models) -> dict[str, float]:
     worst = {}
-    for name, length in (("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512)):
+    for name, length in (("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
+                         ("strided", 32), *CONV_STRIDED_CASES):
         model = models(name, length)
         w = fresh(model)  # perturbed BN statistics: eval mode must use them
-        x, eps = batch(length)
+        x, eps = batch(length, model.spec.latent_dim)
         got, ref = model.eval_forward(x, eps), eval_forward(model.spec, w, x, eps)
         for key in ("recon", "z_mean", "z_log_var"):
             assert got[key].shape == ref[key].shape, (name, key, got[key].shape)
@@ -181,6 +184,51 @@ def check_loss_and_grads(cls, models) -> dict[str, float]:
     changed = [k for k in w if not np.array_equal(after[k], w[k])]
     assert not changed, f"loss_and_grads changed {changed}"
     return out
+
+
+@check
+def check_strided_grads_by_finite_differences(cls, models) -> dict[str, float]:
+    """Strided convs, strided conv-transposes ("valid" + Cropping1D; one with k < s) and a zero-padded
+    output: the loss is the reference's, and a step along each gradient changes the float64
+    reference loss by the gradient's norm."""
+    model = models("strided", 32)
+    w = fresh(model)
+    spec, (x, eps) = model.spec, batch(32, STRIDED.latent_dim)
+    loss, grads = model.loss_and_grads(x, eps)
+    ref = eval_forward(spec, w, x, eps)
+    want = vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
+    assert abs(loss - want) <= 1e-5 * abs(want), (loss, want)
+    out, h = {}, 1e-5
+    for key in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel"):
+        d = grads[key] / np.linalg.norm(grads[key])
+        f = []
+        for sign in (1, -1):
+            r = eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
+            f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
+        slope, norm = (f[0] - f[1]) / (2 * h), float(np.linalg.norm(grads[key]))
+        assert abs(slope - norm) <= 1e-3 * norm, (key, slope, norm)
+        out[key] = abs(slope - norm) / norm
+    return out
+
+
+@check
+def check_global_clipnorm_scales_the_gradient_before_adam(cls, models) -> dict[str, float]:
+    """``global_clipnorm`` on TextbookAdam: with a clip far below the gradient norm the first step is
+    lr * c g / (|c g| + eps), c = clip / ||g|| (on torch too, where the fused update replaces update_step)."""
+    model = models("strided-clipped", 32)
+    w = fresh(model)
+    x, eps = batch(32, STRIDED.latent_dim)
+    _, grads = model.loss_and_grads(x, eps)
+    norm = float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values())))
+    assert norm > 1.0, norm
+    model.train_step(x, eps)
+    after, o, c = model.get_weights(), model.spec.optimizer, 1e-5 / norm
+    worst = 0.0
+    for key, g in grads.items():
+        g = g.astype(np.float64)
+        worst = max(worst, float(np.abs(after[key] - (w[key] - o.lr * c * g / (np.abs(c * g) + o.eps))).max()))
+    assert worst <= 1e-7, worst
+    return {"grad_norm": norm, "worst_abs": worst}
 
 
 @check

@@ -10,9 +10,10 @@ import math
 
 import numpy as np
 import pytest
+from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.adapter import load_adapter_class
-from harness.spec.presets import PRESETS, preset
+from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
 from harness.spec.schema import L, VAESpec, count_params, param_table
 
@@ -21,7 +22,7 @@ torch = pytest.importorskip("torch")
 BATCH = 8
 VALID = [  # (preset, L) combinations that pass every pool
     ("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-    ("conv-original", 32), ("conv-original", 512),
+    ("conv-original", 32), ("conv-original", 512), *CONV_STRIDED_CASES,
 ]
 
 # A spec built to reach the rarer paths of the flat-feature bookkeeping: a 2-D -> 2-D
@@ -102,7 +103,7 @@ def test_param_counts(name, length):
     assert adapter_for(spec).param_counts() == count_params(spec)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(ALL_PRESETS))
 def test_param_counts_k7_on_meta(name):
     """k=7 (L=8192): conv-original alone has 1.6e9 parameters, so count a meta-device model."""
     from impls.torch_vae import build_vae, parameter_counts
@@ -154,10 +155,12 @@ def test_init_is_glorot_and_zero():
 
 
 @pytest.mark.parametrize("name,length", [("dense", 32), ("dense", 512), ("conv-final", 512),
-                                         ("conv-revised", 512), ("odd", 32)])
+                                         ("conv-revised", 512), ("odd", 32), ("strided", 32),
+                                         *CONV_STRIDED_CASES])
 def test_eval_forward_matches_reference(name, length):
-    """conv-final at k=5 has (8, 64) flattens on both sides: this checks the flat-feature permutation."""
-    spec = ODD if name == "odd" else preset(name, length)
+    """conv-final at k=5 has (8, 64) flattens on both sides: this checks the flat-feature permutation.
+    conv-strided at L=136 reaches odd lengths (17 -> 9) and crops 144 logits to 136; strided pads 30 to 32."""
+    spec = {"odd": ODD, "strided": STRIDED}.get(name) or preset(name, length)
     a = adapter_for(spec)
     w = perturb_batch_norm(spec, init_weights(spec))
     a.set_weights(w)
@@ -216,6 +219,48 @@ def test_loss_and_grads_keeps_batch_norm_stats():
     assert set(grads) == {p.name for p in param_table(spec) if p.trainable}
     after = a.get_weights()
     assert all(np.array_equal(after[k], w[k]) for k in w)
+
+
+def test_strided_loss_and_grads_match_the_reference_by_finite_differences():
+    """Strided convs and conv-transposes (asymmetric padding, trim, k < s) and a zero-padded output:
+    the loss is the reference's, and a step along each gradient changes the float64 reference loss
+    by its norm, so the explicit pads and trims sit where Keras' "same" puts them."""
+    spec = STRIDED
+    a = adapter_for(spec)
+    w = init_weights(spec)
+    a.set_weights(w)
+    x, eps = batch(spec)
+    loss, grads = a.loss_and_grads(x, eps)
+    ref = eval_forward(spec, w, x, eps)
+    assert loss == pytest.approx(vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
+    h = 1e-5
+    for k in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel", "decoder.4.bias"):
+        d = grads[k] / np.linalg.norm(grads[k])
+        f = []
+        for sign in (1, -1):
+            r = eval_forward(spec, {**w, k: w[k].astype(np.float64) + sign * h * d}, x, eps)
+            f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
+        assert (f[0] - f[1]) / (2 * h) == pytest.approx(np.linalg.norm(grads[k]), rel=1e-3), k
+
+
+def test_clip_global_norm_scales_the_gradient_before_adam():
+    """``clip_grad_norm_`` before the step: with a clip far below the gradient norm, Adam's first
+    step is lr * c g / (|c g| + eps), c = clip / ||g||, visibly not the unclipped lr * g / (|g| + eps)."""
+    spec = STRIDED.with_clip_norm(1e-5)
+    a = adapter_for(spec)
+    w = init_weights(spec)
+    a.set_weights(w)
+    x, eps = batch(spec)
+    _, grads = a.loss_and_grads(x, eps)
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    assert norm > 1.0, norm  # clipping acts
+    a.train_step(x, eps)
+    after, o, c = a.get_weights(), spec.optimizer, 1e-5 / norm
+    for k, g in grads.items():
+        want = w[k] - o.lr * c * g / (np.abs(c * g) + o.eps)
+        np.testing.assert_allclose(after[k], want, rtol=0, atol=1e-7, err_msg=k)
+    unclipped = w["decoder.0.kernel"] - o.lr * grads["decoder.0.kernel"] / (np.abs(grads["decoder.0.kernel"]) + o.eps)
+    assert np.abs(after["decoder.0.kernel"] - unclipped).max() > 0.1 * o.lr
 
 
 # ------------------------------------------------------------------ 5. training

@@ -6,11 +6,13 @@ path as ``python -m bench params`` and ``python -m bench parity``.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from harness.adapter import is_installed
 from harness.run.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
-from harness.spec.presets import PRESETS, preset
+from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.schema import canonical_kmer_count
 
 IMPLS = [i for i in ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow") if is_installed(i)]
@@ -62,7 +64,52 @@ def test_parity_catches_a_build_that_is_not_the_same_model(parity_reports):
         assert planted.grads > 0.5
 
 
+@pytest.fixture(scope="module")
+def strided_and_clipped_reports():
+    """conv-strided at k=4 (136 -> 68 -> 34 -> 17 -> 9 and back to 144, cropped to 136: odd lengths,
+    asymmetric pads, the crop) and dense at k=3 with ``clip_global_norm`` 1.0, one worker per impl."""
+    specs = [(preset("conv-strided", canonical_kmer_count(4)), 4),
+             (preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0), 3)]
+    return check_parity(specs, IMPLS, batch=16)
+
+
+@pytest.mark.parametrize("index,name", [(0, "conv-strided k=4"), (1, "dense k=3 clip 1.0")])
+def test_parity_strided_and_clipped(strided_and_clipped_reports, index, name):
+    rep = strided_and_clipped_reports[index]
+    assert [r.impl for r in rep.rows] == IMPLS
+    for row in rep.rows:
+        assert row.error is None, f"{name} {row.impl}: {row.error}"
+        assert row.forward <= TOL_FORWARD and row.loss <= TOL_FORWARD, (name, row.impl, row.forward, row.loss)
+        assert row.grads <= TOL_FORWARD, (name, row.impl, row.grads, row.worst_grad)
+        assert row.after_step <= TOL_STEP, (name, row.impl, row.after_step, row.worst_after_step)
+        assert row.passed()
+    print(name, {r.impl: (f"{r.forward:.1e}", f"{r.grads:.1e}", f"{r.after_step:.1e}") for r in rep.rows})
+
+
+def test_the_clipped_parity_batch_has_a_gradient_norm_above_the_clip():
+    """So that clipping really acts in ``test_parity_strided_and_clipped``: the parity batch's gradient
+    norm (PyTorch, the reference row) is above 1.0, and Adam's moments after the clipped step are
+    those of the clipped gradient, ``(1 - beta1) * g / ||g||``."""
+    torch = pytest.importorskip("torch")
+    from harness.adapter import load_adapter_class
+    from harness.run.parity import parity_inputs
+
+    spec = preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0)
+    inputs = parity_inputs(spec, 3, 16)
+    model = load_adapter_class("torch")(spec)
+    model.set_weights({k[2:]: v for k, v in inputs.items() if k.startswith("w:")})
+    _, grads = model.loss_and_grads(inputs["x"], inputs["eps"])
+    norm = math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values()))
+    print(f"dense k=3 parity batch: gradient norm {norm:.3f}, clipped to 1.0")
+    assert norm > 1.5, norm
+    model.train_step(inputs["x"], inputs["eps"])
+    kernel = model.layouts[0].module.weight  # encoder.0's (out, in) weight
+    m = model.optimizer.state[kernel]["exp_avg"]
+    want = torch.from_numpy((1 - spec.optimizer.beta1) * grads["encoder.0.kernel"].T / norm)
+    assert torch.allclose(m, want, rtol=1e-4, atol=1e-9)
+
+
 def test_param_counts_agree_for_all_presets_at_k5():
-    specs = [preset(name, canonical_kmer_count(5)) for name in PRESETS]
+    specs = [preset(name, canonical_kmer_count(5)) for name in ALL_PRESETS]
     for rep in check_params(specs, IMPLS):
         assert rep.equal, rep.to_dict()

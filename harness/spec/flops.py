@@ -3,8 +3,10 @@
 **Convention** (``CONVENTION`` is stored in every row beside the figures):
 
 * A multiply-add is **2 FLOPs**. A dense layer does ``in × out`` multiply-adds per sample; a
-  ``conv1d`` or ``conv_transpose1d`` ("same" padding, stride 1) does ``length × kernel × in_channels
-  × out_channels`` per sample, padded positions included (as cuDNN and XLA compute them).
+  ``conv1d`` ("same" padding) does ``out_length × kernel × in_channels × out_channels`` per sample
+  (``out_length`` = ``ceil(length / stride)``), a ``conv_transpose1d`` ``in_length × kernel ×
+  in_channels × out_channels`` (each input position scatters ``kernel`` taps; the positions the
+  "same" trim drops are counted), padded positions included (as cuDNN and XLA compute them).
 * **Backward = 2 × forward** for every layer with weights (the input gradient and the weight
   gradient are each one product the size of the forward one), so such a layer costs
   **3 × forward** per step. The rule is applied to every weighted layer alike, the first one
@@ -161,9 +163,10 @@ def step_flops(spec: VAESpec, batch: int) -> FlopCount:
         out_elems, in_elems = math.prod(ls.out_shape), math.prod(ls.in_shape)
         if t == "dense":
             macs = ls.in_shape[0] * a["units"]
-        elif t in ("conv1d", "conv_transpose1d"):
-            length, in_ch = ls.in_shape
-            macs = length * a["kernel_size"] * in_ch * a["filters"]
+        elif t == "conv1d":  # one product per output position: ceil(L / s) of them with a stride
+            macs = ls.out_shape[0] * a["kernel_size"] * ls.in_shape[1] * a["filters"]
+        elif t == "conv_transpose1d":  # each input position scatters k taps: L of them, L * s outputs
+            macs = ls.in_shape[0] * a["kernel_size"] * ls.in_shape[1] * a["filters"]
         if t in WEIGHTED:
             layers.append(_layer(ls.name, t, batch, macs, out_elems, ELEMENTWISE["bias"]))
             if not trainable_seen and ls.name.startswith("encoder."):

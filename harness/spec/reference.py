@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from harness.spec.schema import VAESpec, infer_shapes, param_table
+from harness.spec.schema import VAESpec, infer_shapes, param_table, same_padding, transpose_trim
 
 
 def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -50,30 +50,39 @@ def perturb_batch_norm(spec: VAESpec, weights: dict[str, np.ndarray], seed: int 
     return w
 
 
-def _conv1d_same(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """x (B, L, Cin), k (K, Cin, Cout): y[l] = sum_j x[l + j - p] k[j] (cross-correlation)."""
+def _conv1d_same(x: np.ndarray, k: np.ndarray, stride: int = 1) -> np.ndarray:
+    """x (B, L, Cin), k (K, Cin, Cout), Keras "same" padding (``same_padding``):
+    y[l] = sum_j xp[l * s + j] k[j] (cross-correlation) for l < ceil(L / s)."""
     K = k.shape[0]
-    p = (K - 1) // 2
-    xp = np.pad(x, ((0, 0), (p, K - 1 - p), (0, 0)))
-    L = x.shape[1]
-    y = np.zeros((x.shape[0], L, k.shape[2]), np.float64)
+    left, right = same_padding(x.shape[1], K, stride)
+    xp = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    out = -(-x.shape[1] // stride)
+    y = np.zeros((x.shape[0], out, k.shape[2]), np.float64)
     for j in range(K):
-        y += xp[:, j : j + L, :] @ k[j]
+        y += xp[:, j : j + (out - 1) * stride + 1 : stride, :] @ k[j]
     return y
 
 
-def _conv_transpose1d_same(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """x (B, L, Cin), k (K, Cout, Cin): the adjoint of a 'same' conv1d,
-    y[m, o] = sum_j sum_i x[m - j + p, i] k[j, o, i]."""
+def _conv_transpose1d_same(x: np.ndarray, k: np.ndarray, stride: int = 1) -> np.ndarray:
+    """x (B, L, Cin), k (K, Cout, Cin): the adjoint of a "same" conv1d from L * s positions to L.
+
+    The full transpose puts x[l] k[j]^T at position l * s + j ((L - 1) * s + K positions);
+    the adjoint of the conv's left padding p drops p positions on the left and keeps L * s
+    (``transpose_trim``). With s = 1 this is y[m] = sum_j x[m - j + p] k[j]^T, p = (K - 1) / 2."""
     K = k.shape[0]
-    p = (K - 1) // 2
-    L = x.shape[1]
-    xp = np.pad(x, ((0, 0), (K - 1 - p, p), (0, 0)))
-    y = np.zeros((x.shape[0], L, k.shape[1]), np.float64)
+    B, L, _ = x.shape
+    left, _ = transpose_trim(K, stride)
+    full = np.zeros((B, max((L - 1) * stride + K, L * stride + left), k.shape[1]), np.float64)
     for j in range(K):
-        # x[m - j + p] lives at padded index m - j + p + (K - 1 - p) = m + K - 1 - j
-        y += xp[:, K - 1 - j : K - 1 - j + L, :] @ k[j].T
-    return y
+        full[:, j : j + (L - 1) * stride + 1 : stride, :] += x @ k[j].T
+    return full[:, left : left + L * stride, :]
+
+
+def crop_or_pad(h: np.ndarray, length: int) -> np.ndarray:
+    """``output_length_policy: crop_or_pad``: a flat (B, N) output cropped to its first ``length``
+    positions, or padded with trailing zeros (logits 0) up to ``length``."""
+    n = h.shape[1]
+    return h[:, :length] if n >= length else np.pad(h, ((0, 0), (0, length - n)))
 
 
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
@@ -89,9 +98,9 @@ def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarr
     if t == "dense":
         return x @ w[f"{name}.kernel"] + w[f"{name}.bias"]
     if t == "conv1d":
-        return _conv1d_same(x, w[f"{name}.kernel"]) + w[f"{name}.bias"]
+        return _conv1d_same(x, w[f"{name}.kernel"], layer.stride) + w[f"{name}.bias"]
     if t == "conv_transpose1d":
-        return _conv_transpose1d_same(x, w[f"{name}.kernel"]) + w[f"{name}.bias"]
+        return _conv_transpose1d_same(x, w[f"{name}.kernel"], layer.stride) + w[f"{name}.bias"]
     if t == "max_pool1d":
         p = a["pool_size"]
         b, length, c = x.shape
@@ -132,6 +141,8 @@ def eval_forward(spec: VAESpec, w: dict[str, np.ndarray], x: np.ndarray, eps: np
     h = z
     for s in dec:
         h = _apply(spec, s.name, s.layer, h, w64)
+    if spec.output_length_policy == "crop_or_pad":
+        h = crop_or_pad(h, spec.input_length)
     return {"recon": 1 / (1 + np.exp(-h)), "logits": h, "z_mean": mu, "z_log_var": logvar}
 
 

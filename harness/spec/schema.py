@@ -30,8 +30,8 @@ class SpecError(ValueError):
 #: layer type -> (required arguments, optional arguments with defaults)
 LAYER_TYPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "dense": (("units",), {}),
-    "conv1d": (("filters", "kernel_size"), {}),
-    "conv_transpose1d": (("filters", "kernel_size"), {}),
+    "conv1d": (("filters", "kernel_size"), {"stride": None}),
+    "conv_transpose1d": (("filters", "kernel_size"), {"stride": None}),
     "max_pool1d": (("pool_size",), {}),
     "upsample1d": (("size",), {}),
     "batch_norm": ((), {}),
@@ -43,6 +43,9 @@ LAYER_TYPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "reshape": (("shape",), {}),
 }
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid")
+#: what the decoder's output length may be: exactly the input length, or cropped (trailing
+#: positions dropped) or zero-padded (trailing zeros) to it
+OUTPUT_LENGTH_POLICIES = ("exact", "crop_or_pad")
 PARAMETRIC = ("dense", "conv1d", "conv_transpose1d", "batch_norm")
 
 
@@ -55,6 +58,12 @@ class Layer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **self.args}
+
+    @property
+    def stride(self) -> int:
+        """A conv's stride; 1 when the spec leaves it out (the key then stays out of the hash)."""
+        stride = self.args.get("stride")
+        return 1 if stride is None else stride
 
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> Layer:
@@ -145,6 +154,16 @@ class Optimizer:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7
+    #: clip the gradient of all trainable tensors together to this L2 norm before the Adam
+    #: update, ``g * min(1, c / ||g||)`` (PyTorch ``clip_grad_norm_``, ``optax.clip_by_global_norm``,
+    #: Keras ``global_clipnorm``); None: no clipping (and the key stays out of the spec's hash)
+    clip_global_norm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["clip_global_norm"] is None:
+            del d["clip_global_norm"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,9 @@ class VAESpec:
     encoder: tuple[Layer, ...]
     decoder: tuple[Layer, ...]
     output_activation: str = "sigmoid"
+    #: "exact": the decoder must end at the input length; "crop_or_pad": its flat output is
+    #: cropped (trailing positions) or zero-padded (trailing) to the input length
+    output_length_policy: str = "exact"
     loss: Loss = Loss()
     optimizer: Optimizer = Optimizer()
     settings: Settings = Settings()
@@ -174,7 +196,7 @@ class VAESpec:
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema_version": self.schema_version,
             "name": self.name,
             "input_length": self.input_length,
@@ -183,9 +205,12 @@ class VAESpec:
             "decoder": [layer.to_dict() for layer in self.decoder],
             "output_activation": self.output_activation,
             "loss": asdict(self.loss),
-            "optimizer": asdict(self.optimizer),
+            "optimizer": self.optimizer.to_dict(),
             "settings": asdict(self.settings),
         }
+        if self.output_length_policy != "exact":  # a default stays out, so older specs keep their hash
+            d["output_length_policy"] = self.output_length_policy
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -206,7 +231,7 @@ class VAESpec:
         if not isinstance(raw, dict):
             raise SpecError(f"a spec must be a mapping, got {type(raw).__name__}")
         known = {"schema_version", "name", "input_length", "latent_dim", "encoder", "decoder",
-                 "output_activation", "loss", "optimizer", "settings"}
+                 "output_activation", "output_length_policy", "loss", "optimizer", "settings"}
         unknown = set(raw) - known
         if unknown:
             raise SpecError(f"spec: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
@@ -223,6 +248,7 @@ class VAESpec:
             encoder=tuple(Layer.from_dict(x, f"encoder[{i}]") for i, x in enumerate(_as_list(raw["encoder"], "encoder"))),
             decoder=tuple(Layer.from_dict(x, f"decoder[{i}]") for i, x in enumerate(_as_list(raw["decoder"], "decoder"))),
             output_activation=raw.get("output_activation", "sigmoid"),
+            output_length_policy=raw.get("output_length_policy", "exact"),
             loss=_sub(Loss, raw.get("loss", {}), "loss"),
             optimizer=_sub(Optimizer, raw.get("optimizer", {}), "optimizer"),
             settings=_sub(Settings, raw.get("settings", {}), "settings"),
@@ -232,6 +258,10 @@ class VAESpec:
 
     def with_settings(self, **changes: Any) -> VAESpec:
         return replace(self, settings=replace(self.settings, **changes))
+
+    def with_clip_norm(self, clip: float | None) -> VAESpec:
+        """The spec with ``optimizer.clip_global_norm`` set (``--clip-norm``); None leaves it as it is."""
+        return self if clip is None else validate(replace(self, optimizer=replace(self.optimizer, clip_global_norm=clip)))
 
     def leaky_slope(self, layer: Layer) -> float:
         slope = layer.args.get("negative_slope")
@@ -305,10 +335,18 @@ def infer_shapes(spec: VAESpec) -> list[LayerShape]:
         new = _layer_out(spec, layer, shape, f"decoder[{i}]")
         out.append(LayerShape(f"decoder.{i}", layer, shape, new))
         shape = new
+    if spec.output_length_policy == "crop_or_pad":
+        if len(shape) != 1:
+            raise SpecError(
+                f"decoder ends with shape {shape}; output_length_policy crop_or_pad crops or pads a flat "
+                "output, so end the decoder with a flatten"
+            )
+        shape = (spec.input_length,)
     if shape != (spec.input_length,):
         raise SpecError(
             f"decoder ends with shape {shape} but the input length is {spec.input_length}; "
-            f"the last decoder layer must produce ({spec.input_length},) (flatten a (L, 1) output)"
+            f"the last decoder layer must produce ({spec.input_length},) (flatten a (L, 1) output), "
+            "or set output_length_policy: crop_or_pad"
         )
     return out
 
@@ -316,8 +354,8 @@ def infer_shapes(spec: VAESpec) -> list[LayerShape]:
 def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
     a = layer.args
     t = layer.type
-    for key in ("units", "filters", "kernel_size", "pool_size", "size"):
-        if key in a and (not isinstance(a[key], int) or isinstance(a[key], bool) or a[key] <= 0):
+    for key in ("units", "filters", "kernel_size", "pool_size", "size", "stride"):
+        if a.get(key) is not None and (not isinstance(a[key], int) or isinstance(a[key], bool) or a[key] <= 0):
             raise SpecError(f"{where} ({t}): {key} must be a positive integer, got {a[key]!r}")
     if t == "dense":
         if len(shape) != 1:
@@ -328,12 +366,14 @@ def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) 
             raise SpecError(f"{where} ({t}): needs (length, channels) but gets shape {shape}; add a reshape before it")
         length, channels = shape
         if t in ("conv1d", "conv_transpose1d"):
-            if a["kernel_size"] % 2 == 0:
+            stride = layer.stride
+            if a["kernel_size"] % 2 == 0 and stride == 1:
                 raise SpecError(
                     f"{where} ({t}): kernel_size {a['kernel_size']} is even; 'same' padding is only "
-                    "placed alike in every framework for odd kernels"
+                    "placed alike in every framework for odd kernels (or with a stride above 1)"
                 )
-            return (length, a["filters"])
+            # Keras "same": a conv gives ceil(L / s) positions, a conv-transpose L * s
+            return (-(-length // stride) if t == "conv1d" else length * stride, a["filters"])
         if t == "max_pool1d":
             p = a["pool_size"]
             if length % p:
@@ -362,6 +402,21 @@ def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) 
             )
         return tuple(target)
     raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover - caught in from_dict
+
+
+def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras' (and TensorFlow's, XLA's) "same" padding of a conv: ``ceil(L / s)`` outputs, the
+    zeros needed for them split with the odd one on the right. PyTorch pads this explicitly."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+def transpose_trim(kernel: int, stride: int) -> tuple[int, int]:
+    """A "same" conv-transpose (the adjoint of a "same" conv from ``L * s`` to ``L`` positions) as
+    the full one, ``(L - 1) * s + max(k, s)`` positions, with this many dropped at (left, right)."""
+    total = max(kernel - stride, 0)
+    return total // 2, total - total // 2
 
 
 def _pool_message(spec: VAESpec, where: str, pool: int, length: int) -> str:
@@ -394,6 +449,14 @@ def validate(spec: VAESpec) -> VAESpec:
         raise SpecError(f"spec {spec.name!r}: loss.reconstruction must be 'bce_logits'")
     if spec.optimizer.name != "adam":
         raise SpecError(f"spec {spec.name!r}: optimizer.name must be 'adam'")
+    clip = spec.optimizer.clip_global_norm
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                             or not math.isfinite(clip) or clip <= 0):
+        raise SpecError(f"spec {spec.name!r}: optimizer.clip_global_norm must be a positive number "
+                        f"(or left out for no clipping), got {clip!r}")
+    if spec.output_length_policy not in OUTPUT_LENGTH_POLICIES:
+        raise SpecError(f"spec {spec.name!r}: output_length_policy {spec.output_length_policy!r} is not "
+                        f"supported; use one of {', '.join(OUTPUT_LENGTH_POLICIES)}")
     if spec.settings.dtype not in ("float32",):
         raise SpecError(f"spec {spec.name!r}: settings.dtype {spec.settings.dtype!r} is not supported; use float32")
     if spec.settings.kernel_init != "glorot_uniform" or spec.settings.bias_init != "zeros":

@@ -69,7 +69,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     from harness.run.parity import check_parity
 
-    specs = [(resolve_spec(name, kmer=args.kmer), args.kmer)
+    specs = [(resolve_spec(name, kmer=args.kmer).with_clip_norm(args.clip_norm), args.kmer)
              for name in _specs(args.spec, ["dense", "conv-final", "conv-revised"])]
     reports = check_parity(specs, _impls(args.impl), batch=args.batch)
     if args.json:
@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data:
         args.data = str(Path(args.data).resolve())  # workers start in the repo root
     impls = _impls(args.impl)
-    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
+    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
+             for s in _specs(args.spec, ["dense"])]
     _check_data(args)
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
@@ -297,6 +298,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     plan = plan_default(args.kmer, device, budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
                         impls=_impls(args.impl) if args.impl else None,
                         specs=_specs(args.spec, []) or None, batches=args.batch)
+    plan.specs = [(spec.with_clip_norm(args.clip_norm), batches) for spec, batches in plan.specs]
     store = _store(args)
     for name, reason in plan.invalid:
         print(f"skipped preset {name}: {reason}", file=sys.stderr)

@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--clip-norm", type=positive_float,
+                   help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
     p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
     p.add_argument("--tf32", action="store_true")
+    p.add_argument("--clip-norm", type=positive_float,
+                   help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--results", default="results", help="results directory (checked writable before any cell)")
     p.add_argument("--run-id", help="name of the run: letters, digits, '-', '_', '.' (default: timestamp)")
     p.add_argument("--resume", action="store_true",
@@ -286,6 +290,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
     p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")
+    p.add_argument("--clip-norm", type=positive_float,
+                   help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--heap", choices=["auto", "on", "off"], default="auto", help="tracemalloc heap tracking")
     p.add_argument("--memory-limit", type=size_arg, help="stop a worker whose RSS passes SIZE (host OOM row)")
     p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")

@@ -173,3 +173,16 @@ def test_conv_strided_is_named_by_spec_but_left_out_of_the_default_matrix():
     assert resolve_spec("conv-strided", kmer=3).name == "conv-strided"
     with pytest.raises(SpecError, match="presets are dense, conv-final, conv-revised, conv-original, conv-strided"):
         resolve_spec("conv-stride", kmer=3)
+
+
+def test_clip_norm_flag_on_run_matrix_and_parity():
+    from bench.parser import build_parser
+
+    parser = build_parser()
+    for verb in (["run"], ["matrix"], ["parity"]):
+        args = parser.parse_args([*verb, "--kmer", "3", "--clip-norm", "1.0"])
+        assert args.clip_norm == 1.0
+        assert parser.parse_args([*verb, "--kmer", "3"]).clip_norm is None
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*verb, "--kmer", "3", "--clip-norm", "0"])
+        assert exc.value.code == 2

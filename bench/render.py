@@ -7,6 +7,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from harness.diagnose.evidence import leak_label
+
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
@@ -84,7 +86,7 @@ def print_rows(rows) -> None:
         mem_txt = f"{mem / 2**20:.0f}" + ("*" if r["memory"].get("cpu_standin") else "")
         table.add_row(r["row"], r["spec_name"], str(r["batch"]), str(r["repeat"]), "ok",
                       f"{r['compile_s']:.2f}", f"{st['median_s'] * 1e3:.2f}", f"{st['iqr_s'] * 1e3:.2f}",
-                      f"{st['samples_per_s']:.0f}", mem_txt, f"{lk['slope_bytes_per_batch']:,.0f}", lk["verdict"])
+                      f"{st['samples_per_s']:.0f}", mem_txt, f"{lk['slope_bytes_per_batch']:,.0f}", leak_label(lk))
     console.print(table)
     if any(r.get("status") == "ok" and r["memory"].get("cpu_standin") for r in rows):
         console.print("* peak RSS (VmHWM) stands in for device memory on CPU")

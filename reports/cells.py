@@ -13,8 +13,9 @@ Repeats of one (impl, spec, batch) are aggregated like this:
   the mean and the compile time);
 * achieved TFLOP/s (dense and conv FLOPs of a step over its median time) and MFU: the median over repeats;
 * peak memory: the largest peak of any repeat (a peak is a maximum);
-* leak verdict: the worst of the repeats (``leak`` > ``inconclusive`` > ``no leak``), shown with that
-  repeat's slope and CI;
+* leak verdict: the worst of the repeats (``leak (confirmed)`` > ``leak (not confirmed)`` > ``inconclusive``
+  > ``no leak``), shown with that repeat's slope and CI; only a confirmed leak makes a cell ineligible
+  (``harness.diagnose.evidence``), and a row stored before confirmations existed counts as not confirmed;
 * status: ``ok`` only when every repeat was ok;
 * the 95% CI used by the tie rule: with one repeat, that repeat's t-interval of the mean; with several,
   the envelope of the per-repeat intervals (lowest low to highest high). The envelope is conservative on
@@ -30,12 +31,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from harness.diagnose.evidence import is_confirmed_leak, leak_label
 from harness.measure.peak import mfu_fields
 from reports.formatting import fmt_time
 
 __all__ = ["ImplCell", "group_cells", "is_side_row", "median_of", "nested", "num", "row_status", "summarize_impl"]
 
-_LEAK_RANK = {"leak": 2, "inconclusive": 1, "no leak": 0}
+_LEAK_RANK = {"leak (confirmed)": 3, "leak (not confirmed)": 2, "inconclusive": 1, "no leak": 0}
 
 
 def is_side_row(row: dict[str, Any]) -> bool:
@@ -99,6 +101,13 @@ class ImplCell:
     slope_ci_high: float | None = None
     leak_reason: str = ""
     leak_cause: dict[str, Any] = field(default_factory=dict)
+    #: True for a leak its confirmation phase confirmed, False for any other leak, None for no leak
+    leak_confirmed: bool | None = None
+    #: what the row says: "leak (confirmed)", "leak (not confirmed)", "inconclusive", "no leak"
+    leak_label: str | None = None
+    #: the evidence that decided ("rss", "heap", "compile") and the threshold used (None on old rows)
+    leak_evidence: list[str] = field(default_factory=list)
+    leak_threshold: float | None = None
     preflight_estimate: float | None = None
     #: achieved dense + conv TFLOP/s of a step (median over repeats); None for rows that predate FLOP counts
     tflops: float | None = None
@@ -115,7 +124,15 @@ class ImplCell:
 
     @property
     def eligible(self) -> bool:
-        return self.status == "ok" and self.leak_verdict != "leak" and self.median_s is not None
+        return self.status == "ok" and not self.confirmed_leak and self.median_s is not None
+
+    @property
+    def confirmed_leak(self) -> bool:
+        return self.leak_verdict == "leak" and self.leak_confirmed is True
+
+    @property
+    def unconfirmed_leak(self) -> bool:
+        return self.leak_verdict == "leak" and self.leak_confirmed is not True
 
     @property
     def has_ci(self) -> bool:
@@ -162,9 +179,13 @@ def summarize_impl(rows: list[dict[str, Any]]) -> ImplCell:
         peaks = [v for v in (num(nested(r, "memory", "peak_bytes")) for r in ok) if v is not None]
         cell.peak_bytes = max(peaks) if peaks else None
         cell.cpu_standin = any(nested(r, "memory", "cpu_standin") for r in ok)
-        worst = max(ok, key=lambda r: _LEAK_RANK.get(nested(r, "leak", "verdict"), -1))
+        worst = max(ok, key=lambda r: _LEAK_RANK.get(leak_label(r.get("leak")), -1))
         leak = worst.get("leak") or {}
         cell.leak_verdict = leak.get("verdict")
+        cell.leak_confirmed = True if is_confirmed_leak(leak) else (False if leak.get("verdict") == "leak" else None)
+        cell.leak_label = leak_label(leak) if leak.get("verdict") else None
+        cell.leak_evidence = list(leak.get("evidence") or [])
+        cell.leak_threshold = num(leak.get("threshold_bytes_per_batch"))
         cell.slope = num(leak.get("slope_bytes_per_batch"))
         cell.slope_ci_low = num(leak.get("slope_ci_low"))
         cell.slope_ci_high = num(leak.get("slope_ci_high"))

@@ -108,7 +108,7 @@ def plot_rss(title: str, cells: list[ImplCell], colors: dict, path: Path) -> boo
     for c, host in series:
         color = colors.get(c.impl)
         anon = [v / 2**20 for v in host["rss_anon"]]
-        ax.plot(range(len(anon)), anon, color=color, lw=1.3, label=f"{c.label} anon ({c.leak_verdict or 'n/a'})")
+        ax.plot(range(len(anon)), anon, color=color, lw=1.3, label=f"{c.label} anon ({c.leak_label or 'n/a'})")
         if host.get("rss_file"):
             ax.plot(range(len(host["rss_file"])), [v / 2**20 for v in host["rss_file"]], color=color, lw=1,
                     ls="--", label=f"{c.label} file")

@@ -52,8 +52,9 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
 
     Rules, in order:
 
-    1. A cell that failed, was skipped, or whose leak verdict is ``leak`` is never recommended (an
-       ``inconclusive`` verdict is allowed, and said).
+    1. A cell that failed, was skipped, or whose leak verdict is ``leak (confirmed)`` is never recommended.
+       A leak its confirmation phase did not confirm (or a row from before confirmations) and an
+       ``inconclusive`` verdict are allowed, and said as warnings.
     2. Among the eligible cells the fastest by median step time wins, unless its 95% CI of the mean
        overlaps the CI of another eligible cell: then it is a tie between the fastest and every cell whose
        CI overlaps the fastest's, broken by the lowest peak memory (and named a tie).
@@ -73,13 +74,18 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
     others = eligible[1:]
     tied = [c for c in others if _overlap(fastest, c)]
     inconclusive = [c for c in eligible if c.leak_verdict == "inconclusive"]
+    unconfirmed = [c for c in eligible if c.unconfirmed_leak]
     tail = not_eligible
-    leaking_faster = sorted((c for c in cells if c.status == "ok" and c.leak_verdict == "leak"
+    leaking_faster = sorted((c for c in cells if c.status == "ok" and c.confirmed_leak
                              and c.median_s is not None and c.median_s < fastest.median_s),
                             key=lambda c: (c.median_s, c.impl))
     if leaking_faster:
         tail += " " + ", ".join(f"**{c.label}**" for c in leaking_faster) + \
-            f" had a faster median ({', '.join(fmt_time(c.median_s) for c in leaking_faster)}) but leaks."
+            f" had a faster median ({', '.join(fmt_time(c.median_s) for c in leaking_faster)}) but leaks (confirmed)."
+    if unconfirmed:
+        tail += " Warning: leak not confirmed for " + "; ".join(
+            f"{c.label} ({fmt_rate(c.slope)} in the steady window; {short(c.leak_reason, 200) or 'no reason given'})"
+            for c in unconfirmed) + ", so it stays eligible."
     if inconclusive:
         tail += " Leak verdict inconclusive for " + "; ".join(
             f"{c.label} ({c.leak_reason or 'no reason given'})" for c in inconclusive) + "."
@@ -119,7 +125,7 @@ def _exclusion(c: ImplCell) -> str:
         return f"{c.label} failed ({c.failure_kind}: {short(c.failure_message, 100)})"
     if c.status == "skipped":
         return f"{c.label} was skipped ({short(c.failure_message, 100) or 'no reason given'})"
-    if c.leak_verdict == "leak":
-        return (f"{c.label} leaks ({fmt_rate(c.slope)}, CI {fmt_rate(c.slope_ci_low)} to "
-                f"{fmt_rate(c.slope_ci_high)})")
+    if c.confirmed_leak:
+        return (f"{c.label} leaks, confirmed ({fmt_rate(c.slope)}, CI {fmt_rate(c.slope_ci_low)} to "
+                f"{fmt_rate(c.slope_ci_high)}; evidence: {', '.join(c.leak_evidence) or 'rss'})")
     return f"{c.label} has no step timing"

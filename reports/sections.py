@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.diagnose.evidence import leak_label
 from harness.diagnose.failures import ADVICE
 from harness.diagnose.leak import format_bytes
 from harness.measure.peak import peak_text
@@ -200,7 +201,10 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
           "with several repeats, the median over repeats of each repeat's median (IQR likewise). "
           "\"× best\" is the median step time over the fastest ok impl's (leaking ones included). \"est/meas\" is "
           "the preflight memory estimate over the measured peak. The anon RSS slope is the Theil-Sen slope of "
-          "anonymous RSS per batch in the steady state, with its 95% CI. \"TFLOP/s\" is the dense and conv FLOPs of one "
+          "anonymous RSS per batch in the steady state, with its 95% CI; \"leak\" is the verdict on all the evidence "
+          "(that slope, the Python heap, compile counters) against a threshold scaled to the batch, and a leak reads "
+          "\"(confirmed)\" or \"(not confirmed)\" after an untimed confirmation phase. "
+          "\"TFLOP/s\" is the dense and conv FLOPs of one "
           "training step (2 per multiply-add, backward twice the forward) over the median step time; \"MFU\" is that "
           "rate over the float32 matmul peak measured on the same device (see Environment). \"median step\" feeds "
           "batches from host memory the way the framework's users do, each staged one step ahead; \"device step\" "
@@ -251,7 +255,7 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
                                "—" if c.samples_per_s is None else f"{c.samples_per_s:,.0f}",
                                "—" if (best is None or c.median_s is None) else f"{c.median_s / best:.2f}",
                                "—" if c.tflops is None else f"{c.tflops:.3g}",
-                               "—" if c.mfu is None else f"{c.mfu:.1%}", mem, est, slope, c.leak_verdict or "—", failure or "—"])
+                               "—" if c.mfu is None else f"{c.mfu:.1%}", mem, est, slope, c.leak_label or "—", failure or "—"])
             n = len(headers)
             off = 1 if pidx else 0
             doc.table(headers, rows, right={i + off for i in range(1, 11)} & set(range(n)))
@@ -336,7 +340,8 @@ def _sweep_summary(grid: dict, impl: str) -> list[str]:
 def section_recommendation(doc: Doc, grouped: dict, multi_hash: bool) -> list[dict]:
     """The verdict per (spec, batch), judged on the cells ``grouped`` already holds; returns them for meta.json."""
     doc.h(2, "Recommendation")
-    doc.p("Rule: never a row that failed, was skipped or leaks; among the rest the fastest median step time wins, "
+    doc.p("Rule: never a row that failed, was skipped or whose leak was confirmed (an unconfirmed leak is a "
+          "warning); among the rest the fastest median step time wins, "
           "unless its 95% CI of the mean overlaps another's: then it is a tie, broken by the lowest peak memory.")
     out = []
     for key, by_batch in grouped.items():
@@ -363,7 +368,7 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
         for batch, cells in by_batch.items():
             where = f"{_spec_title(key, multi_hash)}, batch {batch}"
             for c in cells:
-                if c.leak_verdict == "leak":
+                if c.confirmed_leak:
                     leaks.append((f"{c.label} at {where}", c))
                 if c.status != "ok":
                     failures.append((f"{c.label} at {where}", c))
@@ -371,12 +376,20 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
     if leaks:
         for where, c in leaks:
             cause = c.leak_cause or {}
-            doc.p(f"**{where}**: anonymous RSS grows {fmt_rate(c.slope)} (95% CI {fmt_rate(c.slope_ci_low)} to "
+            doc.p(f"**{where}**: leak (confirmed, on {', '.join(c.leak_evidence) or 'rss'}); anonymous RSS grows "
+                  f"{fmt_rate(c.slope)} in the steady window (95% CI {fmt_rate(c.slope_ci_low)} to "
                   f"{fmt_rate(c.slope_ci_high)}). {c.leak_reason}")
             doc.ul([f"cause: **{cause.get('cause', 'unknown')}**: {cause.get('evidence', 'no evidence recorded')}",
                     f"fix: {cause.get('fix', 'no fix recorded')}"])
     else:
-        doc.p("No leak found in the benchmark cells.")
+        doc.p("No confirmed leak in the benchmark cells.")
+    unconfirmed = [(f"{c.label} at {_spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+                   for b, cs in bb.items() for c in cs if c.status == "ok" and c.unconfirmed_leak]
+    if unconfirmed:
+        doc.p("Warning, leak not confirmed (the steady window read a leak that the confirmation phase did not "
+              "confirm, or the row predates confirmations; such a row stays eligible):")
+        doc.ul([f"{w}: {fmt_rate(c.slope)} in the steady window. {c.leak_reason or 'no reason given'}"
+                for w, c in unconfirmed])
     inconclusive = [(f"{c.label} at {_spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
                     for b, cs in bb.items() for c in cs if c.leak_verdict == "inconclusive"]
     if inconclusive:
@@ -405,7 +418,7 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
             leak = r.get("leak") or {}
             cause = leak.get("cause") or {}
             if row_status(r) == "ok":
-                verdict = leak.get("verdict", "n/a")
+                verdict = leak_label(leak)
                 detail = f"{cause.get('cause', '')}: {cause.get('fix', '')}".strip(": ")
             else:
                 verdict = f"failed ({r.get('failure_kind')})"

@@ -32,7 +32,7 @@ FINGERPRINT = {
 
 def ok_row(impl: str, batch: int, median_ms: float, half_ci_ms: float, peak_mib: float = 500, spec: str = "dense",
            leak: str = "no leak", slope: float = 0.0, repeat: int = 0, window_times: list[float] | None = None,
-           **extra) -> dict:
+           confirmed: bool | None = True, **extra) -> dict:
     med = median_ms * MS
     half = half_ci_ms * MS
     anon = [int(300 * MIB + slope * i) for i in range(40)]
@@ -52,6 +52,7 @@ def ok_row(impl: str, batch: int, median_ms: float, half_ci_ms: float, peak_mib:
                  "anon_growth_bytes": anon[-1] - anon[5]},
         "leak": {"verdict": leak, "slope_bytes_per_batch": slope, "slope_ci_low": slope * 0.9,
                  "slope_ci_high": slope * 1.1 + 100, "reason": f"synthetic {leak}",
+                 "confirmed": confirmed if leak == "leak" else None,
                  "cause": {"cause": "python_heap", "evidence": "heap grew with anon RSS",
                            "fix": "stop keeping loss tensors in a list"} if leak == "leak" else {}},
     }

@@ -6,7 +6,7 @@ whole kB with 4 KiB page granularity). Training legitimately grows memory for a 
 A leak keeps growing, batch after batch, until the end. The rule below tells the two
 apart without being fooled by page quantisation or by one isolated jump.
 
-Rule, in order (T = ``threshold_bytes_per_batch``, default 8 KiB per batch):
+Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_threshold`):
 
 1. **Window.** Only samples after ``warmup_steps`` count. Fewer than ``min_window``
    (default 20) samples: *inconclusive* - too short to tell a trend from noise.
@@ -20,9 +20,24 @@ Rule, in order (T = ``threshold_bytes_per_batch``, default 8 KiB per batch):
 4. **Leak** when the whole-window CI low > T, *and* the second-half slope > T (still
    growing at the end, so early growth that plateaued is not a leak), *and* total
    growth over the window > 4 T (more than a few pages).
-5. **No leak** when the whole-window CI high < T, or when the second-half slope is
-   <= T/4 (the growth has plateaued).
+5. **No leak** when the whole-window CI high < T and the second half grows by at most T
+   a batch (a series flat for most of the window that starts to climb at its end - a
+   leak that first filled free heap pages - is not "no leak"), or when the second-half
+   slope is <= T/4 (the growth has plateaued).
 6. Otherwise **inconclusive** (a slow or irregular trend: run longer to decide).
+
+**The threshold scales with the cell** (:func:`scaled_threshold`): T = 1/128 of the
+bytes of one input batch, at least 8 KiB and at most 1 MiB a batch. A step that
+allocates a 16 MiB batch and its activations moves RSS through allocator noise by far
+more than a fixed 8 KiB: glibc grows and trims its heap in chunks of the size it is
+asked for, so a short window of a clean dense k=7 b=512 cell (16 MiB a batch) fits
+hundreds of KiB a batch. At 1/128 that cell's T is 128 KiB; a dense k=3 b=32 cell
+(4 KiB a batch) keeps the 8 KiB floor; the cap keeps a 1 MiB-a-step leak visible in
+any cell. The row records T (``leak.threshold_bytes_per_batch``) and the rule.
+
+A "leak" read here is only the steady window's RSS evidence: :mod:`harness.diagnose.evidence`
+adds the Python heap and the compile counters, and a confirmation phase that settles a
+"leak" before it can exclude a row.
 
 :func:`attribute_growth` then names the likely cause of growth from counters the
 workers record (compile/trace counts, Python heap, device memory).
@@ -39,7 +54,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["LeakVerdict", "leak_verdict", "attribute_growth", "format_bytes", "CAUSES", "FIXES"]
+__all__ = ["LeakVerdict", "leak_verdict", "scaled_threshold", "threshold_rule", "attribute_growth", "format_bytes",
+           "CAUSES", "FIXES"]
 
 #: Theil-Sen keeps every pairwise slope (O(n^2) memory); longer windows are thinned to this many evenly
 #: spaced samples, which leaves the slope unbiased and only widens its CI a little
@@ -47,6 +63,10 @@ MAX_FIT_POINTS = 1000
 #: a batch-to-batch increase above median + JUMP_MADS x MAD of the increases is a candidate one-off jump
 JUMP_MADS = 10.0
 _MAD_TO_SIGMA = 1.4826
+#: the threshold of a cell: this fraction of one input batch's bytes, between the floor and the cap
+THRESHOLD_FRACTION = 1 / 128
+THRESHOLD_FLOOR = 8 * 1024
+THRESHOLD_CAP = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,18 @@ class LeakVerdict:
         d = asdict(self)
         d["window"] = list(self.window)
         return d
+
+
+def scaled_threshold(batch_bytes: float) -> float:
+    """T for a cell whose input batch holds ``batch_bytes``: 1/128 of it, between 8 KiB and 1 MiB a batch."""
+    return float(min(THRESHOLD_CAP, max(THRESHOLD_FLOOR, float(batch_bytes or 0) * THRESHOLD_FRACTION)))
+
+
+def threshold_rule(batch_bytes: float) -> str:
+    """One line: the threshold a cell used, and how it was derived."""
+    t = scaled_threshold(batch_bytes)
+    return (f"{format_bytes(t)}/batch: 1/{round(1 / THRESHOLD_FRACTION)} of the {format_bytes(batch_bytes)} input batch, "
+            f"between {format_bytes(THRESHOLD_FLOOR)} and {format_bytes(THRESHOLD_CAP)}")
 
 
 def format_bytes(n: float) -> str:
@@ -157,7 +189,7 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
         return verdict("leak", f"RSS grows {format_bytes(slope)}{per} (95% CI low {format_bytes(low)}{per}) "
                                f"and still {format_bytes(second)}{per} in the second half, above the "
                                f"{format_bytes(t)}{per} threshold")
-    if high < t:
+    if high < t and second <= t:
         return verdict("no leak", f"slope 95% CI high {format_bytes(high)}{per} is below the "
                                   f"{format_bytes(t)}{per} threshold")
     if second <= t / 4:

@@ -23,6 +23,9 @@ placed:
                 so it never runs while the clock does.
 ``memory``      on a CPU, a few steps on a trimmed heap whose peak RSS stands
                 in for device memory.
+``confirm``     only where the steady window's leak verdict is pending (it read
+                "leak", or its evidence disagrees): untimed steps that settle it
+                (``harness.run.confirm``), after every other figure is taken.
 
 After every step the anonymous and file-backed RSS are sampled.
 """
@@ -252,7 +255,8 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     peak_rss = peak_rss_bytes()
     heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
-    from harness.diagnose.leak import attribute_growth, leak_verdict
+    from harness.diagnose.evidence import judge_steady
+    from harness.diagnose.leak import attribute_growth, scaled_threshold
     from harness.measure.peak import flop_fields
     from harness.measure.stats import detect_warmup, summarize_steps
     from harness.spec.flops import step_flops
@@ -273,7 +277,9 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     else:
         device_step_stats = step_stats
         device_step_source = _device_step_same_reason(model, cls)
-    verdict = leak_verdict(anon, warmup_steps=0)
+    # the verdict on all the evidence, with a threshold scaled to the batch (harness.diagnose.evidence)
+    verdict = judge_steady(anon, heap, counters_steady, counters_end, scaled_threshold(batch * row_bytes),
+                           batch * row_bytes)
     heap_growth = None
     if len(heap) > 1 and len(anon) > 1:
         # heap growth per batch in the heap phase, scaled to the steady window the verdict used
@@ -298,7 +304,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
                                weights_and_state_bytes(expected.trainable, expected.non_trainable),
                                fallback_file=status.get("RssFile", 0))
     training_peak, compile_peak = standin.training_bytes, standin.compile_bytes
-    return {
+    row = {
         "row": row_label(cls, task.impl),
         "versions": cls.versions(),
         "device_kind": cls.device_kind(),
@@ -355,9 +361,16 @@ def run_cell(task: CellTask) -> dict[str, Any]:
             "heap_phase_anon_bytes": heap_anon,
             "heap_growth_bytes": heap_growth,
         },
-        "leak": {**verdict.to_dict(), "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},
+        "leak": {**verdict, "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},
         "counters": {"start": counters_start, "steady": counters_steady, "end": counters_end},
     }
+    # ---- confirm: untimed, after everything else, settles a pending leak verdict (harness.run.confirm)
+    from harness.run.confirm import confirm_leak
+
+    row["leak"] = confirm_leak(row["leak"], task.confirm, lambda: step_fn(source.next()), model, leak.step,
+                               lambda h, i: _check(model.loss_value(h), i), len(anon), task.confirm_steps,
+                               task.confirm_max_s)
+    return row
 
 
 def _same(batch: Any) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.adapter import BUILTIN, impl_label, is_installed, not_installed_message
+from harness.diagnose.evidence import leak_label
 from harness.diagnose.failures import Failure, classify
 from harness.measure.fingerprint import machine_fingerprint
 from harness.measure.peak import mfu_fields
@@ -260,7 +261,7 @@ class _Progress:
         self.progress.advance(self.task_id)
         if row["status"] == "ok":
             med = row["step_stats"]["median_s"] * 1e3
-            leak = row["leak"]["verdict"]
+            leak = leak_label(row["leak"])
             self.console.log(f"[green]ok[/green] {cell.label}: compile {row['compile_s']:.2f}s, "
                              f"step {med:.2f} ms, {leak}")
         else:

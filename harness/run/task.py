@@ -62,6 +62,11 @@ class CellTask(BareTask):
     #: the adapter's training loop to time (``VAEAdapter.loops``; Keras: "fit" or "train_on_batch");
     #: None takes the build's default, the loop its users write
     loop: str | None = None
+    #: the leak confirmation phase (``harness.run.confirm``): "auto" (when the steady verdict is pending),
+    #: "on" (always) or "off"; its steps and time cap override ``harness.diagnose.evidence``'s defaults
+    confirm: str = "auto"
+    confirm_steps: int | None = None
+    confirm_max_s: float | None = None
 
 
 @dataclass(kw_only=True)

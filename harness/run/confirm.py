@@ -1,0 +1,75 @@
+"""The confirmation phase: untimed steps after the memory phase that settle a pending leak verdict.
+
+A cell whose steady window reads "leak", or whose evidence disagrees, runs
+``harness.diagnose.evidence.confirmation_plan`` more steps here (150, or twice the steady
+window, stopped after 60 s), one synchronised step at a time, sampling anonymous RSS after
+each, and the Python heap (tracemalloc) where the heap was a signal or unclear. The
+series is judged on its own (``judge_confirmation``, with its own warm-up) and the row's
+verdict settled (``settle``). Nothing here is timed: the step-time figures are final
+before it starts. The injected leak of a positive control keeps leaking here, as it
+would in a longer run.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any, Callable
+
+from harness.diagnose.evidence import confirmation_plan, judge_confirmation, settle
+from harness.measure.probes import RssSampler
+from harness.run.events import emit
+
+__all__ = ["confirm_leak", "wants_confirmation"]
+
+
+def wants_confirmation(leak: dict[str, Any], mode: str) -> bool:
+    """``mode`` "auto": when the steady verdict is pending; "on": always (a check of the rule); "off": never."""
+    if mode == "off":
+        return False
+    return mode == "on" or bool(leak.get("pending_confirmation"))
+
+
+def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model: Any, after_step: Callable[[], None],
+                 check_loss: Callable[[Any, int], Any], steady_steps: int, min_steps: int | None = None,
+                 max_s: float | None = None) -> dict[str, Any]:
+    """Run the confirmation if ``leak`` (the steady verdict) wants one, and return the settled ``leak`` fields.
+
+    ``step()`` runs one training step on a fresh batch and returns its handle; ``after_step()`` is what
+    the cell does after each of its steps (the injected leak); ``check_loss(handle, i)`` raises on a
+    non-finite loss."""
+    if not wants_confirmation(leak, mode):
+        return settle(leak, None)
+    steps, cap = confirmation_plan(steady_steps, min_steps, max_s)
+    # tracemalloc slows a Python-heavy step several times: on only where the heap was a signal or unclear
+    trace_heap = (leak.get("heap") or {}).get("trend") in ("rising", "unclear")
+    emit(phase="confirm", steps=steps, max_s=cap)
+    rss = RssSampler()
+    heap: list[int] | None = [] if trace_heap else None
+    counters_before = model.counters()
+    stopped = None
+    handle = None
+    if trace_heap:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        for i in range(steps):
+            handle = step()
+            model.synchronize()
+            after_step()
+            rss.sample()
+            if heap is not None:
+                heap.append(tracemalloc.get_traced_memory()[0])
+            if i + 1 < steps and time.perf_counter() - t0 > cap:
+                stopped = f"its {cap:g} s cap"
+                break
+    finally:
+        if trace_heap:
+            tracemalloc.stop()
+        rss.close()
+    seconds = time.perf_counter() - t0
+    if handle is not None:
+        check_loss(handle, len(rss.anon))
+    confirmation = judge_confirmation(rss.anon, heap, counters_before, model.counters(),
+                                      float(leak["threshold_bytes_per_batch"]), seconds, stopped)
+    return settle(leak, confirmation)

@@ -139,7 +139,14 @@ def op_fact(impl: str, op: str, pass_: str, device: str, version: str | None,
     for fact in shipped_facts():
         if fact.covers(impl, op, pass_, device, version):
             return OpFact(fact.behaviour, f"table: {fact.source}", fact.detail)
-    return OpFact("unknown", "none: run python -m bench probe-int32 --impl " + impl)
+    return OpFact("unknown", "none: run " + probe_hint(impl))
+
+
+def probe_hint(impl: str | None) -> str:
+    """The command that would measure what is unknown (a plug-in: the built-in row of its framework)."""
+    if impl in IMPL_FRAMEWORK:
+        return f"python -m bench probe-int32 --impl {impl}"
+    return "python -m bench probe-int32 --impl <the built-in impl whose framework it uses>"
 
 
 def _rank(behaviour: str) -> int:
@@ -195,7 +202,7 @@ def judge(impl: str, flagged: list, batch_of, device: str, results_dir: str | Pa
             op = max(ops, key=lambda o: _rank(facts[o].behaviour))
             fact = facts[op]
         else:
-            op, fact = t.kind, OpFact("unknown", "none: run python -m bench probe-int32 --impl " + impl)
+            op, fact = t.kind, OpFact("unknown", "none: run " + probe_hint(impl))
         out.append(Int32Entry(impl, t.pass_, t.layer, t.kind, op, t.shape, t.elements, wrap_int32(t.elements),
                               fact.behaviour, t.safe_batch(batch_of(t)), fact.source, fact.detail, ops))
     return out
@@ -214,6 +221,5 @@ def verdict(impl: str | None, entries: list[Int32Entry]) -> str:
     unknown = [e for e in entries if e.behaviour == "unknown"]
     if unknown:
         names = ", ".join(f"{e.layer} {e.tensor} ({e.op})" for e in unknown)
-        return (f"no int32 failure known in {who}; unknown past 2^31: {names}; measure with "
-                f"python -m bench probe-int32 --impl {impl or 'IMPL'}")
+        return f"no int32 failure known in {who}; unknown past 2^31: {names}; measure with {probe_hint(impl)}"
     return f"no int32 failure in {who}: every tensor past 2^31 runs correctly"

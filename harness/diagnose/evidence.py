@@ -31,7 +31,8 @@ Signals on the rest:
   of the window is above the previous quarter's by more than T/2 a batch. An arena jump,
   or glibc's sawtooth (the heap grows for a few steps, is trimmed, grows again), lifts one
   or two quarters; a leak lifts every one.
-* the heap rises (as above), or a compile counter rose during the confirmation.
+* the heap rises (as above), or a compile counter rose during the confirmation (read from its
+  fifth step on, so a loop that first calls the plain step there may compile it once).
 
 Any signal: the leak is **confirmed** ("leak (confirmed)": the only leak that excludes a
 row from a recommendation). None: **not confirmed**; the verdict stays "leak" and the row

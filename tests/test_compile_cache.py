@@ -56,3 +56,10 @@ def test_wall_breakdown_from_stamped_events():
     wb = wall_breakdown(events, 9.0, {"import_s": 2.0})
     assert wb == {"process_start": 1.0, "build": 1.0, "compile": 1.0, "steady": 4.0, "import": 2.0, "total": 9.0}
     assert wall_breakdown([], 2.5, None) == {"total": 2.5}
+
+
+def test_a_leak_confirmation_is_its_own_stretch_not_the_memory_phase():
+    events = [{"phase": "build", "at_s": 1.0}, {"phase": "steady", "at_s": 2.0}, {"phase": "memory", "at_s": 4.0},
+              {"phase": "confirm", "steps": 150, "max_s": 60.0, "at_s": 5.0}]
+    wb = wall_breakdown(events, 20.0, None)
+    assert wb["memory"] == 1.0 and wb["confirm"] == 15.0

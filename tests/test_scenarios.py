@@ -28,21 +28,27 @@ CASES = [
     ("keras-tf-varying-batch", "keras-tensorflow", 3, 128, 30),
     ("keras-tf-varying-batch-fixed", "keras-tensorflow", 3, 128, 300),
 ]
+#: an anti-pattern's confirmation phase compiles or traces every step too: a 15 s cap (the default is 60 s)
+#: still holds enough steps for its compile counter or heap to confirm it, in a quarter of the time
+CONFIRM_MAX_S = 15.0
 
 
 @pytest.mark.parametrize("name,impl,k,batch,steps", CASES, ids=[c[0] for c in CASES])
 def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
     spec = preset("dense", canonical_kmer_count(k))
-    row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400), {})
+    row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400,
+                       extra={"confirm_max_s": CONFIRM_MAX_S}), {})
     assert row["status"] == "ok", (row["failure_kind"], row["failure_message"], row["stderr_tail"][-5:])
     leak = row["leak"]
     sc = SCENARIOS[name]
     assert row["scenario_info"]["fix"] == sc.fix
     if sc.anti is None:  # the anti-pattern
         assert leak["verdict"] == "leak", leak["reason"]
+        assert leak["confirmed"] is True, (leak["label"], leak.get("confirmation"))
         assert leak["cause"]["cause"] == sc.expected_cause, (leak["cause"], row["host"]["heap_tracking"])
     else:  # the clean twin
         assert leak["verdict"] == "no leak", leak["reason"]
+        assert leak["confirmed"] is not True, leak["label"]
 
 
 def test_every_anti_pattern_has_a_twin_and_a_one_line_fix():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 #: the phases in the order a cell runs them (``harness.run.cell``)
-PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory")
+PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory", "confirm")
 
 
 def wall_breakdown(events: list[dict[str, Any]], wall_s: float, result: dict[str, Any] | None) -> dict[str, float]:

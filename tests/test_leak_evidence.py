@@ -29,7 +29,8 @@ MIB = KIB * KIB
 BASE = 800 * MIB
 #: dense k=7 b=512: 512 rows of 8,192 float32 k-mer frequencies
 BATCH_K7_B512 = 512 * 8192 * 4
-REFERENCE = Path(__file__).resolve().parents[1] / "reports" / "reference" / "cpu" / "k7-2core-cpu" / "results.jsonl"
+#: the CPU reference run of commit b49df6f (main command, k=7), stored before leak confirmations existed
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "rows_before_leak_confirmation.jsonl"
 
 
 def pages(y) -> list[int]:

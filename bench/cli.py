@@ -210,7 +210,9 @@ def _preflight_hook(args: argparse.Namespace):
         from harness.diagnose.preflight import preflight_cell
     except ImportError:
         return None
-    return lambda cell: preflight_cell(cell, device_memory=getattr(args, "device_memory", None))
+    # the probe-int32 cache lives under the run's results directory
+    return lambda cell: preflight_cell(cell, device_memory=getattr(args, "device_memory", None),
+                                       results_dir=getattr(args, "results", None))
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -305,7 +307,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     for impl, reason in plan.omitted_impls:
         print(f"omitted {impl}: {reason}", file=sys.stderr)
     planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
-                           tf32=args.tf32, device_memory=args.device_memory)
+                           tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
     cells, runnable = planned.cells, planned.runnable
     _apply_keras_loop(cells, args.keras_loop)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"

@@ -130,3 +130,22 @@ def test_gpu_matrix_skips_only_the_impls_that_fail():
     assert skip["torch"]["skip"] and "upsample1d" in skip["torch"]["reason"]
     assert not skip["flax"]["skip"]
     assert skip["keras-tensorflow"]["skip"] and "conv1d aborts" in skip["keras-tensorflow"]["reason"]
+
+
+def test_the_matrix_reads_the_probe_cache_of_its_own_results_dir(tmp_path):
+    """Probes stored under ``--results DIR`` count for that run's matrix, not only under ./results."""
+    from harness.diagnose.int32 import installed_version
+
+    version = installed_version("torch")
+    if version is None:
+        pytest.skip("torch is not installed: its probe rows would not match a version")
+    row = {"impl": "torch", "framework": "torch", "framework_version": version, "device": "gpu", "op": "upsample1d",
+           "pass": "forward+backward", "size": "past", "boundary": 2**31, "behaviour": "ok", "below": "ok",
+           "at": "2026-11-26T13:00:00", "device_name": "NVIDIA H200"}
+    (tmp_path / PROBE_CACHE).write_text("".join(json.dumps(r) + "\n" for r in [row, {**row, "op": "conv_transpose1d"}]))
+    plan = plan_default(7, "gpu", impls=["torch"], specs=["conv-final"], batches=[4096])
+    cached = matrix_cells(plan, 7, steps=5, repeats=1, timeout_s=60, device_memory=80 * 10**9, results_dir=str(tmp_path))
+    assert not cached.preflight(cached.cells[0])["skip"]
+    table = matrix_cells(plan, 7, steps=5, repeats=1, timeout_s=60, device_memory=80 * 10**9,
+                         results_dir=str(tmp_path / "empty"))
+    assert table.preflight(table.cells[0])["skip"]

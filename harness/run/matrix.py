@@ -98,7 +98,7 @@ class MatrixCells:
 
 
 def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_s: float, tf32: bool = False,
-                 device_memory: int | None = None) -> MatrixCells:
+                 device_memory: int | None = None, results_dir: str | None = None) -> MatrixCells:
     """Every cell of ``plan``, preflighted once per (impl, spec, batch).
 
     Presets too slow for this device become one skipped row per impl, with preflight's memory
@@ -114,14 +114,14 @@ def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_
         batch = CPU_BATCHES.get(spec.name, [8])[0]
         slow = plan_cells(plan.impls, [spec], kmer, [batch], 1, steps=steps, timeout_s=timeout_s)
         for c in slow:
-            verdict = preflight_cell(c, device_memory=device_memory, device=plan.device)
+            verdict = preflight_cell(c, device_memory=device_memory, device=plan.device, results_dir=results_dir)
             verdicts[(c.impl, spec.name, batch)] = verdict if verdict.get("skip") else \
                 {**verdict, "skip": True, "reason": reason}
         cells += slow
     for c in cells:
         if (c.impl, c.spec.name, c.batch) not in verdicts:
             verdicts[(c.impl, c.spec.name, c.batch)] = preflight_cell(c, device_memory=device_memory,
-                                                                      device=plan.device)
+                                                                      device=plan.device, results_dir=results_dir)
     out = MatrixCells(cells, verdicts)
     if plan.budget_s:
         share = 8 * plan.budget_s / max(1, len(out.runnable))

@@ -149,13 +149,15 @@ def _check_data(args: argparse.Namespace) -> None:
     validate_file(arr, f"data file {args.data}")
 
 
-def _apply_keras_loop(cells: list, loop: str | None) -> None:
+def _apply_keras_loop(cells: list, loop: str | None, confirm: str | None = None) -> None:
     """``--keras-loop``: a Keras row's loop is part of what it measures, so it joins the cell's identity;
-    without the flag the build's default (``fit``) runs and the key stays as before."""
-    if loop:
-        for cell in cells:
-            if cell.impl.startswith("keras-"):
-                cell.extra["loop"] = loop
+    without the flag the build's default (``fit``) runs and the key stays as before. ``--confirm`` likewise
+    (``harness.run.confirm``): it decides what a leak verdict can say."""
+    for cell in cells:
+        if loop and cell.impl.startswith("keras-"):
+            cell.extra["loop"] = loop
+        if confirm:
+            cell.extra["confirm"] = confirm
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -172,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
                        columns=args.columns, timeout_s=args.timeout, heap=args.heap)
-    _apply_keras_loop(cells, args.keras_loop)
+    _apply_keras_loop(cells, args.keras_loop, args.confirm)
     if args.scenario:
         from harness.diagnose.scenarios import check_scenario
 
@@ -309,7 +311,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
                            tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
     cells, runnable = planned.cells, planned.runnable
-    _apply_keras_loop(cells, args.keras_loop)
+    _apply_keras_loop(cells, args.keras_loop, args.confirm)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
           + (f", {plan.budget_s:.0f} s for all of them" if plan.budget_s else "") + f" -> {store.path}",
           file=sys.stderr)

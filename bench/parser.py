@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/out", help="where reports are written")
     p.add_argument("--keras-loop", choices=KERAS_LOOPS,
                    help="how Keras rows train: fit over a PyDataset (the default, as Keras users train) or train_on_batch")
+    p.add_argument("--confirm", choices=("auto", "on", "off"),
+                   help="the untimed leak confirmation phase: where the steady verdict is pending (auto, the "
+                        "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="build a report from stored results")
@@ -298,6 +301,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-preflight", action="store_true", help="run cells even when preflight says they cannot fit")
     p.add_argument("--keras-loop", choices=KERAS_LOOPS,
                    help="how Keras rows train: fit over a PyDataset (the default, as Keras users train) or train_on_batch")
+    p.add_argument("--confirm", choices=("auto", "on", "off"),
+                   help="the untimed leak confirmation phase: where the steady verdict is pending (auto, the "
+                        "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
     p.add_argument("--no-peak", action="store_true",
                    help="skip measuring the matmul peak (a few seconds, cached per results dir): rows get no MFU")
     p.add_argument("--no-progress", action="store_true")

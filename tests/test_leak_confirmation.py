@@ -69,3 +69,19 @@ def test_clean_adapter_is_never_a_confirmed_leak(tmp_path, kmer, batch):
     leak = row["leak"]
     assert leak["label"] != "leak (confirmed)", leak["reason"]
     assert leak["confirmation"] is not None and leak["confirmation"]["signals"] == []
+
+
+def test_confirm_flag_on_the_command_line_reaches_the_row(tmp_path):
+    """``bench run --confirm off`` keeps an injected leak unconfirmed; the row records the setting."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", PLANTED + "NumpyVAE", "--spec", "dense",
+                          "--kmer", "3", "--batch", "32", "--steps", "60", "--inject-leak", "256KiB",
+                          "--confirm", "off", "--results", str(tmp_path), "--no-peak", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    (row,) = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert row["leak"]["label"] == "leak (not confirmed)" and row["leak"]["confirmation"] is None
+    assert row["leak"]["confirm_mode"] == "off"

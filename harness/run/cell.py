@@ -370,6 +370,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     row["leak"] = confirm_leak(row["leak"], task.confirm, lambda: step_fn(source.next()), model, leak.step,
                                lambda h, i: _check(model.loss_value(h), i), len(anon), task.confirm_steps,
                                task.confirm_max_s)
+    row["leak"]["confirm_mode"] = task.confirm  # "off" is why a leak can stay unconfirmed
     return row
 
 

@@ -229,6 +229,18 @@ def not_installed_message(impl: str) -> str:
             f"install it with: pip install {builtin.requirement}")
 
 
+def import_file(path: Path, prefix: str) -> Any:
+    """Import a Python file as module ``prefix + stem`` (registered in ``sys.modules``, so pickling and
+    dataclasses inside it work): how plug-in adapters and planted probe ops are loaded."""
+    name = f"{prefix}{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_adapter_class(impl: str) -> type[VAEAdapter]:
     """Import a built-in row (``torch``), ``path/to/file.py:Class`` or ``module:attr``.
 
@@ -248,12 +260,7 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
         path = Path(target)
         if not path.exists():
             raise PluginError(f"impl file {path} does not exist; --impl takes path/to/file.py:Class")
-        mod_name = f"vaebench_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
+        module = import_file(path, "vaebench_user_")
     else:
         try:
             module = importlib.import_module(target)

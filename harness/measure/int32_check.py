@@ -24,10 +24,8 @@ or a test's numpy stand-in) supplies an ``Ops`` object with ``input(geometry)``,
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,14 +100,9 @@ def probe_bytes(g: Geometry, backward: bool) -> int:
 def load_ops_module(module: str):
     """A dotted module (``impls.int32_probe_torch``) or a file (``tests/fixtures/planted_int32.py``)."""
     if module.endswith(".py"):
-        path = Path(module)
-        name = f"vaebench_probe_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
+        from harness.adapter import import_file
+
+        return import_file(Path(module), "vaebench_probe_")
     return importlib.import_module(module)
 
 

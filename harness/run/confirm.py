@@ -2,8 +2,8 @@
 
 A cell whose steady window reads "leak", or whose evidence disagrees, runs
 ``harness.diagnose.evidence.confirmation_plan`` more steps here (150, or twice the steady
-window, stopped after 60 s), one synchronised step at a time, sampling anonymous RSS after
-each, and the Python heap (tracemalloc) where the heap was a signal or unclear. The
+window, stopped after 60 s but never before ``MIN_STEPS_BEFORE_CAP`` steps), one synchronised
+step at a time, sampling anonymous RSS after each, and the Python heap (tracemalloc) where the heap was a signal or unclear. The
 series is judged on its own (``judge_confirmation``, with its own warm-up) and the row's
 verdict settled (``settle``). Nothing here is timed: the step-time figures are final
 before it starts. The injected leak of a positive control keeps leaking here, as it
@@ -20,10 +20,14 @@ from harness.diagnose.evidence import confirmation_plan, judge_confirmation, set
 from harness.measure.probes import RssSampler
 from harness.run.events import emit
 
-__all__ = ["COUNTERS_FROM_STEP", "confirm_leak", "wants_confirmation"]
+__all__ = ["COUNTERS_FROM_STEP", "MIN_STEPS_BEFORE_CAP", "confirm_leak", "wants_confirmation"]
 
 #: compile counters are read after this many confirmation steps
 COUNTERS_FROM_STEP = 5
+#: the time cap never stops a confirmation before this many steps: a step that recompiles every call can
+#: take seconds on a loaded CPU, and a phase cut before its counters are read again could not confirm anything
+#: (a keras-tf retrace-per-step cell got 5 steps in a 15 s cap on a loaded CI machine)
+MIN_STEPS_BEFORE_CAP = COUNTERS_FROM_STEP + 5
 
 
 def wants_confirmation(leak: dict[str, Any], mode: str) -> bool:
@@ -67,7 +71,7 @@ def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model
                 counters_before = model.counters()
             if heap is not None:
                 heap.append(tracemalloc.get_traced_memory()[0])
-            if i + 1 < steps and time.perf_counter() - t0 > cap:
+            if MIN_STEPS_BEFORE_CAP <= i + 1 < steps and time.perf_counter() - t0 > cap:
                 stopped = f"its {cap:g} s cap"
                 break
     finally:

@@ -85,3 +85,11 @@ def test_confirm_flag_on_the_command_line_reaches_the_row(tmp_path):
     (row,) = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
     assert row["leak"]["label"] == "leak (not confirmed)" and row["leak"]["confirmation"] is None
     assert row["leak"]["confirm_mode"] == "off"
+
+
+def test_the_time_cap_never_cuts_a_confirmation_below_its_floor(tmp_path):
+    from harness.run.confirm import MIN_STEPS_BEFORE_CAP
+
+    row = run_cell(tmp_path, "NumpyVAE", 3, 32, 60, inject_leak_bytes=256 * KIB, extra={"confirm_max_s": 0.0})
+    conf = row["leak"]["confirmation"]
+    assert conf["steps"] == MIN_STEPS_BEFORE_CAP and conf["stopped_by"], conf

@@ -50,6 +50,7 @@ import optax
 from flax import nnx
 
 from harness.adapter import VAEAdapter
+from harness.spec.residual import residual_parts
 from harness.spec.schema import LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
 
 # JAX reads this when its GPU backend starts (the first device use), not at import. The
@@ -157,7 +158,25 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
         return _flatten
     if t == "reshape":
         return functools.partial(_reshape, shape=tuple(a["shape"]))
+    if t == "residual":
+        return Residual(spec, ls, rngs=rngs)
     raise ValueError(f"layer type {t!r} has no Flax build")
+
+
+class Residual(nnx.Module):
+    """``activation(inner(x) + skip(x))``, the spec's ``residual``: ``inner`` an ``nnx.Sequential`` of its layers,
+    ``skip`` a 1x1 ``nnx.Conv`` / ``nnx.ConvTranspose`` or None (identity), so ``encoder.3.inner.0.kernel`` is
+    ``encoder.layers[3].inner.layers[0].kernel`` and ``encoder.3.skip.kernel`` ``encoder.layers[3].skip.kernel``."""
+
+    def __init__(self, spec: VAESpec, ls: LayerShape, *, rngs: nnx.Rngs):
+        inner, skip, act = residual_parts(spec, ls)
+        self.inner = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in inner))
+        self.skip = None if skip is None else _build_layer(spec, skip, rngs)
+        self.activation = None if act is None else _build_layer(spec, LayerShape(ls.name, act, ls.out_shape, ls.out_shape), rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.inner(x) + (x if self.skip is None else self.skip(x))
+        return h if self.activation is None else self.activation(h)
 
 
 class VAE(nnx.Module):
@@ -176,6 +195,7 @@ class VAE(nnx.Module):
                 if spec.output_length_policy == "crop_or_pad" else [])
         self.decoder = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in dec), *tail)
         self.beta = spec.loss.beta
+        self.mse = spec.loss.reconstruction == "mse"
         # The model owns its noise stream (as nnx.Dropout owns its dropout stream): the
         # key and its counter are model state, so a jitted step that draws from it hands
         # back the advanced stream together with the new weights.
@@ -190,9 +210,13 @@ class VAE(nnx.Module):
         return self.decoder(z), mu, logvar
 
     def loss(self, x: jax.Array, eps: jax.Array | None = None) -> jax.Array:
-        """BCE from logits summed over features + beta x KL summed over latent dims, batch means."""
+        """BCE from logits (or MSE of the sigmoid output) summed over features + beta x KL summed over
+        latent dims, batch means."""
         logits, mu, logvar = self(x, eps)
-        recon = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=-1).mean()
+        if self.mse:
+            recon = ((nnx.sigmoid(logits) - x) ** 2).sum(axis=-1).mean()
+        else:
+            recon = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=-1).mean()
         kl = (-0.5 * (1 + logvar - mu**2 - jnp.exp(logvar))).sum(axis=-1).mean()
         return recon + self.beta * kl
 
@@ -245,7 +269,9 @@ def _flax_path(name: str) -> tuple[str | int, ...]:
     parts = name.split(".")
     leaf = _BN_NAMES.get(parts[-1], parts[-1])
     if parts[0] in ("encoder", "decoder"):
-        return (parts[0], "layers", int(parts[1]), leaf)
+        # a residual's tensors: encoder.3.skip.kernel, encoder.3.inner.0.kernel
+        nested = (parts[2], "layers", int(parts[3])) if len(parts) == 5 else tuple(parts[2:-1])
+        return (parts[0], "layers", int(parts[1]), *nested, leaf)
     return (parts[0], leaf)
 
 

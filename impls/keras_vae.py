@@ -161,10 +161,13 @@ class CropOrPad(layers.Layer):
         return (input_shape[0], self.length)
 
 
-def vae_loss(x, y_pred: dict, beta: float):
-    """BCE from logits summed over features plus beta x KL summed over latent dims,
-    both averaged over the batch (``harness.spec.reference.vae_loss``)."""
-    bce = ops.sum(ops.binary_crossentropy(x, y_pred["logits"], from_logits=True), axis=-1)
+def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits"):
+    """BCE from logits (``mse``: the squared error of the sigmoid output) summed over features plus
+    beta x KL summed over latent dims, both averaged over the batch (``harness.spec.reference.vae_loss``)."""
+    if reconstruction == "mse":
+        bce = ops.sum(ops.square(ops.subtract(ops.sigmoid(y_pred["logits"]), x)), axis=-1)  # x may be numpy
+    else:
+        bce = ops.sum(ops.binary_crossentropy(x, y_pred["logits"], from_logits=True), axis=-1)
     mu, logvar = y_pred["z_mean"], y_pred["z_log_var"]
     kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=-1)
     return ops.mean(bce) + beta * ops.mean(kl)
@@ -182,12 +185,13 @@ class VAE(keras.Model):
     so ``jax.jit`` / ``tf.function`` trace each once and keep both.
     """
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float, seed: int, **kwargs: Any) -> None:
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float, seed: int,
+                 reconstruction: str = "bce_logits", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.sampling = Sampling(seed=seed, name="sampling")
-        self.beta = beta
+        self.beta, self.reconstruction = beta, reconstruction
         #: Python executions of ``train_step``; under ``jax.jit`` / ``tf.function``
         #: the body runs only when the step is (re)traced
         self.train_step_traces = 0
@@ -200,7 +204,7 @@ class VAE(keras.Model):
         return {"logits": logits, "z_mean": z_mean, "z_log_var": z_log_var}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return vae_loss(x["x"] if isinstance(x, dict) else x, y_pred, self.beta)
+        return vae_loss(x["x"] if isinstance(x, dict) else x, y_pred, self.beta, self.reconstruction)
 
     def train_step(self, *args):
         # JAX's trainer passes (state, data), TensorFlow's and torch's (data)
@@ -240,7 +244,46 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
         return layers.Flatten(name=name)
     if t == "reshape":
         return layers.Reshape(tuple(a["shape"]), name=name)
+    if t == "residual":
+        return ResidualBlock(spec, layer, name=name)
     raise ValueError(f"unknown layer type {t!r}")
+
+
+def keras_layers(spec: VAESpec, layer: Layer, name: str) -> list[layers.Layer]:
+    """``keras_layer``, and after a strided conv-transpose the ``Cropping1D`` that makes it "same": Keras'
+    torch backend places a strided "same" transpose one position off the jax and tensorflow backends (it
+    warns so), the full ("valid") one it places alike."""
+    out = [keras_layer(spec, layer, name)]
+    if layer.type == "conv_transpose1d" and layer.stride > 1:
+        out.append(layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{name}_trim"))
+    return out
+
+
+class ResidualBlock(layers.Layer):
+    """``activation(inner(x) + skip(x))``, the spec's ``residual``, as a Keras layer subclass: ``inner``
+    its layers, ``skip`` a 1x1 Conv1D / Conv1DTranspose (empty: identity). ``parts`` maps each nested
+    canonical name (``inner.0``, ``skip``) to its Keras layer, for ``build_encoder_decoder``."""
+
+    def __init__(self, spec: VAESpec, layer: Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        a, self.parts = layer.args, {}
+        self.inner, self.skip = [], []
+        for j, sub in enumerate(a["layers"]):
+            self.inner += keras_layers(spec, sub, f"{self.name}_inner_{j}")
+            self.parts[f"inner.{j}"] = self.inner[-2 if sub.type == "conv_transpose1d" and sub.stride > 1 else -1]
+        if a["skip"] != "identity":
+            self.skip = keras_layers(spec, a["skip"], f"{self.name}_skip")
+            self.parts["skip"] = self.skip[0]
+        self.activation = None if a["activation"] is None else keras_layer(spec, Layer(a["activation"]), f"{self.name}_act")
+
+    def call(self, x):
+        h, s = x, x
+        for sub in self.inner:
+            h = sub(h)
+        for sub in self.skip:
+            s = sub(s)
+        h = ops.add(h, s)
+        return h if self.activation is None else self.activation(h)
 
 
 def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict[str, layers.Layer]]:
@@ -249,11 +292,11 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
 
     def stack(part: str, spec_layers: tuple[Layer, ...], h):
         for i, layer in enumerate(spec_layers):
-            keras_obj = keras_layer(spec, layer, f"{part}_{i}")  # Keras layer names may not contain '.'
-            by_name[f"{part}.{i}"] = keras_obj
-            h = keras_obj(h)
-            if layer.type == "conv_transpose1d" and layer.stride > 1:  # "same" = the full transpose, trimmed
-                h = layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{part}_{i}_trim")(h)
+            keras_objs = keras_layers(spec, layer, f"{part}_{i}")  # Keras layer names may not contain '.'
+            by_name[f"{part}.{i}"] = keras_objs[0]
+            by_name.update({f"{part}.{i}.{k}": v for k, v in getattr(keras_objs[0], "parts", {}).items()})
+            for keras_obj in keras_objs:
+                h = keras_obj(h)
         return h
 
     x = keras.Input(shape=(spec.input_length,), name="x")
@@ -277,7 +320,8 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
 def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
     """The VAE model and the Keras layer behind each canonical name prefix (``encoder.3``)."""
     encoder, decoder, by_name = build_encoder_decoder(spec)
-    vae = VAE(encoder, decoder, beta=spec.loss.beta, seed=spec.settings.seed, name="vae")
+    vae = VAE(encoder, decoder, beta=spec.loss.beta, seed=spec.settings.seed,
+              reconstruction=spec.loss.reconstruction, name="vae")
     vae(keras.Input(shape=(spec.input_length,)))  # a symbolic call builds the subclassed model (slow on torch)
     return vae, by_name
 
@@ -436,7 +480,7 @@ class KerasVAE(VAEAdapter):
         ``loss_and_grads`` changes nothing in the model.
         """
         y_pred, _ = self.model.stateless_call(trainable, non_trainable, {"x": x, "eps": eps}, training=True)
-        return vae_loss(x, y_pred, self.spec.loss.beta)
+        return vae_loss(x, y_pred, self.spec.loss.beta, self.spec.loss.reconstruction)
 
     def synchronize(self) -> None:
         if BACKEND == "jax":

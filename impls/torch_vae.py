@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import VAEAdapter
+from harness.spec.residual import residual_parts
 from harness.spec.schema import (
     ACTIVATIONS,
     LayerShape,
@@ -152,6 +153,17 @@ class CropOrPad(nn.Module):
         return F.pad(x, (0, self.length - x.shape[-1]))  # a negative pad crops
 
 
+class ResidualBlock(nn.Module):
+    """``activation(inner(x) + skip(x))``: the spec's ``residual``, as a ResNet block is written in PyTorch."""
+
+    def __init__(self, inner: nn.Sequential, skip: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.skip, self.activation = inner, skip, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.inner(x) + self.skip(x))
+
+
 class VAE(nn.Module):
     def __init__(self, encoder: nn.Sequential, latent_in: int, latent_dim: int, decoder: nn.Sequential) -> None:
         super().__init__()
@@ -257,6 +269,14 @@ def _build_stack(spec: VAESpec, shapes: list[LayerShape], order: np.ndarray | No
             m = nn.Sigmoid()
         elif t in ("flatten", "reshape"):
             m, order = _reshape(s.in_shape, s.out_shape, order)
+        elif t == "residual":  # (L, C) in and out, so no flat orders inside: torch names nest as the spec's
+            inner, skip, act = residual_parts(spec, s)
+            inner_m, _, inner_layouts = _build_stack(spec, inner, None)
+            skip_m, _, skip_layouts = _build_stack(spec, [skip] if skip else [], None)
+            act_m, _, _ = _build_stack(spec, [LayerShape(s.name, act, s.out_shape, s.out_shape)] if act else [], None)
+            # an empty nn.Sequential is the identity: no skip conv, no activation
+            m = ResidualBlock(inner_m, skip_m[0] if skip else skip_m, act_m[0] if act else act_m)
+            layouts += inner_layouts + skip_layouts
         else:  # pragma: no cover - the spec validator rejects unknown types
             raise ValueError(f"{s.name}: unsupported layer type {t!r}")
         modules.append(m)
@@ -421,7 +441,10 @@ class TorchVAE(VAEAdapter):
 
     def _loss(self, x: torch.Tensor, eps: torch.Tensor | None):
         logits, mu, logvar = self.model(x, eps)
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1).mean()
+        if self.spec.loss.reconstruction == "mse":  # of the sigmoid output, summed over features like BCE
+            bce = (torch.sigmoid(logits) - x).square().sum(dim=1).mean()
+        else:
+            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1).mean()
         kl = (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(dim=1).mean()
         return bce + self.spec.loss.beta * kl
 
@@ -499,4 +522,4 @@ class TorchVAE(VAEAdapter):
         return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["TorchVAE", "VAE", "BatchNorm1d", "build_vae", "parameter_counts", "channels_first_order"]
+__all__ = ["TorchVAE", "VAE", "BatchNorm1d", "ResidualBlock", "build_vae", "parameter_counts", "channels_first_order"]

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("flax")
 
+from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN  # noqa: E402
 from fixtures.strided_specs import STRIDED  # noqa: E402
 
 from harness.adapter import load_adapter_class  # noqa: E402
@@ -60,7 +61,7 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 # one XLA compile of the initialisers (seconds on CPU) whatever its size, and conv-revised and
 # conv-original have 2.7e8 and 1.6e9 parameters there.
 PARAM_CASES = [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5), ("conv-original", 3),
-               ("conv-strided", 3), ("conv-strided", 4)]
+               ("conv-strided", 3), ("conv-strided", 4), ("resvae", 4)]
 
 
 @pytest.mark.parametrize(("name", "k"), PARAM_CASES)
@@ -92,7 +93,7 @@ def test_set_weights_rejects_wrong_shape():
 
 
 @pytest.mark.parametrize(("name", "k"), [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5),
-                                         ("conv-strided", 3), ("conv-strided", 4)])
+                                         ("conv-strided", 3), ("conv-strided", 4), ("resvae", 4)])
 def test_eval_forward_matches_reference(name, k):
     """conv-strided at k=4 reaches odd lengths (17 -> 9) and crops 144 logits to 136."""
     spec, model = spec_for(name, k), build(name, k)
@@ -144,6 +145,43 @@ def test_strided_loss_and_grads_match_the_reference():
     assert loss == pytest.approx(reference.vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
     h = 1e-5
     for key in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel"):
+        d = grads[key] / np.linalg.norm(grads[key])
+        f = [reference.eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
+             for sign in (1, -1)]
+        f = [reference.vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]) for r in f]
+        assert (f[0] - f[1]) / (2 * h) == pytest.approx(np.linalg.norm(grads[key]), rel=1e-3), key
+
+
+def test_residual_eval_forward_matches_the_reference_with_nested_batch_norm():
+    """``Residual`` modules (identity, 1x1 conv, 1x1 strided conv-transpose skips; a BatchNorm inside, whose
+    running statistics eval mode must read from ``encoder.layers[2].inner.layers[0]``)."""
+    model = flax_class()(RESIDUAL)
+    w = start_weights(RESIDUAL)
+    model.set_weights(w)
+    got = model.get_weights()
+    assert all(np.array_equal(got[k], w[k]) for k in w)
+    x, eps = batch(RESIDUAL)
+    out, ref = model.eval_forward(x, eps), reference.eval_forward(RESIDUAL, w, x, eps)
+    for key in ("recon", "z_mean", "z_log_var"):
+        assert rel_l2(out[key], ref[key]) <= 1e-5, key
+
+
+@pytest.mark.parametrize("name", ["residual", "resvae"])
+def test_residual_and_mse_loss_and_grads_match_the_reference(name):
+    """The loss (resvae's is MSE) is the reference's, and a step along the gradient of an inner layer and of a
+    skip changes the float64 reference loss by the gradient's norm."""
+    spec = RESIDUAL_NO_BN if name == "residual" else spec_for("resvae", 4)  # resvae: the eval test's build
+    model = flax_class()(spec) if name == "residual" else build("resvae", 4)
+    w = reference.init_weights(spec)
+    model.set_weights(w)
+    x, eps = batch(spec)
+    ref = reference.eval_forward(spec, w, x, eps)
+    loss, grads = model.loss_and_grads(x, eps)
+    assert loss == pytest.approx(reference.vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
+    h = 1e-5
+    keys = (("encoder.2.inner.2.kernel", "encoder.3.skip.kernel", "decoder.2.inner.0.kernel", "decoder.2.skip.bias")
+            if name == "residual" else ("encoder.1.inner.0.kernel", "decoder.5.skip.kernel"))
+    for key in keys:
         d = grads[key] / np.linalg.norm(grads[key])
         f = [reference.eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
              for sign in (1, -1)]

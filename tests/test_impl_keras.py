@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.spec.presets import preset
@@ -80,7 +81,8 @@ class Models:
 
     def __call__(self, name: str, length: int):
         if (name, length) not in self.cache:
-            spec = {"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5)}.get(name)
+            spec = {"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5), "residual": RESIDUAL,
+                    "residual-no-bn": RESIDUAL_NO_BN}.get(name)
             self.cache[(name, length)] = self.cls(spec or preset(name, length))
         return self.cache[(name, length)]
 
@@ -111,7 +113,7 @@ def check_identity(cls, models) -> dict[str, Any]:
 PARAM_COUNT_CASES = (
     ("dense", 32), ("conv-revised", 32), ("conv-original", 32),
     ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-    ("dense", 8192), *CONV_STRIDED_CASES,
+    ("dense", 8192), *CONV_STRIDED_CASES, *RESVAE_CASES,
 )
 
 
@@ -130,7 +132,7 @@ def check_param_counts(cls, models) -> dict[str, Any]:
 
 @check
 def check_weights_round_trip(cls, models) -> None:
-    for name, length in (("dense", 32), ("conv-final", 512)):
+    for name, length in (("dense", 32), ("conv-final", 512), ("residual", 32)):  # nested names in residual
         model = models(name, length)
         w = fresh(model)
         got = model.get_weights()
@@ -144,7 +146,7 @@ def check_weights_round_trip(cls, models) -> None:
 def check_eval_forward(cls, models) -> dict[str, float]:
     worst = {}
     for name, length in (("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-                         ("strided", 32), *CONV_STRIDED_CASES):
+                         ("strided", 32), *CONV_STRIDED_CASES, ("residual", 32), *RESVAE_CASES):
         model = models(name, length)
         w = fresh(model)  # perturbed BN statistics: eval mode must use them
         x, eps = batch(length, model.spec.latent_dim)
@@ -208,6 +210,40 @@ def check_strided_grads_by_finite_differences(cls, models) -> dict[str, float]:
         slope, norm = (f[0] - f[1]) / (2 * h), float(np.linalg.norm(grads[key]))
         assert abs(slope - norm) <= 1e-3 * norm, (key, slope, norm)
         out[key] = abs(slope - norm) / norm
+    return out
+
+
+@check
+def check_residual_and_mse_grads_by_finite_differences(cls, models) -> dict[str, float]:
+    """``ResidualBlock`` (identity, 1x1 Conv1D and strided 1x1 Conv1DTranspose skips) and resvae's MSE loss:
+    the loss is the reference's, and a step along the gradient of an inner layer and of a skip changes the
+    float64 reference loss by the gradient's norm. A train step on the BatchNorm inside a residual updates
+    its running statistics (``training`` reaches the nested layer)."""
+    out, h = {}, 1e-5
+    for name, length, keys in (("residual-no-bn", 32, ("encoder.2.inner.2.kernel", "encoder.3.skip.kernel",
+                                                       "decoder.2.inner.0.kernel", "decoder.2.skip.bias")),
+                               ("resvae", 32, ("encoder.1.inner.0.kernel", "decoder.5.skip.kernel"))):
+        model = models(name, length)
+        w = fresh(model)
+        spec, (x, eps) = model.spec, batch(length, model.spec.latent_dim)
+        loss, grads = model.loss_and_grads(x, eps)
+        ref = eval_forward(spec, w, x, eps)
+        want = vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
+        assert abs(loss - want) <= 1e-5 * abs(want), (name, loss, want)
+        for key in keys:
+            d = grads[key] / np.linalg.norm(grads[key])
+            f = []
+            for sign in (1, -1):
+                r = eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
+                f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
+            slope, norm = (f[0] - f[1]) / (2 * h), float(np.linalg.norm(grads[key]))
+            assert abs(slope - norm) <= 1e-3 * norm, (name, key, slope, norm)
+            out[f"{name}.{key}"] = abs(slope - norm) / norm
+    model = models("residual", 32)
+    w = fresh(model)
+    model.train_step(*batch(32, RESIDUAL.latent_dim))
+    moved = model.get_weights()["encoder.2.inner.0.moving_mean"]
+    assert not np.allclose(moved, w["encoder.2.inner.0.moving_mean"]), "the nested BatchNorm ran in inference mode"
     return out
 
 

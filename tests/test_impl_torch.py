@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.adapter import load_adapter_class
@@ -22,7 +23,7 @@ torch = pytest.importorskip("torch")
 BATCH = 8
 VALID = [  # (preset, L) combinations that pass every pool
     ("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-    ("conv-original", 32), ("conv-original", 512), *CONV_STRIDED_CASES,
+    ("conv-original", 32), ("conv-original", 512), *CONV_STRIDED_CASES, *RESVAE_CASES,
 ]
 
 # A spec built to reach the rarer paths of the flat-feature bookkeeping: a 2-D -> 2-D
@@ -156,11 +157,11 @@ def test_init_is_glorot_and_zero():
 
 @pytest.mark.parametrize("name,length", [("dense", 32), ("dense", 512), ("conv-final", 512),
                                          ("conv-revised", 512), ("odd", 32), ("strided", 32),
-                                         *CONV_STRIDED_CASES])
+                                         *CONV_STRIDED_CASES, ("residual", 32), *RESVAE_CASES])
 def test_eval_forward_matches_reference(name, length):
     """conv-final at k=5 has (8, 64) flattens on both sides: this checks the flat-feature permutation.
     conv-strided at L=136 reaches odd lengths (17 -> 9) and crops 144 logits to 136; strided pads 30 to 32."""
-    spec = {"odd": ODD, "strided": STRIDED}.get(name) or preset(name, length)
+    spec = {"odd": ODD, "strided": STRIDED, "residual": RESIDUAL}.get(name) or preset(name, length)
     a = adapter_for(spec)
     w = perturb_batch_norm(spec, init_weights(spec))
     a.set_weights(w)
@@ -235,6 +236,33 @@ def test_strided_loss_and_grads_match_the_reference_by_finite_differences():
     assert loss == pytest.approx(vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
     h = 1e-5
     for k in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel", "decoder.4.bias"):
+        d = grads[k] / np.linalg.norm(grads[k])
+        f = []
+        for sign in (1, -1):
+            r = eval_forward(spec, {**w, k: w[k].astype(np.float64) + sign * h * d}, x, eps)
+            f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
+        assert (f[0] - f[1]) / (2 * h) == pytest.approx(np.linalg.norm(grads[k]), rel=1e-3), k
+
+
+@pytest.mark.parametrize("name", ["residual", "resvae"])
+def test_residual_and_mse_loss_and_grads_match_the_reference_by_finite_differences(name):
+    """``ResidualBlock`` (identity, 1x1 conv and 1x1 strided conv-transpose skips) and resvae's MSE loss at
+    k=3: the loss is the reference's, and a step along each gradient of an inner layer and of a skip
+    changes the float64 reference loss by its norm."""
+    spec = RESIDUAL_NO_BN if name == "residual" else preset("resvae", 32)
+    a = adapter_for(spec)
+    w = init_weights(spec)
+    a.set_weights(w)
+    x, eps = batch(spec)
+    loss, grads = a.loss_and_grads(x, eps)
+    assert set(grads) == {p.name for p in param_table(spec)}
+    ref = eval_forward(spec, w, x, eps)
+    assert loss == pytest.approx(vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"]), rel=1e-5)
+    h = 1e-5
+    keys = (["encoder.2.inner.2.kernel", "encoder.3.skip.kernel", "decoder.2.inner.0.kernel", "decoder.2.skip.bias",
+             "decoder.3.inner.1.kernel"] if name == "residual"
+            else ["encoder.1.inner.0.kernel", "encoder.4.skip.kernel", "decoder.5.inner.2.kernel", "decoder.5.skip.kernel"])
+    for k in keys:
         d = grads[k] / np.linalg.norm(grads[k])
         f = []
         for sign in (1, -1):

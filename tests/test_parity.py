@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from fixtures.residual_specs import RESIDUAL
 
 from harness.adapter import is_installed
 from harness.run.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
@@ -67,13 +68,17 @@ def test_parity_catches_a_build_that_is_not_the_same_model(parity_reports):
 @pytest.fixture(scope="module")
 def strided_and_clipped_reports():
     """conv-strided at k=4 (136 -> 68 -> 34 -> 17 -> 9 and back to 144, cropped to 136: odd lengths,
-    asymmetric pads, the crop) and dense at k=3 with ``clip_global_norm`` 1.0, one worker per impl."""
+    asymmetric pads, the crop), dense at k=3 with ``clip_global_norm`` 1.0, resvae at k=4 (residual blocks,
+    the same odd lengths, MSE) and the small residual spec (a BatchNorm inside a residual, in train mode),
+    one worker per impl."""
     specs = [(preset("conv-strided", canonical_kmer_count(4)), 4),
-             (preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0), 3)]
+             (preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0), 3),
+             (preset("resvae", canonical_kmer_count(4)), 4), (RESIDUAL, 3)]
     return check_parity(specs, IMPLS, batch=16)
 
 
-@pytest.mark.parametrize("index,name", [(0, "conv-strided k=4"), (1, "dense k=3 clip 1.0")])
+@pytest.mark.parametrize("index,name", [(0, "conv-strided k=4"), (1, "dense k=3 clip 1.0"), (2, "resvae k=4"),
+                                        (3, "residual-small k=3")])
 def test_parity_strided_and_clipped(strided_and_clipped_reports, index, name):
     rep = strided_and_clipped_reports[index]
     assert [r.impl for r in rep.rows] == IMPLS

@@ -35,7 +35,8 @@ from typing import Any
 
 from harness.diagnose.int32 import FAILING, IMPL_FRAMEWORK, Int32Entry, judge, verdict, wrap_int32
 from harness.diagnose.memory import MemoryEstimate, estimate_memory
-from harness.spec.schema import VAESpec, infer_shapes, param_table
+from harness.spec.residual import flat_shapes
+from harness.spec.schema import VAESpec, param_table
 
 INT32_LIMIT = 2**31
 FLOAT_BYTES = 4
@@ -89,7 +90,8 @@ def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> li
     for pass_, b in (("train", batch), ("eval", eval_batch)):
         if not b:
             continue
-        shapes = [ls for ls in infer_shapes(spec) if ls.layer.type not in ("flatten", "reshape")]  # views
+        # flat_shapes opens each residual up: its inner layers, skip, sum and activation
+        shapes = [ls for ls in flat_shapes(spec) if ls.layer.type not in ("flatten", "reshape")]  # views
         readers = [ls.layer.type for ls in shapes[1:]] + ["loss"]
         tensors.append(Tensor(pass_, "input", "activation", (b, spec.input_length), True,
                               op="input", reader=shapes[0].layer.type if shapes else ""))

@@ -50,7 +50,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.spec.schema import VAESpec, count_params, infer_shapes
+from harness.spec.residual import flat_shapes
+from harness.spec.schema import VAESpec, count_params
 
 #: bump when a constant below changes, so stored figures say which count they used
 FLOP_CONVENTION_VERSION = 1
@@ -68,6 +69,7 @@ ELEMENTWISE: dict[str, tuple[int, int]] = {
     "gelu": (5, 8),
     "sampling": (4, 5),
     "bce_logits": (10, 6),
+    "mse": (7, 6),
     "kl": (6, 5),
 }
 ADAM_FLOPS_PER_PARAM = 12
@@ -158,7 +160,7 @@ def step_flops(spec: VAESpec, batch: int) -> FlopCount:
     layers: list[LayerFlops] = []
     overcount = 0
     trainable_seen = False  # once a layer with weights has run, the gradient of its output is needed
-    for ls in infer_shapes(spec):
+    for ls in flat_shapes(spec):  # a residual's inner layers, skip and activation each count; its sum is an add
         t, a = ls.layer.type, ls.layer.args
         out_elems, in_elems = math.prod(ls.out_shape), math.prod(ls.in_shape)
         if t == "dense":
@@ -179,11 +181,13 @@ def step_flops(spec: VAESpec, batch: int) -> FlopCount:
             layers.append(LayerFlops(ls.name, t, (in_elems - out_elems) * batch, 0))
         elif t == "upsample1d":
             layers.append(LayerFlops(ls.name, t, 0, (out_elems - in_elems) * batch))
+        elif t == "residual":
+            layers.append(_layer(ls.name, t, batch, 0, out_elems, ELEMENTWISE["bias"]))
         else:  # flatten, reshape: views
             layers.append(LayerFlops(ls.name, t, 0, 0))
     latent, length = spec.latent_dim, spec.input_length
     layers.append(_layer("sampling", "sampling", batch, 0, latent, ELEMENTWISE["sampling"]))
-    bce, kl = ELEMENTWISE["bce_logits"], ELEMENTWISE["kl"]
+    bce, kl = ELEMENTWISE[spec.loss.reconstruction], ELEMENTWISE["kl"]
     layers.append(LayerFlops("loss", "loss", (bce[0] * length + kl[0] * latent) * batch,
                              (bce[1] * length + kl[1] * latent) * batch))
     trainable = count_params(spec).trainable

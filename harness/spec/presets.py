@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from harness.spec.schema import L, Layer, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
+from harness.spec.schema import L, Layer, Loss, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
 
 
 def _dense(n: int) -> VAESpec:
@@ -132,6 +132,34 @@ def _conv_strided(n: int) -> VAESpec:
     )
 
 
+def _resvae(n: int) -> VAESpec:
+    """Seed 002's ResVAE: four residual down blocks (conv k3 stride 2, GELU, conv k3, plus a 1x1 stride-2
+    conv skip, then GELU), latent 32, four mirrored up blocks of conv-transposes (the last to one channel,
+    no activation: logits), cropped or padded to L, MSE loss."""
+    def block(kind: str, filters: int, activation: str | None = "gelu") -> Layer:
+        return L("residual", layers=(L(kind, filters=filters, kernel_size=3, stride=2), L("gelu"),
+                                     L(kind, filters=filters, kernel_size=3)),
+                 skip=L(kind, filters=filters, kernel_size=1, stride=2), activation=activation)
+    length = n
+    for _ in range(4):
+        length = -(-length // 2)
+    return VAESpec(
+        name="resvae",
+        input_length=n,
+        latent_dim=32,
+        encoder=(L("reshape", shape=[n, 1]), *(block("conv1d", c) for c in (32, 64, 128, 256)), L("flatten")),
+        decoder=(
+            L("dense", units=length * 256),
+            L("reshape", shape=[length, 256]),
+            *(block("conv_transpose1d", c) for c in (128, 64, 32)),
+            block("conv_transpose1d", 1, activation=None),
+            L("flatten"),
+        ),
+        output_length_policy="crop_or_pad",
+        loss=Loss(reconstruction="mse"),
+    )
+
+
 #: the user's designs, which the default matrix runs (``harness/run/matrix.py``) and ``params`` lists
 PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "dense": _dense,
@@ -143,6 +171,7 @@ PRESETS: dict[str, Callable[[int], VAESpec]] = {
 #: until their CPU cost is weighed against its budget; moving one into PRESETS adds it there
 SEED_PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "conv-strided": _conv_strided,
+    "resvae": _resvae,
 }
 #: every preset ``--spec`` accepts
 ALL_PRESETS: dict[str, Callable[[int], VAESpec]] = {**PRESETS, **SEED_PRESETS}

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from harness.spec.schema import VAESpec, infer_shapes, param_table, same_padding, transpose_trim
+from harness.spec.schema import Layer, VAESpec, infer_shapes, param_table, same_padding, transpose_trim
 
 
 def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -123,6 +123,12 @@ def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarr
         return x.reshape(x.shape[0], -1)
     if t == "reshape":
         return x.reshape(x.shape[0], *a["shape"])
+    if t == "residual":  # inner(x) + skip(x), then the activation
+        h = x
+        for j, sub in enumerate(a["layers"]):
+            h = _apply(spec, f"{name}.inner.{j}", sub, h, w)
+        h = h + (x if a["skip"] == "identity" else _apply(spec, f"{name}.skip", a["skip"], x, w))
+        return h if a["activation"] is None else _apply(spec, name, Layer(a["activation"]), h, w)
     raise ValueError(t)
 
 
@@ -147,8 +153,11 @@ def eval_forward(spec: VAESpec, w: dict[str, np.ndarray], x: np.ndarray, eps: np
 
 
 def vae_loss(spec: VAESpec, x: np.ndarray, logits: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> float:
-    """The spec's loss: BCE-from-logits summed over features, + beta x KL summed over
-    latent dims, both averaged over the batch."""
-    bce = np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
+    """The spec's loss: BCE-from-logits (or, for ``mse``, the squared error of ``sigmoid(logits)``)
+    summed over features, + beta x KL summed over latent dims, both averaged over the batch."""
+    if spec.loss.reconstruction == "mse":
+        bce = (1 / (1 + np.exp(-logits)) - x) ** 2
+    else:
+        bce = np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
     kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar))
     return float(bce.sum(axis=1).mean() + spec.loss.beta * kl.sum(axis=1).mean())

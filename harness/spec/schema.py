@@ -41,8 +41,13 @@ LAYER_TYPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "sigmoid": ((), {}),
     "flatten": ((), {}),
     "reshape": (("shape",), {}),
+    # inner layers, then the skip ("identity" or a 1x1 conv / conv-transpose) added, then an activation
+    "residual": (("layers",), {"skip": "identity", "activation": None}),
 }
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid")
+#: what a residual's inner path may hold: layers that keep a (length, channels) tensor
+RESIDUAL_INNER = ("conv1d", "conv_transpose1d", "max_pool1d", "upsample1d", "batch_norm", *ACTIVATIONS)
+LOSSES = ("bce_logits", "mse")
 #: what the decoder's output length may be: exactly the input length, or cropped (trailing
 #: positions dropped) or zero-padded (trailing zeros) to it
 OUTPUT_LENGTH_POLICIES = ("exact", "crop_or_pad")
@@ -57,7 +62,9 @@ class Layer:
     args: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **self.args}
+        plain = lambda v: (v.to_dict() if isinstance(v, Layer)  # noqa: E731 - a residual's nested layers
+                           else [x.to_dict() for x in v] if isinstance(v, (tuple, list)) and v and isinstance(v[0], Layer) else v)
+        return {"type": self.type, **{k: plain(v) for k, v in self.args.items()}}
 
     @property
     def stride(self) -> int:
@@ -84,6 +91,12 @@ class Layer:
         for k, default in optional.items():
             if args.get(k) is None and default is not None:
                 args[k] = default
+        if kind == "residual":
+            if not isinstance(args["layers"], list) or not args["layers"]:
+                raise SpecError(f"{where} (residual): layers must be a non-empty list of layers")
+            args["layers"] = tuple(cls.from_dict(x, f"{where}.layers[{j}]") for j, x in enumerate(args["layers"]))
+            if args["skip"] != "identity":
+                args["skip"] = cls.from_dict(args["skip"], f"{where}.skip")
         return cls(kind, args)
 
 
@@ -132,7 +145,6 @@ class Settings:
     seed: int = 0
 
 
-
 def fairness_env(settings: Settings) -> dict[str, str]:
     """Environment variables that pin framework defaults; a worker sets them before any import."""
     env = {
@@ -168,8 +180,9 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Loss:
-    """BCE from logits summed over features, plus ``beta`` x KL summed over latent dims;
-    both averaged over the batch."""
+    """The reconstruction term summed over features, plus ``beta`` x KL summed over latent dims; both
+    averaged over the batch. ``bce_logits``: BCE from the logits; ``mse``: squared error of the
+    output activation's (sigmoid's) output, ``(sigmoid(logits) - x)^2``."""
 
     reconstruction: str = "bce_logits"
     beta: float = 1.0
@@ -382,6 +395,8 @@ def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) 
         return (length * a["size"], channels)
     if t == "batch_norm":
         return shape
+    if t == "residual":
+        return _residual(spec, layer, shape, where, "")[2]
     if t in ACTIVATIONS:
         if t == "leaky_relu":
             slope = spec.leaky_slope(layer)
@@ -402,6 +417,38 @@ def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) 
             )
         return tuple(target)
     raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover - caught in from_dict
+
+
+def _residual(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str, name: str):
+    """Inner LayerShapes (``{name}.inner.j``), the skip's (None: identity), out shape; SpecError if they disagree."""
+    if len(shape) != 2:
+        raise SpecError(f"{where} (residual): needs (length, channels) but gets shape {shape}; add a reshape before it")
+    inner, h = [], shape
+    for j, sub in enumerate(layer.args["layers"]):
+        if sub.type not in RESIDUAL_INNER:
+            raise SpecError(f"{where}.layers[{j}] ({sub.type}): a residual's inner path takes only "
+                            f"{', '.join(RESIDUAL_INNER)}")
+        new = _layer_out(spec, sub, h, f"{where}.layers[{j}]")
+        inner.append(LayerShape(f"{name}.inner.{j}", sub, h, new))
+        h = new
+    skip, skip_ls, skip_shape = layer.args["skip"], None, shape
+    if skip != "identity":
+        if not isinstance(skip, Layer) or skip.type not in ("conv1d", "conv_transpose1d") or skip.args["kernel_size"] != 1:
+            raise SpecError(f"{where} (residual): skip must be 'identity' or a conv1d or conv_transpose1d with "
+                            f"kernel_size 1, got {skip.to_dict() if isinstance(skip, Layer) else skip!r}")
+        skip_shape = _layer_out(spec, skip, shape, f"{where}.skip")
+        skip_ls = LayerShape(f"{name}.skip", skip, shape, skip_shape)
+    if skip_shape != h:
+        (length, _), (out, channels) = shape, h
+        stride = next((s for s in range(1, length + 1) if -(-length // s) == out), None)
+        fix = (f"make the skip {{type: conv1d, filters: {channels}, kernel_size: 1, stride: {stride}}}" if stride
+               else f"make the skip {{type: conv_transpose1d, filters: {channels}, kernel_size: 1, stride: {out // length}}}"
+               if out % length == 0 else "change the inner strides so a 1x1 skip can match them")
+        raise SpecError(f"{where} (residual): the inner path gives shape {h} but the skip gives {skip_shape}; {fix}")
+    act = layer.args["activation"]
+    if act is not None and act not in ACTIVATIONS:
+        raise SpecError(f"{where} (residual): activation {act!r} is not one of {', '.join(ACTIVATIONS)} (or null)")
+    return inner, skip_ls, h
 
 
 def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -445,8 +492,9 @@ def validate(spec: VAESpec) -> VAESpec:
             f"spec {spec.name!r}: output_activation {spec.output_activation!r} is not supported; "
             "BCE-from-logits needs 'sigmoid'"
         )
-    if spec.loss.reconstruction != "bce_logits":
-        raise SpecError(f"spec {spec.name!r}: loss.reconstruction must be 'bce_logits'")
+    if spec.loss.reconstruction not in LOSSES:
+        raise SpecError(f"spec {spec.name!r}: loss.reconstruction {spec.loss.reconstruction!r} is not supported; "
+                        f"use one of {', '.join(LOSSES)}")
     if spec.optimizer.name != "adam":
         raise SpecError(f"spec {spec.name!r}: optimizer.name must be 'adam'")
     clip = spec.optimizer.clip_global_norm
@@ -491,7 +539,7 @@ def param_table(spec: VAESpec) -> list[ParamInfo]:
     flattened (length, channels) tensor is read row-major, channel fastest.
     """
     params: list[ParamInfo] = []
-    for ls in infer_shapes(spec):
+    for ls in _leaves(spec, infer_shapes(spec)):
         t, a = ls.layer.type, ls.layer.args
         if t == "dense":
             params += [ParamInfo(f"{ls.name}.kernel", (ls.in_shape[0], a["units"]), True),
@@ -508,6 +556,13 @@ def param_table(spec: VAESpec) -> list[ParamInfo]:
                        ParamInfo(f"{ls.name}.moving_mean", c, False),
                        ParamInfo(f"{ls.name}.moving_variance", c, False)]
     return params
+
+
+def _leaves(spec: VAESpec, shapes: list[LayerShape]):
+    """Each residual as its inner layers and skip, so their tensors nest: ``encoder.3.inner.0.kernel``."""
+    for ls in shapes:
+        inner, skip, _ = _residual(spec, ls.layer, ls.in_shape, ls.name, ls.name) if ls.layer.type == "residual" else ([ls], 0, 0)
+        yield from [*inner, skip] if skip else inner
 
 
 @dataclass(frozen=True)

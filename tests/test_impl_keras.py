@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from fixtures.gradcheck import reference_slope
 from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
@@ -202,12 +203,7 @@ def check_strided_grads_by_finite_differences(cls, models) -> dict[str, float]:
     assert abs(loss - want) <= 1e-5 * abs(want), (loss, want)
     out, h = {}, 1e-5
     for key in ("encoder.1.kernel", "encoder.3.kernel", "decoder.2.kernel", "decoder.4.kernel"):
-        d = grads[key] / np.linalg.norm(grads[key])
-        f = []
-        for sign in (1, -1):
-            r = eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
-            f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
-        slope, norm = (f[0] - f[1]) / (2 * h), float(np.linalg.norm(grads[key]))
+        slope, norm = reference_slope(spec, w, x, eps, key, grads[key], h), float(np.linalg.norm(grads[key]))
         assert abs(slope - norm) <= 1e-3 * norm, (key, slope, norm)
         out[key] = abs(slope - norm) / norm
     return out
@@ -231,12 +227,7 @@ def check_residual_and_mse_grads_by_finite_differences(cls, models) -> dict[str,
         want = vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
         assert abs(loss - want) <= 1e-5 * abs(want), (name, loss, want)
         for key in keys:
-            d = grads[key] / np.linalg.norm(grads[key])
-            f = []
-            for sign in (1, -1):
-                r = eval_forward(spec, {**w, key: w[key].astype(np.float64) + sign * h * d}, x, eps)
-                f.append(vae_loss(spec, x, r["logits"], r["z_mean"], r["z_log_var"]))
-            slope, norm = (f[0] - f[1]) / (2 * h), float(np.linalg.norm(grads[key]))
+            slope, norm = reference_slope(spec, w, x, eps, key, grads[key], h), float(np.linalg.norm(grads[key]))
             assert abs(slope - norm) <= 1e-3 * norm, (name, key, slope, norm)
             out[f"{name}.{key}"] = abs(slope - norm) / norm
     model = models("residual", 32)

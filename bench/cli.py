@@ -18,8 +18,8 @@ from bench.parser import DEFAULT_IMPLS, UsageError, build_parser, split_list
 from bench.probe import cmd_probe_int32
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
+from harness.spec.layers import SpecError
 from harness.spec.presets import PRESETS, resolve_spec
-from harness.spec.schema import SpecError
 from harness.store import StoreError
 
 

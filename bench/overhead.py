@@ -99,7 +99,7 @@ def measure_baseline(impl: str, spec, kmer: int, batch: int, steps: int, repeats
     from harness.run.runner import Cell, run_one
     from harness.run.schedule import steps_per_window, warmup_steps
     from harness.run.task import BaselineTask
-    from harness.spec.schema import count_params
+    from harness.spec.params import count_params
 
     if impl not in BASELINES:
         raise BaselineError(f"no textbook baseline for impl {impl!r}; baselines exist for {', '.join(BASELINES)}")

@@ -42,7 +42,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from harness.spec.schema import ParamCounts, VAESpec
+from harness.spec.params import ParamCounts
+from harness.spec.schema import VAESpec
 
 
 class FrameworkMissing(ImportError):

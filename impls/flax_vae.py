@@ -50,8 +50,10 @@ import optax
 from flax import nnx
 
 from harness.adapter import VAEAdapter
+from harness.spec.params import ParamCounts, param_table
 from harness.spec.residual import residual_parts
-from harness.spec.schema import LayerShape, ParamCounts, VAESpec, infer_shapes, param_table
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import LayerShape, infer_shapes
 
 # JAX reads this when its GPU backend starts (the first device use), not at import. The
 # harness worker sets it from ``settings.jax_preallocate`` before anything runs; this

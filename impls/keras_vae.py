@@ -41,7 +41,10 @@ import numpy as np
 from keras import layers, ops
 
 from harness.adapter import VAEAdapter
-from harness.spec.schema import Layer, ParamCounts, VAESpec, param_table, transpose_trim
+from harness.spec.layers import Layer
+from harness.spec.params import ParamCounts, param_table
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import transpose_trim
 from impls.keras_adam import TextbookAdam
 from impls.keras_fit import async_callbacks, fit_details, fit_steps
 

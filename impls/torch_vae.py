@@ -27,17 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import VAEAdapter
+from harness.spec.layers import ACTIVATIONS
+from harness.spec.params import ParamCounts, param_table
 from harness.spec.residual import residual_parts
-from harness.spec.schema import (
-    ACTIVATIONS,
-    LayerShape,
-    ParamCounts,
-    VAESpec,
-    infer_shapes,
-    param_table,
-    same_padding,
-    transpose_trim,
-)
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import LayerShape, infer_shapes, same_padding, transpose_trim
 
 # ---------------------------------------------------------------------------- feature orders
 #

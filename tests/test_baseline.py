@@ -20,8 +20,8 @@ from harness.adapter import is_installed
 from harness.run.launch import run_worker
 from harness.run.schedule import steps_per_window, warmup_steps
 from harness.run.task import BaselineTask, task_from_json
+from harness.spec.params import count_params
 from harness.spec.presets import resolve_spec
-from harness.spec.schema import count_params
 
 
 def test_verb_reports_both_ratios_with_paired_cis_and_the_param_check():

@@ -8,8 +8,8 @@ import pytest
 
 from harness.measure.peak import flop_fields, mfu_fields
 from harness.spec.flops import ADAM_FLOPS_PER_PARAM, ELEMENTWISE, step_flops
+from harness.spec.params import count_params
 from harness.spec.presets import resolve_spec
-from harness.spec.schema import count_params
 
 
 @pytest.mark.parametrize("batch", [1, 64, 512])

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from harness.measure.host_peak import STANDIN_METHOD, cpu_standin_peak, held_bytes, weights_and_state_bytes
 from harness.run.runner import plan_cells, run_matrix
+from harness.spec.params import count_params
 from harness.spec.presets import resolve_spec
-from harness.spec.schema import count_params
 from harness.store import ResultStore
 
 MIB = 2**20

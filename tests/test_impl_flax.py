@@ -20,8 +20,9 @@ from fixtures.strided_specs import STRIDED  # noqa: E402
 
 from harness.adapter import load_adapter_class  # noqa: E402
 from harness.spec import reference  # noqa: E402
+from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset  # noqa: E402
-from harness.spec.schema import canonical_kmer_count, count_params, param_table  # noqa: E402
+from harness.spec.schema import canonical_kmer_count
 
 BATCH = 8
 

@@ -28,9 +28,9 @@ from fixtures.gradcheck import reference_slope
 from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
+from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
-from harness.spec.schema import count_params, param_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("jax", "torch", "tensorflow")

@@ -15,9 +15,11 @@ from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.adapter import load_adapter_class
+from harness.spec.layers import L
+from harness.spec.params import count_params, param_table
 from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
-from harness.spec.schema import L, VAESpec, count_params, param_table
+from harness.spec.schema import VAESpec
 
 torch = pytest.importorskip("torch")
 

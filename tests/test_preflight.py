@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from harness.diagnose.preflight import INT32_LIMIT, estimate_memory, preflight, tensor_table, wrap_int32
+from harness.spec.layers import L
+from harness.spec.params import count_params
 from harness.spec.presets import preset
-from harness.spec.schema import L, VAESpec, canonical_kmer_count, count_params
+from harness.spec.schema import VAESpec, canonical_kmer_count
 
 
 def wide_conv(length: int = 8192, filters: int = 512) -> VAESpec:

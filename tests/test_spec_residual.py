@@ -9,10 +9,13 @@ from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN
 
 from harness.diagnose.preflight import tensor_table
 from harness.spec.flops import ELEMENTWISE, step_flops
+from harness.spec.layers import L, SpecError
+from harness.spec.params import count_params, param_table
 from harness.spec.presets import ALL_PRESETS, PRESETS, resolve_spec
 from harness.spec.reference import _apply, eval_forward, init_weights, perturb_batch_norm, vae_loss
 from harness.spec.residual import flat_shapes
-from harness.spec.schema import L, SpecError, VAESpec, count_params, infer_shapes, param_table
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import infer_shapes
 
 
 def test_residual_shapes_and_nested_names():
@@ -76,7 +79,7 @@ def test_a_residual_whose_branches_disagree_gets_a_one_line_error_with_the_fix()
         {"type": "residual", "layers": [{**inner[0], "stride": 0}]})
     raw = RESIDUAL.to_dict()
     raw["loss"] = {"reconstruction": "l1"}
-    with pytest.raises(SpecError, match="loss.reconstruction 'l1' is not supported; use one of bce_logits, mse$"):
+    with pytest.raises(SpecError, match="loss.reconstruction 'l1' is not supported; use one of bce_logits, mse, masked_bce$"):
         VAESpec.from_dict(raw)
 
 

@@ -8,6 +8,8 @@ import pytest
 from fixtures.strided_specs import STRIDED
 
 from harness.spec.flops import step_flops
+from harness.spec.layers import SpecError
+from harness.spec.params import count_params, param_table
 from harness.spec.presets import ALL_PRESETS, PRESETS, preset, resolve_spec
 from harness.spec.reference import (
     _conv1d_same,
@@ -16,16 +18,8 @@ from harness.spec.reference import (
     eval_forward,
     init_weights,
 )
-from harness.spec.schema import (
-    SpecError,
-    VAESpec,
-    canonical_kmer_count,
-    count_params,
-    infer_shapes,
-    param_table,
-    same_padding,
-    transpose_trim,
-)
+from harness.spec.schema import VAESpec, canonical_kmer_count
+from harness.spec.shapes import infer_shapes, same_padding, transpose_trim
 
 PADDED = STRIDED
 

@@ -35,8 +35,9 @@ from typing import Any
 
 from harness.diagnose.int32 import FAILING, IMPL_FRAMEWORK, Int32Entry, judge, verdict, wrap_int32
 from harness.diagnose.memory import MemoryEstimate, estimate_memory
+from harness.spec.params import param_table
 from harness.spec.residual import flat_shapes
-from harness.spec.schema import VAESpec, param_table
+from harness.spec.schema import VAESpec
 
 INT32_LIMIT = 2**31
 FLOAT_BYTES = 4

@@ -57,8 +57,9 @@ from harness.run.events import emit
 from harness.run.schedule import steps_per_window, warmup_steps
 from harness.run.task import CellTask
 from harness.run.windows import Windows
+from harness.spec.params import count_params
 from harness.spec.reference import init_weights
-from harness.spec.schema import VAESpec, count_params
+from harness.spec.schema import VAESpec
 
 #: untimed steps run with tracemalloc after the timing, for the leak attribution
 HEAP_STEPS = 50

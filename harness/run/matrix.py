@@ -19,8 +19,10 @@ from typing import Any
 from harness.adapter import BUILTIN, is_installed
 from harness.diagnose.preflight import preflight_cell
 from harness.run.runner import Cell, plan_cells
+from harness.spec.layers import SpecError
+from harness.spec.params import count_params
 from harness.spec.presets import PRESETS, preset
-from harness.spec.schema import SpecError, VAESpec, canonical_kmer_count, count_params
+from harness.spec.schema import VAESpec, canonical_kmer_count
 
 #: every built-in row; keras-tensorflow drops out where TensorFlow is not installed
 DEFAULT_IMPLS = list(BUILTIN)

@@ -21,8 +21,9 @@ from harness.adapter import impl_label
 from harness.data import synthetic_profiles
 from harness.run.launch import run_worker
 from harness.run.task import ParamsTask, ParityTask
+from harness.spec.params import count_params
 from harness.spec.reference import init_weights, perturb_batch_norm
-from harness.spec.schema import VAESpec, count_params
+from harness.spec.schema import VAESpec
 
 #: acceptance thresholds (relative L2 against the reference row)
 TOL_FORWARD = 1e-4

@@ -50,8 +50,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.spec.params import count_params
 from harness.spec.residual import flat_shapes
-from harness.spec.schema import VAESpec, count_params
+from harness.spec.schema import VAESpec
 
 #: bump when a constant below changes, so stored figures say which count they used
 FLOP_CONVENTION_VERSION = 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from harness.spec.schema import L, Layer, Loss, SpecError, VAESpec, canonical_kmer_count, load_spec, validate
+from harness.spec.layers import L, Layer, SpecError
+from harness.spec.schema import Loss, VAESpec, canonical_kmer_count, load_spec, validate
 
 
 def _dense(n: int) -> VAESpec:

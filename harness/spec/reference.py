@@ -12,7 +12,10 @@ import math
 
 import numpy as np
 
-from harness.spec.schema import Layer, VAESpec, infer_shapes, param_table, same_padding, transpose_trim
+from harness.spec.layers import Layer
+from harness.spec.params import param_table
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import infer_shapes, same_padding, transpose_trim
 
 
 def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:

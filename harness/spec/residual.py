@@ -7,7 +7,9 @@ A residual is one entry of ``infer_shapes`` (its in and out shape); what it hold
 
 from __future__ import annotations
 
-from harness.spec.schema import L, Layer, LayerShape, VAESpec, _residual, infer_shapes
+from harness.spec.layers import L, Layer
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import LayerShape, _residual, infer_shapes
 
 
 def residual_parts(spec: VAESpec, ls: LayerShape) -> tuple[list[LayerShape], LayerShape | None, Layer | None]:

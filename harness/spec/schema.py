@@ -14,95 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.spec.layers import (
+    ACTIVATIONS,
+    KL_NORMALISATIONS,
+    LATENT_HEADS,
+    LOSSES,
+    OUTPUT_LENGTH_POLICIES,
+    Layer,
+    SpecError,
+)
+from harness.spec.shapes import infer_shapes
+
 SCHEMA_VERSION = 1
-
-
-class SpecError(ValueError):
-    """A spec that no build should be asked to construct; the message is one line."""
-
-
-# --------------------------------------------------------------------------- layers
-
-#: layer type -> (required arguments, optional arguments with defaults)
-LAYER_TYPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "dense": (("units",), {}),
-    "conv1d": (("filters", "kernel_size"), {"stride": None}),
-    "conv_transpose1d": (("filters", "kernel_size"), {"stride": None}),
-    "max_pool1d": (("pool_size",), {}),
-    "upsample1d": (("size",), {}),
-    "batch_norm": ((), {}),
-    "relu": ((), {}),
-    "leaky_relu": ((), {"negative_slope": None}),
-    "gelu": ((), {}),
-    "sigmoid": ((), {}),
-    "flatten": ((), {}),
-    "reshape": (("shape",), {}),
-    # inner layers, then the skip ("identity" or a 1x1 conv / conv-transpose) added, then an activation
-    "residual": (("layers",), {"skip": "identity", "activation": None}),
-}
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid")
-#: what a residual's inner path may hold: layers that keep a (length, channels) tensor
-RESIDUAL_INNER = ("conv1d", "conv_transpose1d", "max_pool1d", "upsample1d", "batch_norm", *ACTIVATIONS)
-LOSSES = ("bce_logits", "mse")
-#: what the decoder's output length may be: exactly the input length, or cropped (trailing
-#: positions dropped) or zero-padded (trailing zeros) to it
-OUTPUT_LENGTH_POLICIES = ("exact", "crop_or_pad")
-PARAMETRIC = ("dense", "conv1d", "conv_transpose1d", "batch_norm")
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One layer: its type and its arguments, nothing framework-specific."""
-
-    type: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        plain = lambda v: (v.to_dict() if isinstance(v, Layer)  # noqa: E731 - a residual's nested layers
-                           else [x.to_dict() for x in v] if isinstance(v, (tuple, list)) and v and isinstance(v[0], Layer) else v)
-        return {"type": self.type, **{k: plain(v) for k, v in self.args.items()}}
-
-    @property
-    def stride(self) -> int:
-        """A conv's stride; 1 when the spec leaves it out (the key then stays out of the hash)."""
-        stride = self.args.get("stride")
-        return 1 if stride is None else stride
-
-    @classmethod
-    def from_dict(cls, raw: Any, where: str) -> Layer:
-        if not isinstance(raw, dict) or "type" not in raw:
-            raise SpecError(f"{where}: a layer must be a mapping with a 'type' key, got {raw!r}")
-        kind = raw["type"]
-        if kind not in LAYER_TYPES:
-            known = ", ".join(LAYER_TYPES)
-            raise SpecError(f"{where}: unknown layer type {kind!r}; known types: {known}")
-        required, optional = LAYER_TYPES[kind]
-        args = {k: v for k, v in raw.items() if k != "type"}
-        unknown = set(args) - set(required) - set(optional)
-        if unknown:
-            raise SpecError(f"{where} ({kind}): unknown argument(s) {sorted(unknown)}")
-        missing = [k for k in required if k not in args]
-        if missing:
-            raise SpecError(f"{where} ({kind}): missing argument(s) {missing}")
-        for k, default in optional.items():
-            if args.get(k) is None and default is not None:
-                args[k] = default
-        if kind == "residual":
-            if not isinstance(args["layers"], list) or not args["layers"]:
-                raise SpecError(f"{where} (residual): layers must be a non-empty list of layers")
-            args["layers"] = tuple(cls.from_dict(x, f"{where}.layers[{j}]") for j, x in enumerate(args["layers"]))
-            if args["skip"] != "identity":
-                args["skip"] = cls.from_dict(args["skip"], f"{where}.skip")
-        return cls(kind, args)
-
-
-def L(kind: str, **args: Any) -> Layer:  # noqa: N802 - reads like the presets in the issue
-    return Layer(kind, args)
-
 
 # ------------------------------------------------------------------ pinned settings
 
@@ -120,6 +47,9 @@ class Settings:
       unbiased batch variance, Keras and Flax with the biased one.
     * ``leaky_relu_slope``: Keras 0.3, PyTorch and Flax 0.01.
     * ``gelu_approximate``: Keras and Flax default to the tanh form, PyTorch to erf.
+    * ``group_norm_epsilon``: Keras 1e-3, PyTorch 1e-5, Flax 1e-6 (AutoencoderKL's 1e-6 here); a
+      ``group_norm`` or ``attention1d`` layer's own ``epsilon`` overrides it. A spec without either layer
+      leaves it out of its dictionary, so the specs written before it keep their hash.
     * ``adam_epsilon_hat``: PyTorch and Optax add epsilon to sqrt(v_hat); Keras adds
       it to sqrt(v) after folding the bias correction into the learning rate.
     * ``kernel_init``/``bias_init``: PyTorch defaults to Kaiming-uniform, Keras and
@@ -138,6 +68,7 @@ class Settings:
     batch_norm_running_var: str = "biased"
     leaky_relu_slope: float = 0.2
     gelu_approximate: bool = False
+    group_norm_epsilon: float = 1e-6
     adam_epsilon_hat: bool = True
     tf32: bool = False
     jax_preallocate: bool = False
@@ -180,12 +111,34 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Loss:
-    """The reconstruction term summed over features, plus ``beta`` x KL summed over latent dims; both
+    """The reconstruction term summed over features, plus ``beta`` x KL summed over latent elements; both
     averaged over the batch. ``bce_logits``: BCE from the logits; ``mse``: squared error of the
-    output activation's (sigmoid's) output, ``(sigmoid(logits) - x)^2``."""
+    output activation's (sigmoid's) output, ``(sigmoid(logits) - x)^2``; ``masked_bce``: BCE of the
+    clipped sigmoid output on the masked block only, averaged over its positions (needs a ``masking``
+    layer). ``kl_normalisation: features`` divides the KL by the input length (seed 004)."""
 
     reconstruction: str = "bce_logits"
     beta: float = 1.0
+    kl_normalisation: str = "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["kl_normalisation"] == "batch":  # the default stays out, so older specs keep their hash
+            del d["kl_normalisation"]
+        return d
+
+
+@dataclass(frozen=True)
+class LatentHeads:
+    """How the encoder's output becomes the Gaussian's mean and log-variance: two dense layers of
+    ``latent_dim`` units on a flat output, or two "same" conv1d layers of ``latent_dim`` channels and
+    ``kernel_size`` on a (length, channels) one (one conv to 2 x latent_dim channels, split in two)."""
+
+    type: str = "dense"
+    kernel_size: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -202,6 +155,7 @@ class VAESpec:
     #: "exact": the decoder must end at the input length; "crop_or_pad": its flat output is
     #: cropped (trailing positions) or zero-padded (trailing) to the input length
     output_length_policy: str = "exact"
+    latent_heads: LatentHeads = LatentHeads()
     loss: Loss = Loss()
     optimizer: Optimizer = Optimizer()
     settings: Settings = Settings()
@@ -217,13 +171,25 @@ class VAESpec:
             "encoder": [layer.to_dict() for layer in self.encoder],
             "decoder": [layer.to_dict() for layer in self.decoder],
             "output_activation": self.output_activation,
-            "loss": asdict(self.loss),
+            "loss": self.loss.to_dict(),
             "optimizer": self.optimizer.to_dict(),
             "settings": asdict(self.settings),
         }
-        if self.output_length_policy != "exact":  # a default stays out, so older specs keep their hash
+        # defaults added after the first presets stay out, so the specs written before them keep their hash
+        if self.output_length_policy != "exact":
             d["output_length_policy"] = self.output_length_policy
+        if self.latent_heads != LatentHeads():
+            d["latent_heads"] = self.latent_heads.to_dict()
+        if not self.uses_group_norm():
+            del d["settings"]["group_norm_epsilon"]
         return d
+
+    def uses_group_norm(self) -> bool:
+        """Whether any layer (a residual's inner ones included) normalises by groups."""
+        def walk(layers) -> bool:
+            return any(x.type in ("group_norm", "attention1d") or (x.type == "residual" and walk(x.args["layers"]))
+                       for x in layers)
+        return walk(self.encoder) or walk(self.decoder)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -244,7 +210,7 @@ class VAESpec:
         if not isinstance(raw, dict):
             raise SpecError(f"a spec must be a mapping, got {type(raw).__name__}")
         known = {"schema_version", "name", "input_length", "latent_dim", "encoder", "decoder",
-                 "output_activation", "output_length_policy", "loss", "optimizer", "settings"}
+                 "output_activation", "output_length_policy", "latent_heads", "loss", "optimizer", "settings"}
         unknown = set(raw) - known
         if unknown:
             raise SpecError(f"spec: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
@@ -262,6 +228,7 @@ class VAESpec:
             decoder=tuple(Layer.from_dict(x, f"decoder[{i}]") for i, x in enumerate(_as_list(raw["decoder"], "decoder"))),
             output_activation=raw.get("output_activation", "sigmoid"),
             output_length_policy=raw.get("output_length_policy", "exact"),
+            latent_heads=_sub(LatentHeads, raw.get("latent_heads", {}), "latent_heads"),
             loss=_sub(Loss, raw.get("loss", {}), "loss"),
             optimizer=_sub(Optimizer, raw.get("optimizer", {}), "optimizer"),
             settings=_sub(Settings, raw.get("settings", {}), "settings"),
@@ -279,6 +246,16 @@ class VAESpec:
     def leaky_slope(self, layer: Layer) -> float:
         slope = layer.args.get("negative_slope")
         return self.settings.leaky_relu_slope if slope is None else float(slope)
+
+    def group_norm_epsilon(self, layer: Layer) -> float:
+        """A ``group_norm`` or ``attention1d`` layer's epsilon: its own, else the pinned setting."""
+        eps = layer.args.get("epsilon")
+        return self.settings.group_norm_epsilon if eps is None else float(eps)
+
+    @property
+    def masking(self) -> Layer | None:
+        """The input ``masking`` layer (always the encoder's first), or None."""
+        return self.encoder[0] if self.encoder[0].type == "masking" else None
 
 
 def _as_list(raw: Any, where: str) -> list:
@@ -315,172 +292,6 @@ def load_spec(path: str | Path) -> VAESpec:
     return VAESpec.from_dict(raw)
 
 
-# ------------------------------------------------------------------ shape inference
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """What one layer does to the per-sample shape (channels-last, batch excluded)."""
-
-    name: str  # canonical name prefix, e.g. "encoder.3"
-    layer: Layer
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-
-def infer_shapes(spec: VAESpec) -> list[LayerShape]:
-    """Walk the whole VAE and return every layer with its in and out shape.
-
-    Raises SpecError naming the first layer that cannot take its input.
-    """
-    out: list[LayerShape] = []
-    shape: tuple[int, ...] = (spec.input_length,)
-    for i, layer in enumerate(spec.encoder):
-        new = _layer_out(spec, layer, shape, f"encoder[{i}]")
-        out.append(LayerShape(f"encoder.{i}", layer, shape, new))
-        shape = new
-    if len(shape) != 1:
-        raise SpecError(f"encoder ends with shape {shape}; add a flatten so the latent heads see a vector")
-    for head in ("z_mean", "z_log_var"):
-        out.append(LayerShape(head, L("dense", units=spec.latent_dim), shape, (spec.latent_dim,)))
-    shape = (spec.latent_dim,)
-    for i, layer in enumerate(spec.decoder):
-        new = _layer_out(spec, layer, shape, f"decoder[{i}]")
-        out.append(LayerShape(f"decoder.{i}", layer, shape, new))
-        shape = new
-    if spec.output_length_policy == "crop_or_pad":
-        if len(shape) != 1:
-            raise SpecError(
-                f"decoder ends with shape {shape}; output_length_policy crop_or_pad crops or pads a flat "
-                "output, so end the decoder with a flatten"
-            )
-        shape = (spec.input_length,)
-    if shape != (spec.input_length,):
-        raise SpecError(
-            f"decoder ends with shape {shape} but the input length is {spec.input_length}; "
-            f"the last decoder layer must produce ({spec.input_length},) (flatten a (L, 1) output), "
-            "or set output_length_policy: crop_or_pad"
-        )
-    return out
-
-
-def _layer_out(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
-    a = layer.args
-    t = layer.type
-    for key in ("units", "filters", "kernel_size", "pool_size", "size", "stride"):
-        if a.get(key) is not None and (not isinstance(a[key], int) or isinstance(a[key], bool) or a[key] <= 0):
-            raise SpecError(f"{where} ({t}): {key} must be a positive integer, got {a[key]!r}")
-    if t == "dense":
-        if len(shape) != 1:
-            raise SpecError(f"{where} (dense): needs a vector but gets shape {shape}; add a flatten before it")
-        return (a["units"],)
-    if t in ("conv1d", "conv_transpose1d", "max_pool1d", "upsample1d"):
-        if len(shape) != 2:
-            raise SpecError(f"{where} ({t}): needs (length, channels) but gets shape {shape}; add a reshape before it")
-        length, channels = shape
-        if t in ("conv1d", "conv_transpose1d"):
-            stride = layer.stride
-            if a["kernel_size"] % 2 == 0 and stride == 1:
-                raise SpecError(
-                    f"{where} ({t}): kernel_size {a['kernel_size']} is even; 'same' padding is only "
-                    "placed alike in every framework for odd kernels (or with a stride above 1)"
-                )
-            # Keras "same": a conv gives ceil(L / s) positions, a conv-transpose L * s
-            return (-(-length // stride) if t == "conv1d" else length * stride, a["filters"])
-        if t == "max_pool1d":
-            p = a["pool_size"]
-            if length % p:
-                raise SpecError(_pool_message(spec, where, p, length))
-            return (length // p, channels)
-        return (length * a["size"], channels)
-    if t == "batch_norm":
-        return shape
-    if t == "residual":
-        return _residual(spec, layer, shape, where, "")[2]
-    if t in ACTIVATIONS:
-        if t == "leaky_relu":
-            slope = spec.leaky_slope(layer)
-            if not isinstance(slope, (int, float)) or slope < 0:
-                raise SpecError(f"{where} (leaky_relu): negative_slope must be a non-negative number, got {slope!r}")
-        return shape
-    if t == "flatten":
-        return (math.prod(shape),)
-    if t == "reshape":
-        target = a["shape"]
-        if (not isinstance(target, (list, tuple)) or not target or len(target) > 2
-                or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in target)):
-            raise SpecError(f"{where} (reshape): shape must be 1 or 2 positive integers, got {target!r}")
-        if math.prod(target) != math.prod(shape):
-            raise SpecError(
-                f"{where} (reshape): cannot reshape {shape} ({math.prod(shape)} values) "
-                f"to {tuple(target)} ({math.prod(target)} values)"
-            )
-        return tuple(target)
-    raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover - caught in from_dict
-
-
-def _residual(spec: VAESpec, layer: Layer, shape: tuple[int, ...], where: str, name: str):
-    """Inner LayerShapes (``{name}.inner.j``), the skip's (None: identity), out shape; SpecError if they disagree."""
-    if len(shape) != 2:
-        raise SpecError(f"{where} (residual): needs (length, channels) but gets shape {shape}; add a reshape before it")
-    inner, h = [], shape
-    for j, sub in enumerate(layer.args["layers"]):
-        if sub.type not in RESIDUAL_INNER:
-            raise SpecError(f"{where}.layers[{j}] ({sub.type}): a residual's inner path takes only "
-                            f"{', '.join(RESIDUAL_INNER)}")
-        new = _layer_out(spec, sub, h, f"{where}.layers[{j}]")
-        inner.append(LayerShape(f"{name}.inner.{j}", sub, h, new))
-        h = new
-    skip, skip_ls, skip_shape = layer.args["skip"], None, shape
-    if skip != "identity":
-        if not isinstance(skip, Layer) or skip.type not in ("conv1d", "conv_transpose1d") or skip.args["kernel_size"] != 1:
-            raise SpecError(f"{where} (residual): skip must be 'identity' or a conv1d or conv_transpose1d with "
-                            f"kernel_size 1, got {skip.to_dict() if isinstance(skip, Layer) else skip!r}")
-        skip_shape = _layer_out(spec, skip, shape, f"{where}.skip")
-        skip_ls = LayerShape(f"{name}.skip", skip, shape, skip_shape)
-    if skip_shape != h:
-        (length, _), (out, channels) = shape, h
-        stride = next((s for s in range(1, length + 1) if -(-length // s) == out), None)
-        fix = (f"make the skip {{type: conv1d, filters: {channels}, kernel_size: 1, stride: {stride}}}" if stride
-               else f"make the skip {{type: conv_transpose1d, filters: {channels}, kernel_size: 1, stride: {out // length}}}"
-               if out % length == 0 else "change the inner strides so a 1x1 skip can match them")
-        raise SpecError(f"{where} (residual): the inner path gives shape {h} but the skip gives {skip_shape}; {fix}")
-    act = layer.args["activation"]
-    if act is not None and act not in ACTIVATIONS:
-        raise SpecError(f"{where} (residual): activation {act!r} is not one of {', '.join(ACTIVATIONS)} (or null)")
-    return inner, skip_ls, h
-
-
-def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
-    """Keras' (and TensorFlow's, XLA's) "same" padding of a conv: ``ceil(L / s)`` outputs, the
-    zeros needed for them split with the odd one on the right. PyTorch pads this explicitly."""
-    out = -(-length // stride)
-    total = max((out - 1) * stride + kernel - length, 0)
-    return total // 2, total - total // 2
-
-
-def transpose_trim(kernel: int, stride: int) -> tuple[int, int]:
-    """A "same" conv-transpose (the adjoint of a "same" conv from ``L * s`` to ``L`` positions) as
-    the full one, ``(L - 1) * s + max(k, s)`` positions, with this many dropped at (left, right)."""
-    total = max(kernel - stride, 0)
-    return total // 2, total - total // 2
-
-
-def _pool_message(spec: VAESpec, where: str, pool: int, length: int) -> str:
-    total = 1
-    for layer in spec.encoder:
-        if layer.type == "max_pool1d":
-            total *= layer.args["pool_size"]
-    lo = (spec.input_length // total) * total
-    hi = lo + total
-    nearest = f"{hi}" if lo == 0 else f"{lo} or {hi}"
-    return (
-        f"spec {spec.name!r}: {where} (max_pool1d {pool}) cannot divide length {length}; "
-        f"input length {spec.input_length} must be a multiple of {total} to pass every pool, "
-        f"nearest valid lengths: {nearest}"
-    )
-
-
 def validate(spec: VAESpec) -> VAESpec:
     """Raise SpecError (one line) for anything a build would choke on."""
     if not isinstance(spec.input_length, int) or isinstance(spec.input_length, bool) or spec.input_length <= 0:
@@ -495,6 +306,15 @@ def validate(spec: VAESpec) -> VAESpec:
     if spec.loss.reconstruction not in LOSSES:
         raise SpecError(f"spec {spec.name!r}: loss.reconstruction {spec.loss.reconstruction!r} is not supported; "
                         f"use one of {', '.join(LOSSES)}")
+    if spec.loss.kl_normalisation not in KL_NORMALISATIONS:
+        raise SpecError(f"spec {spec.name!r}: loss.kl_normalisation {spec.loss.kl_normalisation!r} is not "
+                        f"supported; use one of {', '.join(KL_NORMALISATIONS)}")
+    if spec.loss.reconstruction == "masked_bce" and spec.masking is None:
+        raise SpecError(f"spec {spec.name!r}: loss masked_bce scores the masked block only, so the encoder "
+                        "must start with a masking layer ({type: masking, blocks: [...]}); or use bce_logits")
+    if spec.latent_heads.type not in LATENT_HEADS:
+        raise SpecError(f"spec {spec.name!r}: latent_heads.type {spec.latent_heads.type!r} is not supported; "
+                        f"use one of {', '.join(LATENT_HEADS)}")
     if spec.optimizer.name != "adam":
         raise SpecError(f"spec {spec.name!r}: optimizer.name must be 'adam'")
     clip = spec.optimizer.clip_global_norm
@@ -518,70 +338,6 @@ def validate(spec: VAESpec) -> VAESpec:
         )
     infer_shapes(spec)
     return spec
-
-
-# ------------------------------------------------------------------ parameters
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    name: str
-    shape: tuple[int, ...]
-    trainable: bool
-
-
-def param_table(spec: VAESpec) -> list[ParamInfo]:
-    """Every tensor of the canonical weight layout, in a fixed order.
-
-    Canonical layout (Keras' own): dense ``kernel`` (in, out); conv1d ``kernel``
-    (k, in, out); conv_transpose1d ``kernel`` (k, out, in); batch_norm ``gamma``,
-    ``beta`` (trainable), ``moving_mean``, ``moving_variance`` (not trainable). A
-    flattened (length, channels) tensor is read row-major, channel fastest.
-    """
-    params: list[ParamInfo] = []
-    for ls in _leaves(spec, infer_shapes(spec)):
-        t, a = ls.layer.type, ls.layer.args
-        if t == "dense":
-            params += [ParamInfo(f"{ls.name}.kernel", (ls.in_shape[0], a["units"]), True),
-                       ParamInfo(f"{ls.name}.bias", (a["units"],), True)]
-        elif t == "conv1d":
-            params += [ParamInfo(f"{ls.name}.kernel", (a["kernel_size"], ls.in_shape[1], a["filters"]), True),
-                       ParamInfo(f"{ls.name}.bias", (a["filters"],), True)]
-        elif t == "conv_transpose1d":
-            params += [ParamInfo(f"{ls.name}.kernel", (a["kernel_size"], a["filters"], ls.in_shape[1]), True),
-                       ParamInfo(f"{ls.name}.bias", (a["filters"],), True)]
-        elif t == "batch_norm":
-            c = (ls.in_shape[-1],)
-            params += [ParamInfo(f"{ls.name}.gamma", c, True), ParamInfo(f"{ls.name}.beta", c, True),
-                       ParamInfo(f"{ls.name}.moving_mean", c, False),
-                       ParamInfo(f"{ls.name}.moving_variance", c, False)]
-    return params
-
-
-def _leaves(spec: VAESpec, shapes: list[LayerShape]):
-    """Each residual as its inner layers and skip, so their tensors nest: ``encoder.3.inner.0.kernel``."""
-    for ls in shapes:
-        inner, skip, _ = _residual(spec, ls.layer, ls.in_shape, ls.name, ls.name) if ls.layer.type == "residual" else ([ls], 0, 0)
-        yield from [*inner, skip] if skip else inner
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    trainable: int
-    non_trainable: int
-
-    @property
-    def total(self) -> int:
-        return self.trainable + self.non_trainable
-
-
-def count_params(spec: VAESpec) -> ParamCounts:
-    """The counts every build must reproduce, from the spec alone."""
-    table = param_table(spec)
-    return ParamCounts(
-        trainable=sum(math.prod(p.shape) for p in table if p.trainable),
-        non_trainable=sum(math.prod(p.shape) for p in table if not p.trainable),
-    )
 
 
 # --------------------------------------------------------------------------- k-mers

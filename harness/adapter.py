@@ -15,13 +15,16 @@ Contract, in the order the harness calls it:
 3. ``train_step(x)`` runs one optimizer step on a numpy batch and returns the
    loss *without* waiting for the device (a framework array or a float).
    ``train_step(x, eps=...)`` fixes the reparameterisation noise instead of
-   drawing it; it must run the same update as the unfixed step.
+   drawing it; it must run the same update as the unfixed step. A spec with a
+   ``masking`` layer draws its block per step too; ``mask_block=j`` fixes it
+   (the harness passes it only for such specs).
 4. ``synchronize()`` blocks until all queued device work is done; timers call
    it, nothing else does.
 5. ``loss_value(handle)`` turns the returned handle into a float (this syncs).
 6. ``eval_forward(x, eps)`` returns reconstruction probabilities, mean and
-   log-variance in inference mode (running BatchNorm statistics).
-7. ``loss_and_grads(x, eps)`` returns the training-mode loss and the gradient of
+   log-variance in inference mode (running BatchNorm statistics); the masking
+   layer, if any, masks block ``mask_block``.
+7. ``loss_and_grads(x, eps)`` (and ``mask_block``) returns the training-mode loss and the gradient of
    every trainable canonical tensor, without updating anything.
 8. ``device_memory()`` returns what the framework's allocator reports, in bytes.
 9. ``counters()`` returns monotone counters that explain memory growth (for

@@ -22,8 +22,9 @@ from harness.data import synthetic_profiles
 from harness.run.launch import run_worker
 from harness.run.task import ParamsTask, ParityTask
 from harness.spec.params import count_params
-from harness.spec.reference import init_weights, perturb_batch_norm
+from harness.spec.reference import init_weights, perturb_batch_norm, perturb_zero_init
 from harness.spec.schema import VAESpec
+from harness.spec.shapes import latent_shape
 
 #: acceptance thresholds (relative L2 against the reference row)
 TOL_FORWARD = 1e-4
@@ -170,7 +171,7 @@ class ParityReport:
 
 def parity_inputs(spec: VAESpec, k: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Weights, batch and noise shared by every build."""
-    weights = perturb_batch_norm(spec, init_weights(spec, seed))
+    weights = perturb_zero_init(spec, perturb_batch_norm(spec, init_weights(spec, seed)))
     x = synthetic_profiles(k, batch, seq_len=4_000, seed=seed)
     # Scale profiles into a range where BCE gradients are not all tiny, and break the
     # ties of integer k-mer counts: equal neighbours make equal conv outputs, and a
@@ -178,8 +179,12 @@ def parity_inputs(spec: VAESpec, k: int, batch: int, seed: int = 0) -> dict[str,
     rng = np.random.default_rng(seed + 2)
     x = x * spec.input_length / 8 + rng.uniform(0, 0.05, x.shape)
     x = np.clip(x, 0, 1).astype(np.float32)
-    eps = np.random.default_rng(seed + 1).standard_normal((batch, spec.latent_dim)).astype(np.float32)
-    return {"x": x, "eps": eps, **{f"w:{k_}": v for k_, v in weights.items()}}
+    eps = np.random.default_rng(seed + 1).standard_normal((batch, *latent_shape(spec))).astype(np.float32)
+    fixed = {"x": x, "eps": eps}
+    if spec.masking is not None:  # the block the masking layer sets to -1, drawn once and fixed like eps
+        blocks = len(spec.masking.args["blocks"])
+        fixed["mask_block"] = np.asarray(np.random.default_rng(seed + 4).integers(blocks))
+    return {**fixed, **{f"w:{k_}": v for k_, v in weights.items()}}
 
 
 def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int = 16, reference: str = "torch",

@@ -55,17 +55,19 @@ def task_parity(task: ParityTask) -> dict[str, Any]:
         inputs = np.load(item["inputs_path"])
         weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
         x, eps = inputs["x"], inputs["eps"]
+        # the masking layer's draw is fixed like eps; a spec without one passes nothing (plug-ins need not know)
+        fixed = {"mask_block": int(inputs["mask_block"])} if "mask_block" in inputs.files else {}
         model = cls(spec)
         model.set_weights(weights)
         out: dict[str, np.ndarray] = {}
-        fwd = model.eval_forward(x, eps)
+        fwd = model.eval_forward(x, eps, **fixed)
         for key in ("recon", "z_mean", "z_log_var"):
             out[f"forward:{key}"] = np.asarray(fwd[key], np.float32)
-        loss, grads = model.loss_and_grads(x, eps)
+        loss, grads = model.loss_and_grads(x, eps, **fixed)
         out["loss"] = np.asarray(loss, np.float64)
         for name, g in grads.items():
             out[f"grad:{name}"] = np.asarray(g, np.float32)
-        out["step_loss"] = np.asarray(model.loss_value(model.train_step(x, eps)), np.float64)
+        out["step_loss"] = np.asarray(model.loss_value(model.train_step(x, eps, **fixed)), np.float64)
         model.synchronize()
         for name, w in model.get_weights().items():
             out[f"after:{name}"] = np.asarray(w, np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.spec.layers import L, Layer, SpecError
-from harness.spec.schema import Loss, VAESpec, canonical_kmer_count, load_spec, validate
+from harness.spec.schema import LatentHeads, Loss, VAESpec, canonical_kmer_count, load_spec, validate
 
 
 def _dense(n: int) -> VAESpec:
@@ -161,6 +161,73 @@ def _resvae(n: int) -> VAESpec:
     )
 
 
+def _autoencoder_kl(n: int) -> VAESpec:
+    """Seed 001's AutoencoderKL in 1-D: ResNet blocks (GroupNorm 32, SiLU, conv k3, GroupNorm, SiLU, a
+    zero-initialised conv k3, a 1x1 skip where the channels change), levels of 64, 128 and 256 channels
+    with a conv k2 stride 2 down between them, a middle of ResNet, attention, ResNet, and a
+    DiagonalGaussian over a (L/4, 4) feature map from conv1d heads; the decoder mirrors it with
+    conv-transpose k2 stride 2 up. BCE from logits, beta 1e-3.
+
+    Left out of the original: the 1x1 ``quant_conv`` / ``post_quant_conv`` around the latent (a spec's
+    heads are two convs, one conv to 8 channels split in two)."""
+    def resnet(c_in: int, c_out: int) -> Layer:
+        return L("residual", layers=(L("group_norm", groups=32), L("silu"), L("conv1d", filters=c_out, kernel_size=3),
+                                     L("group_norm", groups=32), L("silu"),
+                                     L("conv1d", filters=c_out, kernel_size=3, init="zeros")),
+                 skip="identity" if c_in == c_out else L("conv1d", filters=c_out, kernel_size=1), activation=None)
+    attention = L("attention1d", groups=32, init="zeros")
+    middle = (resnet(256, 256), attention, resnet(256, 256))
+    return VAESpec(
+        name="autoencoder-kl",
+        input_length=n,
+        latent_dim=4,
+        latent_heads=LatentHeads(type="conv1d", kernel_size=3),
+        encoder=(
+            L("reshape", shape=[n, 1]),
+            L("conv1d", filters=64, kernel_size=3),
+            resnet(64, 64), L("conv1d", filters=64, kernel_size=2, stride=2),
+            resnet(64, 128), L("conv1d", filters=128, kernel_size=2, stride=2),
+            resnet(128, 256),
+            *middle,
+            L("group_norm", groups=32), L("silu"),
+        ),
+        decoder=(
+            L("conv1d", filters=256, kernel_size=3),
+            *middle,
+            resnet(256, 256), L("conv_transpose1d", filters=256, kernel_size=2, stride=2),
+            resnet(256, 128), L("conv_transpose1d", filters=128, kernel_size=2, stride=2),
+            resnet(128, 64),
+            L("group_norm", groups=32), L("silu"),
+            L("conv1d", filters=1, kernel_size=3),
+            L("flatten"),
+        ),
+        output_length_policy="crop_or_pad",
+        loss=Loss(reconstruction="bce_logits", beta=1e-3),
+    )
+
+
+#: the masked multi-omics VAE's features: DNAm, H3K9me3, H3K27me3 and one expression value (seed 004)
+MULTIOMICS_BLOCKS = (4000, 4000, 4000, 1)
+
+
+def _masked_multiomics(n: int) -> VAESpec:
+    """Seed 004's masked VAE on 12,001 multi-omics features: each minibatch one feature block is set to
+    -1; Dense 150 SELU, Dense 100 SELU, latent 50, the mirror, sigmoid; BCE on the masked block only,
+    the KL divided by the number of features. ``n`` must be 12,001 (``FIXED_INPUT_LENGTH``)."""
+    return VAESpec(
+        name="masked-multiomics",
+        input_length=n,
+        latent_dim=50,
+        encoder=(L("masking", blocks=list(MULTIOMICS_BLOCKS)),
+                 L("dense", units=150), L("selu"), L("dense", units=100), L("selu")),
+        decoder=(L("dense", units=100), L("selu"), L("dense", units=150), L("selu"), L("dense", units=n)),
+        loss=Loss(reconstruction="masked_bce", kl_normalisation="features"),
+    )
+
+
+#: presets whose input is not a k-mer profile: their own length, whatever ``--kmer`` says
+FIXED_INPUT_LENGTH: dict[str, int] = {"masked-multiomics": sum(MULTIOMICS_BLOCKS)}
+
 #: the user's designs, which the default matrix runs (``harness/run/matrix.py``) and ``params`` lists
 PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "dense": _dense,
@@ -173,6 +240,8 @@ PRESETS: dict[str, Callable[[int], VAESpec]] = {
 SEED_PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "conv-strided": _conv_strided,
     "resvae": _resvae,
+    "autoencoder-kl": _autoencoder_kl,
+    "masked-multiomics": _masked_multiomics,
 }
 #: every preset ``--spec`` accepts
 ALL_PRESETS: dict[str, Callable[[int], VAESpec]] = {**PRESETS, **SEED_PRESETS}
@@ -181,7 +250,7 @@ ALL_PRESETS: dict[str, Callable[[int], VAESpec]] = {**PRESETS, **SEED_PRESETS}
 def preset(name: str, input_length: int) -> VAESpec:
     if name not in ALL_PRESETS:
         raise SpecError(f"unknown spec {name!r}; presets are {', '.join(ALL_PRESETS)}, or pass a .json/.yaml spec file")
-    return validate(ALL_PRESETS[name](input_length))
+    return validate(ALL_PRESETS[name](FIXED_INPUT_LENGTH.get(name, input_length)))
 
 
 def resolve_spec(name_or_path: str, kmer: int | None = None, input_length: int | None = None) -> VAESpec:
@@ -191,6 +260,8 @@ def resolve_spec(name_or_path: str, kmer: int | None = None, input_length: int |
     """
     if kmer is not None:
         input_length = canonical_kmer_count(kmer)
+    if name_or_path in FIXED_INPUT_LENGTH:  # not sized by k: --kmer only picks the data, if any
+        return preset(name_or_path, FIXED_INPUT_LENGTH[name_or_path])
     if name_or_path in ALL_PRESETS:
         if input_length is None:
             raise SpecError(f"preset {name_or_path!r} needs --kmer K (or an input length) to size it")

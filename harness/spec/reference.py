@@ -12,28 +12,46 @@ import math
 
 import numpy as np
 
-from harness.spec.layers import Layer
+from harness.spec.layers import MASK_VALUE, MASKED_BCE_CLIP, Layer
 from harness.spec.params import param_table
 from harness.spec.schema import VAESpec
-from harness.spec.shapes import infer_shapes, same_padding, transpose_trim
+from harness.spec.shapes import infer_shapes, mask_bounds, same_padding, transpose_trim
 
 
 def init_weights(spec: VAESpec, seed: int | None = None) -> dict[str, np.ndarray]:
-    """Canonical weights drawn with the spec's pinned initialisers (Glorot-uniform, zeros)."""
+    """Canonical weights drawn with the spec's pinned initialisers (Glorot-uniform, zeros), and zeros
+    for a layer with ``init: zeros``."""
     rng = np.random.default_rng(spec.settings.seed if seed is None else seed)
     out: dict[str, np.ndarray] = {}
     for p in param_table(spec):
         leaf = p.name.rsplit(".", 1)[1]
-        if leaf == "kernel":
-            receptive = math.prod(p.shape[:-2]) if len(p.shape) > 2 else 1
-            fan_in, fan_out = p.shape[-2] * receptive, p.shape[-1] * receptive
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            out[p.name] = rng.uniform(-limit, limit, size=p.shape).astype(np.float32)
+        if leaf == "kernel" and not p.zero_init:
+            out[p.name] = _glorot(rng, p.shape)
         elif leaf in ("gamma", "moving_variance"):
             out[p.name] = np.ones(p.shape, np.float32)
         else:
             out[p.name] = np.zeros(p.shape, np.float32)
     return out
+
+
+def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+def perturb_zero_init(spec: VAESpec, weights: dict[str, np.ndarray], seed: int = 3) -> dict[str, np.ndarray]:
+    """Give the ``init: zeros`` tensors Glorot values (kernels) and small biases, so that parity's
+    forward pass really goes through the layers they gate (a zero output projection hides the
+    attention it follows)."""
+    rng = np.random.default_rng(seed)
+    w = dict(weights)
+    for p in param_table(spec):
+        if p.zero_init:
+            w[p.name] = (_glorot(rng, p.shape) if p.name.endswith(".kernel")
+                         else rng.normal(0, 0.1, p.shape).astype(np.float32))
+    return w
 
 
 def perturb_batch_norm(spec: VAESpec, weights: dict[str, np.ndarray], seed: int = 1) -> dict[str, np.ndarray]:
@@ -46,7 +64,7 @@ def perturb_batch_norm(spec: VAESpec, weights: dict[str, np.ndarray], seed: int 
             w[p.name] = rng.normal(0, 0.1, p.shape).astype(np.float32)
         elif leaf == "moving_variance":
             w[p.name] = rng.uniform(0.5, 1.5, p.shape).astype(np.float32)
-        elif leaf == "gamma":
+        elif leaf == "gamma":  # group_norm's too
             w[p.name] = rng.uniform(0.8, 1.2, p.shape).astype(np.float32)
         elif leaf == "beta":
             w[p.name] = rng.normal(0, 0.1, p.shape).astype(np.float32)
@@ -96,6 +114,46 @@ def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
+#: SELU's fixed constants (Klambauer et al. 2017), as every framework writes them
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def group_norm(x: np.ndarray, groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """x (B, L, C): each sample's channels split into ``groups`` consecutive groups, each normalised
+    over its (length, channels / groups) values with the biased variance, then scaled and shifted."""
+    b, length, c = x.shape
+    g = x.reshape(b, length, groups, c // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = g.var(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(b, length, c) * gamma + beta
+
+
+def attention1d(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """AutoencoderKL's AttnBlock over the length axis: ``x + proj(softmax(q k^T / sqrt(C)) v)``, with
+    q, k, v and proj 1x1 convs of ``group_norm(x)``. Scores are (B, L, L), softmax over the keys."""
+    eps = spec.group_norm_epsilon(layer)
+    h = group_norm(x, layer.args["groups"], w[f"{name}.norm.gamma"], w[f"{name}.norm.beta"], eps)
+    q, k, v = (h @ w[f"{name}.{part}.kernel"][0] + w[f"{name}.{part}.bias"] for part in ("q", "k", "v"))
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(x.shape[-1])
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    attn = scores / scores.sum(axis=-1, keepdims=True)
+    return x + (attn @ v) @ w[f"{name}.proj.kernel"][0] + w[f"{name}.proj.bias"]
+
+
+def block_mask(spec: VAESpec, block: int) -> np.ndarray:
+    """The (L,) boolean mask of masking block ``block`` (``harness.spec.shapes.mask_bounds``)."""
+    start, stop = mask_bounds(spec.masking)[block]
+    mask = np.zeros(spec.input_length, bool)
+    mask[start:stop] = True
+    return mask
+
+
+def apply_masking(spec: VAESpec, x: np.ndarray, block: int) -> np.ndarray:
+    """The masking layer: the drawn block's features set to ``MASK_VALUE`` (-1) in every sample."""
+    return np.where(block_mask(spec, block), MASK_VALUE, x)
+
+
 def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     t, a = layer.type, layer.args
     if t == "dense":
@@ -114,6 +172,14 @@ def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarr
         eps = spec.settings.batch_norm_epsilon
         mean, var = w[f"{name}.moving_mean"], w[f"{name}.moving_variance"]
         return (x - mean) / np.sqrt(var + eps) * w[f"{name}.gamma"] + w[f"{name}.beta"]
+    if t == "group_norm":
+        return group_norm(x, a["groups"], w[f"{name}.gamma"], w[f"{name}.beta"], spec.group_norm_epsilon(layer))
+    if t == "attention1d":
+        return attention1d(spec, name, layer, x, w)
+    if t == "silu":
+        return x / (1 + np.exp(-x))
+    if t == "selu":
+        return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
     if t == "relu":
         return np.maximum(x, 0)
     if t == "leaky_relu":
@@ -135,32 +201,46 @@ def _apply(spec: VAESpec, name: str, layer, x: np.ndarray, w: dict[str, np.ndarr
     raise ValueError(t)
 
 
-def eval_forward(spec: VAESpec, w: dict[str, np.ndarray], x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
-    """Inference-mode forward in float64: probabilities, mean and log-variance."""
+def eval_forward(spec: VAESpec, w: dict[str, np.ndarray], x: np.ndarray, eps: np.ndarray,
+                 mask_block: int | None = None) -> dict[str, np.ndarray]:
+    """Inference-mode forward in float64: probabilities, mean and log-variance. ``mask_block``: the
+    masking layer's block (a spec with one needs it)."""
     w64 = {k: v.astype(np.float64) for k, v in w.items()}
     h = x.astype(np.float64)
     shapes = infer_shapes(spec)
-    enc = [s for s in shapes if s.name.startswith("encoder.")]
-    dec = [s for s in shapes if s.name.startswith("decoder.")]
-    for s in enc:
-        h = _apply(spec, s.name, s.layer, h, w64)
-    mu = h @ w64["z_mean.kernel"] + w64["z_mean.bias"]
-    logvar = h @ w64["z_log_var.kernel"] + w64["z_log_var.bias"]
-    z = mu + np.exp(0.5 * logvar) * eps
-    h = z
-    for s in dec:
-        h = _apply(spec, s.name, s.layer, h, w64)
+    by_name = {s.name: s for s in shapes}
+    for s in shapes:
+        if s.name.startswith("encoder."):
+            h = apply_masking(spec, h, mask_block) if s.layer.type == "masking" else _apply(spec, s.name, s.layer, h, w64)
+    mu = _apply(spec, "z_mean", by_name["z_mean"].layer, h, w64)
+    logvar = _apply(spec, "z_log_var", by_name["z_log_var"].layer, h, w64)
+    h = mu + np.exp(0.5 * logvar) * eps
+    for s in shapes:
+        if s.name.startswith("decoder."):
+            h = _apply(spec, s.name, s.layer, h, w64)
     if spec.output_length_policy == "crop_or_pad":
         h = crop_or_pad(h, spec.input_length)
     return {"recon": 1 / (1 + np.exp(-h)), "logits": h, "z_mean": mu, "z_log_var": logvar}
 
 
-def vae_loss(spec: VAESpec, x: np.ndarray, logits: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> float:
-    """The spec's loss: BCE-from-logits (or, for ``mse``, the squared error of ``sigmoid(logits)``)
-    summed over features, + beta x KL summed over latent dims, both averaged over the batch."""
+def vae_loss(spec: VAESpec, x: np.ndarray, logits: np.ndarray, mu: np.ndarray, logvar: np.ndarray,
+             mask_block: int | None = None) -> float:
+    """The spec's loss: the reconstruction term, + beta x KL summed over latent elements (divided by
+    the input length for ``kl_normalisation: features``), both averaged over the batch.
+
+    ``bce_logits``: BCE from the logits summed over features; ``mse``: the squared error of
+    ``sigmoid(logits)`` summed over features; ``masked_bce``: BCE of ``sigmoid(logits)`` clipped to
+    [1e-7, 1 - 1e-7], on the masked block (``mask_block``) only, averaged over its positions.
+    ``x`` is the unmasked batch."""
     if spec.loss.reconstruction == "mse":
-        bce = (1 / (1 + np.exp(-logits)) - x) ** 2
+        recon = ((1 / (1 + np.exp(-logits)) - x) ** 2).sum(axis=1)
+    elif spec.loss.reconstruction == "masked_bce":
+        p = np.clip(1 / (1 + np.exp(-logits)), MASKED_BCE_CLIP, 1 - MASKED_BCE_CLIP)
+        mask = block_mask(spec, mask_block)
+        recon = -(x * np.log(p) + (1 - x) * np.log(1 - p))[:, mask].sum(axis=1) / mask.sum()
     else:
-        bce = np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
-    kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar))
-    return float(bce.sum(axis=1).mean() + spec.loss.beta * kl.sum(axis=1).mean())
+        recon = (np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))).sum(axis=1)
+    kl = (-0.5 * (1 + logvar - mu**2 - np.exp(logvar))).reshape(len(x), -1).sum(axis=1)
+    if spec.loss.kl_normalisation == "features":
+        kl = kl / spec.input_length
+    return float(recon.mean() + spec.loss.beta * kl.mean())

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.measure.int32_check import OPS as PROBED_OPS
+
 #: the framework whose kernels each built-in impl runs
 IMPL_FRAMEWORK = {"torch": "torch", "flax": "jax", "keras-jax": "jax", "keras-torch": "torch",
                   "keras-tensorflow": "tensorflow"}
@@ -139,6 +141,8 @@ def op_fact(impl: str, op: str, pass_: str, device: str, version: str | None,
     for fact in shipped_facts():
         if fact.covers(impl, op, pass_, device, version):
             return OpFact(fact.behaviour, f"table: {fact.source}", fact.detail)
+    if op not in PROBED_OPS:
+        return OpFact("unknown", f"none: probe-int32 has no {op} probe yet")
     return OpFact("unknown", "none: run " + probe_hint(impl))
 
 
@@ -221,5 +225,8 @@ def verdict(impl: str | None, entries: list[Int32Entry]) -> str:
     unknown = [e for e in entries if e.behaviour == "unknown"]
     if unknown:
         names = ", ".join(f"{e.layer} {e.tensor} ({e.op})" for e in unknown)
-        return f"no int32 failure known in {who}; unknown past 2^31: {names}; measure with {probe_hint(impl)}"
+        unprobed = sorted({e.op for e in unknown if e.op not in PROBED_OPS})
+        how = (f"measure with {probe_hint(impl)}" if not unprobed
+               else f"probe-int32 has no probe yet for {', '.join(unprobed)}")
+        return f"no int32 failure known in {who}; unknown past 2^31: {names}; {how}"
     return f"no int32 failure in {who}: every tensor past 2^31 runs correctly"

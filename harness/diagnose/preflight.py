@@ -100,7 +100,8 @@ def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> li
             shape = (b, *ls.out_shape)
             t = ls.layer.type
             kind = {"upsample1d": "upsampled output", "conv_transpose1d": "conv-transpose output",
-                    "conv1d": "conv output"}.get(t, "activation")
+                    "conv1d": "conv output", "attention_scores": "attention scores",
+                    "softmax": "attention weights"}.get(t, "activation")
             if ls.name in ("z_mean", "z_log_var"):
                 reader = "sampling"
             tensors.append(Tensor(pass_, ls.name, kind, shape, True, op=t, reader=reader))

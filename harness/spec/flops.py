@@ -30,15 +30,29 @@
   leaky_relu          2        2
   sigmoid (hidden)    4        3         1 / (1 + exp(-x)); backward s (1 - s) g
   gelu (erf form)     5        8         0.5 x (1 + erf(x / sqrt 2)); backward adds the Gaussian pdf
+  group_norm          8        12        as batch_norm, per group instead of per channel
+  silu                5        5         x sigmoid(x); backward s (1 + x (1 - s)) g
+  selu                4        3         compare, exp, scale, select; backward the same branch
+  masking             1        0         a select per input element; the input needs no gradient
+  softmax             5        4         max, subtract, exp, sum, divide (attention, per score);
+                                         backward y (g - sum(g y))
   max_pool1d          p - 1    0         comparisons per output element; backward routes (a copy)
   upsample1d          0        s - 1     backward sums the s copies' gradients, per input element
   sampling            4        5         per latent element: z = mu + exp(0.5 lv) eps
   BCE from logits     10       6         per output element, stable form, sum included; backward
                                          (sigmoid(x) - y) scaled
+  masked BCE          12       6         per output element (all are computed, then masked): sigmoid,
+                                         clip, two logs, the mask's product, the sum
   KL                  6        5         per latent element, sum included
   Adam                12 per trainable parameter: m 3, v 4, sqrt 1, + eps 1, divide 1, rate 1,
                       subtract 1 (the bias corrections are per-step scalars)
   ==================  =======  ========  ==============================================================
+
+  An ``attention1d`` counts its parts (``harness.spec.residual.attention_parts``): its group_norm,
+  the q, k, v and output 1x1 convs as convs, the scores ``q k^T`` and the context ``softmax · v``
+  as matmul (``L × L × C`` multiply-adds each per sample, backward 2 × forward: the gradients
+  of both operands), the softmax per score, and the residual add as a bias. Conv1d latent heads
+  are convs; sampling and KL count every latent element (``L' × C`` of them).
 
   The decoder's sigmoid is not counted: the loss takes the logits, and the training step never
   applies it. BatchNorm's running-statistic updates and the loss's batch mean are per channel or
@@ -53,9 +67,10 @@ from dataclasses import dataclass
 from harness.spec.params import count_params
 from harness.spec.residual import flat_shapes
 from harness.spec.schema import VAESpec
+from harness.spec.shapes import latent_shape
 
 #: bump when a constant below changes, so stored figures say which count they used
-FLOP_CONVENTION_VERSION = 1
+FLOP_CONVENTION_VERSION = 1  # v1's constants are unchanged; the new layers' ones were added beside them
 CONVENTION = (f"v{FLOP_CONVENTION_VERSION}: 2 FLOPs per multiply-add; backward = 2 x forward for dense and conv "
               "layers (3 x per step, the first layer's unneeded input gradient included); elementwise, loss and "
               "Adam (12/parameter) per harness/spec/flops.py; MFU uses the matmul (dense + conv) part")
@@ -68,9 +83,15 @@ ELEMENTWISE: dict[str, tuple[int, int]] = {
     "leaky_relu": (2, 2),
     "sigmoid": (4, 3),
     "gelu": (5, 8),
+    "group_norm": (8, 12),
+    "silu": (5, 5),
+    "selu": (4, 3),
+    "masking": (1, 0),
+    "softmax": (5, 4),
     "sampling": (4, 5),
     "bce_logits": (10, 6),
     "mse": (7, 6),
+    "masked_bce": (12, 6),
     "kl": (6, 5),
 }
 ADAM_FLOPS_PER_PARAM = 12
@@ -177,16 +198,19 @@ def step_flops(spec: VAESpec, batch: int) -> FlopCount:
             trainable_seen = True
         elif t in ELEMENTWISE:
             layers.append(_layer(ls.name, t, batch, 0, out_elems, ELEMENTWISE[t]))
-            trainable_seen |= t == "batch_norm"
+            trainable_seen |= t in ("batch_norm", "group_norm")
         elif t == "max_pool1d":
             layers.append(LayerFlops(ls.name, t, (in_elems - out_elems) * batch, 0))
         elif t == "upsample1d":
             layers.append(LayerFlops(ls.name, t, 0, (out_elems - in_elems) * batch))
-        elif t == "residual":
+        elif t in ("attention_scores", "attention_context"):  # q k^T over C, then the scores times v over L
+            macs = ls.out_shape[0] * ls.out_shape[1] * (ls.in_shape[1] if t == "attention_scores" else ls.in_shape[0])
+            layers.append(_layer(ls.name, t, batch, macs, 0, (0, 0)))
+        elif t in ("residual", "attention1d"):  # the residual add
             layers.append(_layer(ls.name, t, batch, 0, out_elems, ELEMENTWISE["bias"]))
         else:  # flatten, reshape: views
             layers.append(LayerFlops(ls.name, t, 0, 0))
-    latent, length = spec.latent_dim, spec.input_length
+    latent, length = math.prod(latent_shape(spec)), spec.input_length
     layers.append(_layer("sampling", "sampling", batch, 0, latent, ELEMENTWISE["sampling"]))
     bce, kl = ELEMENTWISE[spec.loss.reconstruction], ELEMENTWISE["kl"]
     layers.append(LayerFlops("loss", "loss", (bce[0] * length + kl[0] * latent) * batch,

@@ -13,6 +13,11 @@ so this build does too and translates only at its boundary:
   position of every flat vector and permutes the rows or columns of the dense layers
   (and the parameters of a BatchNorm) next to it, once, when weights are moved.
   The forward pass stays the one a PyTorch user would write.
+
+GroupNorm (``nn.GroupNorm``), the attention block and conv1d latent heads work on ``(N, C, L)``
+as diffusers' AutoencoderKL writes them; a conv latent's noise and outputs are transposed at the
+boundary like the kernels. The masking layer's block is drawn each training step on the device,
+from a ``torch.Generator`` seeded by ``settings.seed``, so the step never waits for the host.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import VAEAdapter
-from harness.spec.layers import ACTIVATIONS
+from harness.spec.layers import ACTIVATIONS, MASK_VALUE, MASKED_BCE_CLIP, ZERO_INIT
 from harness.spec.params import ParamCounts, param_table
 from harness.spec.residual import residual_parts
 from harness.spec.schema import VAESpec
-from harness.spec.shapes import LayerShape, infer_shapes, same_padding, transpose_trim
+from harness.spec.shapes import LayerShape, infer_shapes, mask_bounds, same_padding, transpose_trim
 
 # ---------------------------------------------------------------------------- feature orders
 #
@@ -158,16 +163,61 @@ class ResidualBlock(nn.Module):
         return self.activation(self.inner(x) + self.skip(x))
 
 
-class VAE(nn.Module):
-    def __init__(self, encoder: nn.Sequential, latent_in: int, latent_dim: int, decoder: nn.Sequential) -> None:
+class AttnBlock1d(nn.Module):
+    """AutoencoderKL's ``AttnBlock`` over the length axis: ``x + proj(softmax(q^T k / sqrt(C)) v)``,
+    with q, k, v and proj 1x1 convs of a GroupNorm of ``x``; attention weights are (N, L, L),
+    queries by keys, the softmax over the keys."""
+
+    def __init__(self, channels: int, groups: int, eps: float) -> None:
         super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.q = nn.Conv1d(channels, channels, 1)
+        self.k = nn.Conv1d(channels, channels, 1)
+        self.v = nn.Conv1d(channels, channels, 1)
+        self.proj = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)  # (N, C, L)
+        w = torch.bmm(q.transpose(1, 2), k) * x.shape[1] ** -0.5  # (N, L queries, L keys)
+        w = w.softmax(dim=-1)
+        h = torch.bmm(v, w.transpose(1, 2))  # h[:, c, i] = sum_j v[:, c, j] w[:, i, j]
+        return x + self.proj(h)
+
+
+class BlockMasking(nn.Module):
+    """The masking layer: one block of input features set to ``MASK_VALUE`` (-1) in every sample.
+
+    ``block`` is a Python int or a 0-d device tensor (a step's own draw), so the mask is built
+    on the device without reading the block back."""
+
+    def __init__(self, bounds: list[tuple[int, int]]) -> None:
+        super().__init__()
+        block_of = torch.cat([torch.full((stop - start,), j) for j, (start, stop) in enumerate(bounds)])
+        self.register_buffer("block_of", block_of, persistent=False)  # feature -> its block
+
+    def mask(self, block: int | torch.Tensor) -> torch.Tensor:
+        return self.block_of == block
+
+    def forward(self, x: torch.Tensor, block: int | torch.Tensor) -> torch.Tensor:
+        return x.masked_fill(self.mask(block), MASK_VALUE)
+
+
+class VAE(nn.Module):
+    def __init__(self, encoder: nn.Sequential, z_mean: nn.Module, z_log_var: nn.Module, decoder: nn.Sequential,
+                 masking: BlockMasking | None = None) -> None:
+        super().__init__()
+        self.masking = masking
         self.encoder = encoder
-        self.z_mean = nn.Linear(latent_in, latent_dim)
-        self.z_log_var = nn.Linear(latent_in, latent_dim)
+        self.z_mean = z_mean
+        self.z_log_var = z_log_var
         self.decoder = decoder
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
-        """Returns decoder logits, mean and log-variance; draws ``eps`` when it is not given."""
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, block: int | torch.Tensor | None = None):
+        """Returns decoder logits, mean and log-variance; draws ``eps`` when it is not given.
+        ``block``: the masked block of a spec with a masking layer."""
+        if self.masking is not None:
+            x = self.masking(x, block)
         h = self.encoder(x)
         mu, logvar = self.z_mean(h), self.z_log_var(h)
         if eps is None:
@@ -188,10 +238,11 @@ class Layout:
     """
 
     name: str  # canonical prefix, e.g. "decoder.2"
-    kind: str  # "dense", "conv1d", "conv_transpose1d" or "batch_norm"
+    kind: str  # "dense", "conv1d", "conv_transpose1d", "batch_norm" or "group_norm"
     module: nn.Module
     in_order: np.ndarray | None = None
     out_order: np.ndarray | None = None
+    zero_init: bool = False  # ``init: zeros``: kernel and bias start at zero
 
 
 def _reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ...], order: np.ndarray | None):
@@ -225,26 +276,27 @@ def _build_stack(spec: VAESpec, shapes: list[LayerShape], order: np.ndarray | No
     layouts: list[Layout] = []
     for i, s in enumerate(shapes):
         t, a = s.layer.type, s.layer.args
+        zero = a.get("init") == ZERO_INIT
         if t == "dense":
             out_order = dense_output_order(shapes, i)
             m = nn.Linear(s.in_shape[0], a["units"])
-            layouts.append(Layout(s.name, t, m, order, out_order))
+            layouts.append(Layout(s.name, t, m, order, out_order, zero_init=zero))
             order = out_order
         elif t in ("conv1d", "conv_transpose1d") and s.layer.stride == 1:
             conv = nn.Conv1d if t == "conv1d" else nn.ConvTranspose1d
             k = a["kernel_size"]
             m = conv(s.in_shape[1], a["filters"], k, padding=(k - 1) // 2)  # 'same' for odd k
-            layouts.append(Layout(s.name, t, m))
+            layouts.append(Layout(s.name, t, m, zero_init=zero))
         elif t == "conv1d":  # strided: Keras' "same" pads asymmetrically, so pad explicitly
             k, stride = a["kernel_size"], s.layer.stride
             conv = nn.Conv1d(s.in_shape[1], a["filters"], k, stride=stride)
             m = nn.Sequential(nn.ConstantPad1d(same_padding(s.in_shape[0], k, stride), 0.0), conv)
-            layouts.append(Layout(s.name, t, conv))
+            layouts.append(Layout(s.name, t, conv, zero_init=zero))
         elif t == "conv_transpose1d":  # strided: the full transpose, trimmed to L * stride as Keras' "same"
             k, stride = a["kernel_size"], s.layer.stride
             conv = nn.ConvTranspose1d(s.in_shape[1], a["filters"], k, stride=stride, output_padding=max(stride - k, 0))
             m = nn.Sequential(conv, Trim1d(*transpose_trim(k, stride)))
-            layouts.append(Layout(s.name, t, conv))
+            layouts.append(Layout(s.name, t, conv, zero_init=zero))
         elif t == "max_pool1d":
             m = nn.MaxPool1d(a["pool_size"])
         elif t == "upsample1d":
@@ -253,12 +305,26 @@ def _build_stack(spec: VAESpec, shapes: list[LayerShape], order: np.ndarray | No
             # torch's momentum weighs the new batch; the spec's is the decay of the old value
             m = BatchNorm1d(s.in_shape[-1], eps=s_.batch_norm_epsilon, momentum=1.0 - s_.batch_norm_momentum)
             layouts.append(Layout(s.name, t, m, out_order=order if len(s.in_shape) == 1 else None))
+        elif t == "group_norm":  # (N, C, L): groups of consecutive channels, as the spec's
+            m = nn.GroupNorm(a["groups"], s.in_shape[1], eps=spec.group_norm_epsilon(s.layer))
+            layouts.append(Layout(s.name, t, m))
+        elif t == "attention1d":
+            m = AttnBlock1d(s.in_shape[1], a["groups"], spec.group_norm_epsilon(s.layer))
+            layouts.append(Layout(f"{s.name}.norm", "group_norm", m.norm))
+            layouts += [Layout(f"{s.name}.{part}", "conv1d", getattr(m, part), zero_init=zero and part == "proj")
+                        for part in ("q", "k", "v", "proj")]
+        elif t == "masking":  # applied by VAE.forward, which is handed the step's block
+            m = nn.Identity()
         elif t == "relu":
             m = nn.ReLU()
         elif t == "leaky_relu":
             m = nn.LeakyReLU(negative_slope=spec.leaky_slope(s.layer))
         elif t == "gelu":
             m = nn.GELU(approximate="tanh" if s_.gelu_approximate else "none")
+        elif t == "silu":
+            m = nn.SiLU()
+        elif t == "selu":
+            m = nn.SELU()
         elif t == "sigmoid":
             m = nn.Sigmoid()
         elif t in ("flatten", "reshape"):
@@ -284,16 +350,18 @@ def build_vae(spec: VAESpec) -> tuple[VAE, list[Layout]]:
     """
     shapes = infer_shapes(spec)
     encoder, order, layouts = _build_stack(spec, [s for s in shapes if s.name.startswith("encoder.")], None)
-    latent_in = next(s.in_shape[0] for s in shapes if s.name == "z_mean")
+    # the latent heads: nn.Linear on a flat encoder output, "same" nn.Conv1d on an (N, C, L) one
+    heads = [_build_stack(spec, [s for s in shapes if s.name == name], order) for name in ("z_mean", "z_log_var")]
     decoder, out_order, dec_layouts = _build_stack(spec, [s for s in shapes if s.name.startswith("decoder.")], None)
     n_out = next(s.out_shape[0] for s in reversed(shapes) if s.name.startswith("decoder."))
     if out_order is not None:  # the logits must come out in the canonical order of x
         decoder.append(Reorder(reorder_index(out_order, None, n_out)))
     if spec.output_length_policy == "crop_or_pad":
         decoder.append(CropOrPad(spec.input_length))
-    model = VAE(encoder, latent_in, spec.latent_dim, decoder)
-    layouts = [*layouts, Layout("z_mean", "dense", model.z_mean, order, None),
-               Layout("z_log_var", "dense", model.z_log_var, order, None), *dec_layouts]
+    masking = None if spec.masking is None else BlockMasking(mask_bounds(spec.masking))
+    (z_mean, _, mean_layouts), (z_log_var, _, log_var_layouts) = heads
+    model = VAE(encoder, z_mean[0], z_log_var[0], decoder, masking)
+    layouts = [*layouts, *mean_layouts, *log_var_layouts, *dec_layouts]
 
     # The spec pins Glorot-uniform kernels and zero biases; torch's default is Kaiming-uniform.
     # xavier_uniform_'s fan computation gives Glorot's limit for Linear, Conv1d and ConvTranspose1d.
@@ -302,6 +370,10 @@ def build_vae(spec: VAESpec) -> tuple[VAE, list[Layout]]:
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+    for layout in layouts:  # init: zeros (AutoencoderKL's zero_module): kernel and bias
+        if layout.zero_init:
+            nn.init.zeros_(layout.module.weight)
+            nn.init.zeros_(layout.module.bias)
     return model, layouts
 
 
@@ -322,6 +394,7 @@ _LEAVES = {
     "conv_transpose1d": {"kernel": "weight", "bias": "bias"},
     "batch_norm": {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                    "moving_variance": "running_var"},
+    "group_norm": {"gamma": "weight", "beta": "bias"},
 }
 
 
@@ -374,6 +447,8 @@ class TorchVAE(VAEAdapter):
         model, self.layouts = build_vae(spec)
         self.model = model.to(self.device)
         self.optimizer = self._make_optimizer()
+        # the masking layer's per-step draw: its own seeded generator, on the device the step runs on
+        self.mask_generator = torch.Generator(device=self.device).manual_seed(spec.settings.seed)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.spec.optimizer
@@ -433,19 +508,47 @@ class TorchVAE(VAEAdapter):
             return a.to(self.device, non_blocking=True)  # no-op for a tensor already there
         return torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.device, non_blocking=True)
 
-    def _loss(self, x: torch.Tensor, eps: torch.Tensor | None):
-        logits, mu, logvar = self.model(x, eps)
-        if self.spec.loss.reconstruction == "mse":  # of the sigmoid output, summed over features like BCE
-            bce = (torch.sigmoid(logits) - x).square().sum(dim=1).mean()
-        else:
-            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1).mean()
-        kl = (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(dim=1).mean()
-        return bce + self.spec.loss.beta * kl
+    def _noise(self, eps: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``eps`` in torch's layout: a conv latent's canonical (B, L', C) noise as (B, C, L')."""
+        e = self._tensor(eps)
+        return e.transpose(1, 2) if e.dim() == 3 else e
 
-    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None) -> torch.Tensor:
+    @staticmethod
+    def _canonical(t: torch.Tensor) -> np.ndarray:
+        """A latent output back to the canonical layout: (B, C, L') -> (B, L', C)."""
+        return (t.transpose(1, 2) if t.dim() == 3 else t).cpu().numpy()
+
+    def _block(self, mask_block: int | None) -> int | torch.Tensor | None:
+        """The masked block: the one given, else a draw on the device from the seeded generator
+        (a 0-d tensor the step uses without reading it back); None for a spec without masking."""
+        if self.spec.masking is None:
+            return None
+        if mask_block is not None:
+            return int(mask_block)
+        blocks = len(self.spec.masking.args["blocks"])
+        return torch.randint(blocks, (), generator=self.mask_generator, device=self.device)
+
+    def _loss(self, x: torch.Tensor, eps: torch.Tensor | None, block: int | torch.Tensor | None = None):
+        logits, mu, logvar = self.model(x, eps, block)
+        loss = self.spec.loss
+        if loss.reconstruction == "mse":  # of the sigmoid output, summed over features like BCE
+            recon = (torch.sigmoid(logits) - x).square().sum(dim=1)
+        elif loss.reconstruction == "masked_bce":  # clipped probabilities, the masked block only, per position
+            mask = self.model.masking.mask(block)
+            p = torch.sigmoid(logits).clamp(MASKED_BCE_CLIP, 1 - MASKED_BCE_CLIP)
+            bce = F.binary_cross_entropy(p, x, reduction="none")
+            recon = torch.where(mask, bce, 0.0).sum(dim=1) / mask.sum()
+        else:
+            recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+        kl = (-0.5 * (1 + logvar - mu.square() - logvar.exp())).flatten(1).sum(dim=1)
+        if loss.kl_normalisation == "features":
+            kl = kl / self.spec.input_length
+        return recon.mean() + loss.beta * kl.mean()
+
+    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None, mask_block: int | None = None) -> torch.Tensor:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self._tensor(x), None if eps is None else self._tensor(eps))
+        loss = self._loss(self._tensor(x), None if eps is None else self._noise(eps), self._block(mask_block))
         loss.backward()
         if self.spec.optimizer.clip_global_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optimizer.clip_global_norm)
@@ -453,11 +556,14 @@ class TorchVAE(VAEAdapter):
         return loss.detach()  # no .item(): that would wait for the device
 
     @torch.no_grad()
-    def eval_forward(self, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+    def eval_forward(self, x: np.ndarray, eps: np.ndarray, mask_block: int | None = None) -> dict[str, np.ndarray]:
+        if self.spec.masking is not None and mask_block is None:
+            raise ValueError(f"eval_forward: spec {self.spec.name!r} masks a block of its input; pass mask_block "
+                             f"(0 to {len(self.spec.masking.args['blocks']) - 1})")
         self.model.eval()
-        logits, mu, logvar = self.model(self._tensor(x), self._tensor(eps))
-        return {"recon": torch.sigmoid(logits).cpu().numpy(), "z_mean": mu.cpu().numpy(),
-                "z_log_var": logvar.cpu().numpy()}
+        logits, mu, logvar = self.model(self._tensor(x), self._noise(eps), self._block(mask_block))
+        return {"recon": torch.sigmoid(logits).cpu().numpy(), "z_mean": self._canonical(mu),
+                "z_log_var": self._canonical(logvar)}
 
     @contextlib.contextmanager
     def _buffers_kept(self) -> Iterator[None]:
@@ -470,11 +576,14 @@ class TorchVAE(VAEAdapter):
                 for b, value in saved:
                     b.copy_(value)
 
-    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray,
+                       mask_block: int | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        if self.spec.masking is not None and mask_block is None:
+            raise ValueError(f"loss_and_grads: spec {self.spec.name!r} masks a block of its input; pass mask_block")
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         with self._buffers_kept():
-            loss = self._loss(self._tensor(x), self._tensor(eps))
+            loss = self._loss(self._tensor(x), self._noise(eps), self._block(mask_block))
             loss.backward()
         grads = {name: to_canonical(layout, leaf, t.grad.cpu().numpy())
                  for name, layout, leaf, t in self._tensors() if t.grad is not None}
@@ -516,4 +625,5 @@ class TorchVAE(VAEAdapter):
         return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["TorchVAE", "VAE", "BatchNorm1d", "ResidualBlock", "build_vae", "parameter_counts", "channels_first_order"]
+__all__ = ["TorchVAE", "VAE", "AttnBlock1d", "BatchNorm1d", "BlockMasking", "ResidualBlock", "build_vae",
+           "parameter_counts", "channels_first_order"]

@@ -19,7 +19,7 @@ from bench.probe import cmd_probe_int32
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
 from harness.spec.layers import SpecError
-from harness.spec.presets import PRESETS, resolve_spec
+from harness.spec.presets import ALL_PRESETS, resolve_spec
 from harness.store import StoreError
 
 
@@ -55,7 +55,7 @@ def _specs(text: str | None, default: list[str]) -> list[str]:
 def cmd_params(args: argparse.Namespace) -> int:
     from harness.run.parity import check_params
 
-    specs = [resolve_spec(name, kmer=args.kmer) for name in _specs(args.spec, list(PRESETS))]
+    specs = [resolve_spec(name, kmer=args.kmer) for name in _specs(args.spec, list(ALL_PRESETS))]
     reports = check_params(specs, _impls(args.impl))
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
@@ -68,9 +68,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from harness.run.parity import check_parity
+    from harness.run.runner import cell_kmer
 
-    specs = [(resolve_spec(name, kmer=args.kmer).with_clip_norm(args.clip_norm), args.kmer)
+    specs = [resolve_spec(name, kmer=args.kmer).with_clip_norm(args.clip_norm)
              for name in _specs(args.spec, ["dense", "conv-final", "conv-revised"])]
+    specs = [(spec, cell_kmer(spec, args.kmer)) for spec in specs]
     reports = check_parity(specs, _impls(args.impl), batch=args.batch)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
@@ -127,7 +129,7 @@ def _exit_status(store, keys: set[str]) -> int:
     return 1
 
 
-def _check_data(args: argparse.Namespace) -> None:
+def _check_data(args: argparse.Namespace, widths: set[int] | None = None) -> None:
     """Fail on a bad data file before any cell starts, not in the middle of the matrix."""
     if not getattr(args, "data", None):
         if getattr(args, "columns", None) is not None:
@@ -142,10 +144,16 @@ def _check_data(args: argparse.Namespace) -> None:
 
     arr = open_npy(args.data, args.columns)
     check_rows(arr, max(args.batch), getattr(args, "wrap", False), f"data file {args.data}")
-    expected = canonical_kmer_count(args.kmer)
+    widths = widths or {canonical_kmer_count(args.kmer)}
+    if len(widths) > 1:
+        raise UsageError(f"--data {args.data} feeds every cell, but the specs take {sorted(widths)} features; "
+                         "run the specs one at a time")
+    expected = next(iter(widths))
     if arr.shape[1] != expected:
-        raise DataError(f"data file {args.data} has {arr.shape[1]} columns but k={args.kmer} has {expected} "
-                        "canonical k-mers; pick the block with --columns A:B")
+        what = (f"k={args.kmer} has {expected} canonical k-mers" if args.kmer is not None
+                and canonical_kmer_count(args.kmer) == expected else f"the spec takes {expected} features")
+        raise DataError(f"data file {args.data} has {arr.shape[1]} columns but {what}; "
+                        "pick the block with --columns A:B")
     validate_file(arr, f"data file {args.data}")
 
 
@@ -170,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     impls = _impls(args.impl)
     specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
              for s in _specs(args.spec, ["dense"])]
-    _check_data(args)
+    _check_data(args, {spec.input_length for spec in specs})
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
                        columns=args.columns, timeout_s=args.timeout, heap=args.heap)
@@ -249,6 +257,7 @@ def _preflight_impl(text: str | None) -> str | None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.measure.fingerprint import machine_fingerprint
+    from harness.run.runner import cell_kmer
     from harness.run.sweep import sweep_impl
 
     impls = _impls(args.impl)
@@ -271,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     outcome = "ok" if row["status"] == "ok" else row["failure_kind"]
                     print(f"  {impl} {spec.name} batch {batch}: {outcome}", file=sys.stderr)
 
-                results.append(sweep_impl(impl, spec, args.kmer, store, fingerprint, start=args.start,
+                results.append(sweep_impl(impl, spec, cell_kmer(spec, args.kmer), store, fingerprint, start=args.start,
                                           max_batch=args.max_batch, timeout_s=args.timeout, preflight=preflight,
                                           memory_limit_bytes=args.memory_limit, on_probe=show))
     except KeyboardInterrupt:

@@ -55,6 +55,10 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: --kmer where a fixed-length preset needs none (resolve_spec says so for a preset that does)
+KMER_HELP = "k-mer length sizing the presets (a fixed-length preset such as masked-multiomics needs none)"
+
+
 def kmer_arg(text: str) -> int:
     try:
         value = int(text)
@@ -145,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("params", help="trainable and non-trainable counts per impl, and whether they agree")
-    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: all presets)")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("parity", help="same weights in every impl: compare outputs, loss, gradients, one Adam step")
-    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--batch", type=positive_int, default=16)
@@ -161,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
     p.add_argument("--spec", required=True)
-    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--batch", type=positive_int, required=True)
     p.add_argument("--eval-batch", type=positive_int, help="batch of a validation predict() call, checked too")
     p.add_argument("--device-memory", type=size_arg, help="device memory to check against (default: detected)")
@@ -182,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
-    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--start", type=positive_int, default=64, help="first batch probed")
     p.add_argument("--max-batch", type=positive_int, default=16384, help="largest batch probed")
     p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per probe")
@@ -274,7 +278,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--impl", help=f"comma-separated impls or path/to/file.py:Class (default: {','.join(DEFAULT_IMPLS)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
-    p.add_argument("--kmer", type=kmer_arg, required=True)
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--batch", type=int_list, default=[64], help="comma-separated batch sizes")
     p.add_argument("--steps", type=positive_int, default=200, help="steady-state steps per cell (after compile and warm-up)")
     p.add_argument("--repeats", type=positive_int, default=1, help="repeats per cell, interleaved across impls")

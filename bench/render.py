@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.diagnose.evidence import leak_label
+from harness.spec.schema import canonical_kmer_count
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -19,9 +20,10 @@ def _fmt_rel(value: float | None, tol: float) -> str:
     return f"{value:.1e}{mark}"
 
 
-def print_params(reports, kmer: int) -> None:
+def print_params(reports, kmer: int | None) -> None:
     for rep in reports:
-        table = Table(title=f"{rep.spec} at k={kmer}: expected {rep.expected_trainable:,} trainable, "
+        where = f"L={rep.input_length}" if kmer is None or rep.input_length != canonical_kmer_count(kmer) else f"k={kmer}"
+        table = Table(title=f"{rep.spec} at {where}: expected {rep.expected_trainable:,} trainable, "
                             f"{rep.expected_non_trainable:,} non-trainable")
         for col in ("impl", "trainable", "non-trainable", "verdict"):
             table.add_column(col, justify="right" if col != "impl" else "left")

@@ -201,16 +201,30 @@ class BatchSource:
             yield self.next()
 
 
-def make_source(k: int, batch: int, data: str | None = None, columns: str | None = None,
-                synthetic_rows: int = 256, seed: int = 0) -> BatchSource:
-    """The batches a cell trains on: the user's file if given, else synthetic profiles."""
+def synthetic_binary(width: int, rows: int, density: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Binary features, mostly zeros, for a spec whose input is not a k-mer profile (seed 004's
+    methylation and histone marks are binary calls over 12,001 features)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random((rows, width)) < density).astype(np.float32)
+
+
+def synthetic_rows(width: int, k: int | None, rows: int, seed: int = 0, seq_len: int = 20_000) -> np.ndarray:
+    """Synthetic training rows for a spec of input length ``width``: k-mer profiles when ``k`` sizes it,
+    else binary features (a fixed-length preset such as masked-multiomics)."""
+    if k is not None and canonical_kmer_count(k) == width:
+        return synthetic_profiles(k, rows, seq_len=seq_len, seed=seed)
+    return synthetic_binary(width, rows, seed=seed)
+
+
+def make_source(k: int | None, batch: int, data: str | None = None, columns: str | None = None,
+                synthetic_rows_n: int = 256, seed: int = 0, width: int | None = None) -> BatchSource:
+    """The batches a cell trains on: the user's file if given, else synthetic rows. ``width`` is the
+    spec's input length (default: the canonical k-mer count of ``k``)."""
+    width = canonical_kmer_count(k) if width is None else width
     if data:
         arr = open_npy(data, columns)
-        expected = canonical_kmer_count(k)
-        if arr.shape[1] != expected:
-            raise DataError(
-                f"data file {data} has {arr.shape[1]} columns but k={k} has {expected} canonical k-mers; "
-                "pick the block with --columns A:B"
-            )
+        if arr.shape[1] != width:
+            what = f"k={k} has {width} canonical k-mers" if k is not None else f"the spec takes {width} features"
+            raise DataError(f"data file {data} has {arr.shape[1]} columns but {what}; pick the block with --columns A:B")
         return BatchSource(arr, batch, name=str(data))
-    return BatchSource(synthetic_profiles(k, synthetic_rows, seed=seed), batch)
+    return BatchSource(synthetic_rows(width, k, synthetic_rows_n, seed=seed), batch)

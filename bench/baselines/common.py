@@ -82,7 +82,7 @@ def schedule(steps: int, warmup: int | None, steps_per_window: int | None) -> tu
 def host_batches(spec: VAESpec, kmer: int, batch: int) -> list[np.ndarray]:
     """One pass over the same synthetic profiles a cell trains on (``harness.data``), as float32
     batches in host memory; a loop cycles through them, as an epoch loop over a dataset does."""
-    source = make_source(kmer, batch, seed=spec.settings.seed)
+    source = make_source(kmer, batch, seed=spec.settings.seed, width=spec.input_length)
     if source.width != spec.input_length:
         raise UnsupportedSpec(f"k={kmer} gives {source.width} features, the spec wants {spec.input_length}")
     n = max(1, source.data.shape[0] // batch)

@@ -49,7 +49,7 @@ def test_staged_step(benchmark, impl):
     spec = resolve_spec(_setting("SPEC", "dense"), kmer=kmer)
     model = load_adapter_class(impl)(spec)
     model.set_weights(init_weights(spec))
-    x = model.to_device(model.host_batch(make_source(kmer, batch, seed=spec.settings.seed).next()))
+    x = model.to_device(model.host_batch(make_source(kmer, batch, seed=spec.settings.seed, width=spec.input_length).next()))
     model.synchronize()
 
     # a round is ``iterations`` steps and one device sync at its end; pytest-benchmark reports the

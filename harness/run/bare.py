@@ -25,7 +25,7 @@ def bare_loop(task: BareTask) -> dict[str, Any]:
     spec = VAESpec.from_dict(task.spec)
     model = load_adapter_class(task.impl)(spec)
     model.set_weights(init_weights(spec))
-    source = make_source(task.kmer, task.batch, seed=spec.settings.seed)
+    source = make_source(task.kmer, task.batch, seed=spec.settings.seed, width=spec.input_length)
     steps, spw = task.steps, steps_per_window(task.steps)
     for _ in range(1 + warmup_steps(steps)):  # the harness's compile and warm-up steps
         model.loss_value(model.train_step(source.next()))

@@ -121,7 +121,8 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     if task.shared_init:
         model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0
-    source = make_source(task.kmer, batch, task.data, task.columns, seed=spec.settings.seed)
+    source = make_source(task.kmer, batch, task.data, task.columns, seed=spec.settings.seed,
+                         width=spec.input_length)
     reset_peak_rss()  # the compile step's peak starts here, after build and the shared weights
     step_fn = _step_function(task, model)
     leak = InjectedLeak(task.inject_leak_bytes)

@@ -19,16 +19,22 @@ from typing import Any
 from harness.adapter import BUILTIN, is_installed
 from harness.diagnose.preflight import preflight_cell
 from harness.run.runner import Cell, plan_cells
+from harness.spec.flops import format_flops, step_flops
 from harness.spec.layers import SpecError
 from harness.spec.params import count_params
-from harness.spec.presets import PRESETS, preset
+from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.schema import VAESpec, canonical_kmer_count
 
 #: every built-in row; keras-tensorflow drops out where TensorFlow is not installed
 DEFAULT_IMPLS = list(BUILTIN)
 
 #: batches per preset on a CPU: one or two sizes each, so the matrix fits a few minutes
-CPU_BATCHES = {"dense": [64, 512], "conv-final": [32], "conv-revised": [8], "conv-original": [8]}
+CPU_BATCHES = {"dense": [64, 512], "conv-final": [32], "conv-revised": [8], "conv-original": [8],
+               "masked-multiomics": [64]}
+#: the seeds' conv presets, which a CPU matrix lists as skipped unless ``--spec`` names them: their
+#: strided and attention layers run far below a CPU's matmul rate (conv-strided took 18-19 s a step at
+#: batch 32 and k=7 in flax and keras-jax on 2 cores, issue 13), so one cell would take the whole budget
+CPU_ONLY_WHEN_NAMED = ("conv-strided", "resvae", "autoencoder-kl")
 GPU_BATCHES = [64, 256, 1024, 4096]
 #: on a CPU, presets above this many parameters are listed as skipped: one Adam step over
 #: 270 million parameters (conv-revised at k=7) takes longer than the whole matrix's share
@@ -62,11 +68,17 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
         chosen.remove("keras-tensorflow")
         omitted.append(("keras-tensorflow", "TensorFlow is not installed (an extra row; pip install tensorflow-cpu)"))
     plan = MatrixPlan(device, chosen, [], omitted_impls=omitted)
-    for name in specs or list(PRESETS):
+    for name in specs or list(ALL_PRESETS):
         try:
             spec = preset(name, length)
         except SpecError as exc:
             plan.invalid.append((name, str(exc)))
+            continue
+        if device != "gpu" and specs is None and name in CPU_ONLY_WHEN_NAMED:
+            per_sample = step_flops(spec, 1).total
+            plan.too_slow.append((spec, f"{format_flops(per_sample)} per sample a step, in strided or attention "
+                                        "layers a CPU runs far below its matmul rate; the matrix runs it on a GPU, "
+                                        f"or name it: python -m bench run --spec {name} --kmer {kmer} --batch 8"))
             continue
         n_params = count_params(spec).total
         if device != "gpu" and specs is None and n_params > CPU_MAX_PARAMS:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.adapter import impl_label
-from harness.data import synthetic_profiles
+from harness.data import synthetic_rows
 from harness.run.launch import run_worker
 from harness.run.task import ParamsTask, ParityTask
 from harness.spec.params import count_params
@@ -79,6 +79,7 @@ class ParamsReport:
     expected_trainable: int
     expected_non_trainable: int
     rows: list[ParamsRow]
+    input_length: int | None = None
 
     @property
     def equal(self) -> bool:
@@ -93,7 +94,7 @@ class ParamsReport:
 
 def check_params(specs: list[VAESpec], impls: list[str], timeout_s: float = 1800) -> list[ParamsReport]:
     """One worker per impl counts every spec (without allocating where the build can)."""
-    reports = [ParamsReport(s.name, *_expected(s), rows=[]) for s in specs]
+    reports = [ParamsReport(s.name, *_expected(s), rows=[], input_length=s.input_length) for s in specs]
     for impl in impls:
         task = ParamsTask(specs=[s.to_dict() for s in specs])
         out = run_worker(task, impl, specs[0].settings, timeout_s)
@@ -172,7 +173,7 @@ class ParityReport:
 def parity_inputs(spec: VAESpec, k: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Weights, batch and noise shared by every build."""
     weights = perturb_zero_init(spec, perturb_batch_norm(spec, init_weights(spec, seed)))
-    x = synthetic_profiles(k, batch, seq_len=4_000, seed=seed)
+    x = synthetic_rows(spec.input_length, k, batch, seed=seed, seq_len=4_000)
     # Scale profiles into a range where BCE gradients are not all tiny, and break the
     # ties of integer k-mer counts: equal neighbours make equal conv outputs, and a
     # max-pool window with two equal maxima may route its gradient to either one.

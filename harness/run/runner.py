@@ -28,7 +28,7 @@ from harness.run.launch import run_worker
 from harness.run.peak import measured_peak
 from harness.run.task import CellTask
 from harness.run.walltime import wall_breakdown
-from harness.spec.schema import VAESpec
+from harness.spec.schema import VAESpec, canonical_kmer_count
 from harness.store import DONE_STATUSES, ResultStore, cell_key
 
 DEFAULT_TIMEOUT_S = 900.0
@@ -40,7 +40,7 @@ MIN_CELL_BUDGET_S = 5.0
 class Cell:
     impl: str
     spec: VAESpec
-    kmer: int
+    kmer: int | None
     batch: int
     repeat: int = 0
     steps: int = 200
@@ -74,11 +74,17 @@ class Cell:
                         columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s, **self.extra)
 
 
-def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int, batches: list[int], repeats: int = 1,
+def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int | None, batches: list[int], repeats: int = 1,
                **kwargs: Any) -> list[Cell]:
-    """Every cell, repeats outermost so that impls interleave."""
-    return [Cell(impl, spec, kmer, batch, repeat, **kwargs)
+    """Every cell, repeats outermost so that impls interleave. A spec that ``kmer`` does not size (a
+    fixed-length preset such as masked-multiomics) gets no k: its rows say so, and it trains on its own data."""
+    return [Cell(impl, spec, cell_kmer(spec, kmer), batch, repeat, **kwargs)
             for repeat in range(repeats) for spec in specs for batch in batches for impl in impls]
+
+
+def cell_kmer(spec: VAESpec, kmer: int | None) -> int | None:
+    """``kmer`` when the spec's input is its k-mer profile, else None."""
+    return kmer if kmer is not None and canonical_kmer_count(kmer) == spec.input_length else None
 
 
 #: a preflight check returns None (go ahead) or a one-line reason to skip

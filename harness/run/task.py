@@ -33,7 +33,7 @@ class BareTask(Task):
 
     kind: ClassVar[str] = "bare"
     spec: dict[str, Any]
-    kmer: int
+    kmer: int | None
     batch: int
     steps: int
 
@@ -81,7 +81,7 @@ class BaselineTask(Task):
     kind: ClassVar[str] = "baseline"
     module: str
     spec: dict[str, Any]
-    kmer: int
+    kmer: int | None
     batch: int
     steps: int
     #: steps before the clock (the cell's compile and warm-up steps); None: the baseline's own rule

@@ -102,8 +102,6 @@ class Layer:
         for k, default in optional.items():
             if args.get(k) is None and default is not None:
                 args[k] = default
-        if kind == "masking" and isinstance(args["blocks"], list):
-            args["blocks"] = tuple(args["blocks"])
         if kind == "residual":
             if not isinstance(args["layers"], list) or not args["layers"]:
                 raise SpecError(f"{where} (residual): layers must be a non-empty list of layers")

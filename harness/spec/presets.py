@@ -235,8 +235,8 @@ PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "conv-revised": _conv_revised,
     "conv-original": _conv_original,
 }
-#: the seeds' designs (issue 13): ``--spec`` names them, but the default matrix leaves them out
-#: until their CPU cost is weighed against its budget; moving one into PRESETS adds it there
+#: the seeds' designs (issue 13): the default matrix runs them too, a CPU one only those its budget
+#: allows (``harness.run.matrix.CPU_ONLY_WHEN_NAMED``)
 SEED_PRESETS: dict[str, Callable[[int], VAESpec]] = {
     "conv-strided": _conv_strided,
     "resvae": _resvae,

@@ -12,10 +12,12 @@ from harness.run.matrix import CPU_BUDGET_S, GPU_BATCHES, plan_default
 
 def test_cpu_plan_at_k7_runs_what_a_cpu_can_and_lists_the_rest():
     plan = plan_default(7, "cpu", impls=["torch", "flax"])
-    assert [s.name for s, _ in plan.specs] == ["dense", "conv-final"]
-    assert {s.name for s, _ in plan.too_slow} == {"conv-revised", "conv-original"}
-    assert all("parameters" in reason for _, reason in plan.too_slow)
-    assert plan.budget_s == CPU_BUDGET_S and plan.cell_count() == 2 * 3
+    assert [s.name for s, _ in plan.specs] == ["dense", "conv-final", "masked-multiomics"]
+    too_slow = {s.name: reason for s, reason in plan.too_slow}
+    assert set(too_slow) == {"conv-revised", "conv-original", "conv-strided", "resvae", "autoencoder-kl"}
+    assert all("parameters" in too_slow[name] for name in ("conv-revised", "conv-original"))
+    assert all("GFLOP per sample" in too_slow[name] for name in ("conv-strided", "resvae", "autoencoder-kl"))
+    assert plan.budget_s == CPU_BUDGET_S and plan.cell_count() == 2 * 4
 
 
 def test_gpu_plan_gets_the_full_batch_range_and_no_budget():

@@ -28,6 +28,7 @@ from reports.cells import group_cells, row_status
 from reports.document import Doc
 from reports.formatting import slugify
 from reports.plots import impl_colors
+from reports.section_batch import section_batch
 from reports.sections import (
     device_text,
     params_index,
@@ -37,6 +38,7 @@ from reports.sections import (
     section_recommendation,
     section_sweep,
     section_table,
+    spec_title,
     sweep_grids,
 )
 
@@ -95,12 +97,15 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     n_ok = sum(row_status(r) == "ok" for r in rows)
     doc.p(f"Run `{run_id}`, {date}, on {device_text(rows)}. {len(rows)} row{'s' if len(rows) != 1 else ''} "
           f"({n_ok} ok), impls: {', '.join(impls)}; specs: {'; '.join(specs) or 'none'}.")
-    doc.p("Sections: [Recommendation](#recommendation), [Results](#results), [Diagnosis](#diagnosis), "
+    doc.p("Sections: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), [Results](#results), "
+          "[Diagnosis](#diagnosis), "
           + ("[Sweep map](#sweep-map), " if grids else "")
           + ("[Plots](#plots), " if plots and grouped else "") + "[Environment](#environment).")
     recs: list[dict] = []
+    batch_recs: list[dict] = []
     if grouped:
         recs = section_recommendation(doc, grouped, multi_hash)
+        batch_recs = section_batch(doc, grouped, rows, lambda key: spec_title(key, multi_hash))
         section_table(doc, grouped, pidx, multi_hash)
     else:
         doc.h(2, "Recommendation")
@@ -115,7 +120,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     (out_dir / "report.html").write_text(doc.html(out_dir))
     meta = {"run_id": run_id, "date": date, "device": device_text(rows), "specs": specs, "impls": impls,
             "rows": len(rows), "ok_rows": n_ok, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "recommendations": recs}
+            "recommendations": recs, "batch_recommendations": batch_recs}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     update_index(out_root)
     return out_dir

@@ -16,7 +16,7 @@ from typing import Any
 from reports.cells import ImplCell, is_side_row, summarize_impl
 from reports.formatting import fmt_mem, fmt_rate, fmt_sps, fmt_time, join_and, short
 
-__all__ = ["Recommendation", "recommend", "recommend_cells"]
+__all__ = ["BatchRecommendation", "Recommendation", "recommend", "recommend_batch", "recommend_cells"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,75 @@ def _exclusion(c: ImplCell) -> str:
         return (f"{c.label} leaks, confirmed ({fmt_rate(c.slope)}, CI {fmt_rate(c.slope_ci_low)} to "
                 f"{fmt_rate(c.slope_ci_high)}; evidence: {', '.join(c.leak_evidence) or 'rss'})")
     return f"{c.label} has no step timing"
+
+
+@dataclass(frozen=True)
+class BatchRecommendation:
+    """The (impl, batch) to train one spec with, for throughput: ``choice`` and ``batch`` (None if nothing is
+    eligible), ``tie`` the (impl, batch) pairs tied with it, and ``largest`` the largest batch each impl trained."""
+
+    choice: str | None
+    batch: int | None
+    samples_per_s: float | None
+    tie: list[tuple[str, int]]
+    largest: dict[str, int]
+    reason: str
+
+
+def _sps_range(batch: int, c: ImplCell) -> tuple[float, float] | None:
+    """The 95% CI of samples per second (``batch / step``), or None where the step has no CI."""
+    if not c.has_ci or not c.ci_low_s or not c.ci_high_s:
+        return None
+    return batch / c.ci_high_s, batch / c.ci_low_s
+
+
+def recommend_batch(by_batch: dict[int, list[ImplCell]], sweep_largest: dict[str, int] | None = None,
+                    ) -> BatchRecommendation:
+    """Which (impl, batch) trains a spec fastest in samples per second, over every batch measured.
+
+    Rules: the cells :func:`recommend_cells` would exclude are excluded here too (failed, skipped, confirmed
+    leak). Among the rest the highest samples per second wins, unless its 95% CI (of ``batch / step``)
+    overlaps another pair's: then it is a tie between those, broken by the lowest peak memory, as for one
+    batch. ``largest`` is the largest batch each impl trained without failing, the measured cells and the
+    sweep's probes (``sweep_largest``) together: the headroom a user has.
+    """
+    pairs = [(batch, c) for batch, cells in by_batch.items() for c in cells]
+    largest: dict[str, int] = {}
+    for batch, c in pairs:
+        if c.status == "ok":
+            largest[c.label] = max(largest.get(c.label, 0), batch)
+    for impl, batch in (sweep_largest or {}).items():
+        largest[impl] = max(largest.get(impl, 0), batch)
+    eligible = sorted(((b, c) for b, c in pairs if c.eligible and c.median_s),
+                      key=lambda bc: (-bc[0] / bc[1].median_s, bc[0], bc[1].impl))
+    if not eligible:
+        return BatchRecommendation(None, None, None, [], largest, "No (impl, batch) pair is eligible: every cell "
+                                   "failed, was skipped or leaks (confirmed).")
+    best_b, best = eligible[0]
+    best_range = _sps_range(best_b, best)
+
+    def overlaps(b: int, c: ImplCell) -> bool:
+        other = _sps_range(b, c)
+        if best_range is None or other is None:
+            return True
+        return best_range[0] <= other[1] and other[0] <= best_range[1]
+
+    tied = [(b, c) for b, c in eligible[1:] if overlaps(b, c)]
+    sps = best_b / best.median_s
+    if not tied:
+        reason = f"**{best.label} at batch {best_b}** trains fastest: {sps:,.0f} samples/s"
+        if len(eligible) > 1:
+            nb, nc = eligible[1]
+            reason += (f", {sps / (nb / nc.median_s):.2f}× the next, {nc.label} at batch {nb} "
+                       f"({nb / nc.median_s:,.0f} samples/s), and no other CI overlaps.")
+        else:
+            reason += "; it is the only eligible pair."
+        return BatchRecommendation(best.impl, best_b, sps, [], largest, reason)
+    group = [(best_b, best), *tied]
+    by_mem = sorted(group, key=lambda bc: (bc[1].peak_bytes if bc[1].peak_bytes is not None else math.inf,
+                                           -bc[0] / bc[1].median_s))
+    cb, cc = by_mem[0]
+    reason = ("Tie between " + join_and([f"{c.label} at batch {b} ({b / c.median_s:,.0f} samples/s)" for b, c in group])
+              + ": their 95% CIs of samples per second overlap. Tie broken by peak memory: **"
+              + f"{cc.label} at batch {cb}** peaks at {fmt_mem(cc)}.")
+    return BatchRecommendation(cc.impl, cb, cb / cc.median_s, [(c.impl, b) for b, c in group], largest, reason)

@@ -191,7 +191,7 @@ def _peak_line(rows: list[dict]) -> str:
     return " / ".join(peaks)
 
 
-def _spec_title(key: tuple, multi_hash: bool) -> str:
+def spec_title(key: tuple, multi_hash: bool) -> str:
     name, h, k = key
     return f"{name}" + (f", k={k}" if k is not None else "") + (f" (`{h}`)" if multi_hash and h else "")
 
@@ -215,7 +215,7 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
     any_standin = False
     for key, by_batch in grouped.items():
         for batch, cells in by_batch.items():
-            doc.h(3, f"{_spec_title(key, multi_hash)}, batch {batch}")
+            doc.h(3, f"{spec_title(key, multi_hash)}, batch {batch}")
             ok_medians = [c.median_s for c in cells if c.status == "ok" and c.median_s]
             best = min(ok_medians) if ok_medians else None
             headers = ["impl"] + (["params (trainable / non-trainable)"] if pidx else []) + [
@@ -274,16 +274,16 @@ def section_plots(doc: Doc, grouped: dict, out_dir: Path, colors: dict, multi_ha
     doc.h(2, "Plots")
     made = False
     for key, by_batch in grouped.items():
-        title = _spec_title(key, multi_hash).replace("`", "")
+        title = spec_title(key, multi_hash).replace("`", "")
         slug = slugify(f"{key[0]}_k{key[2]}_{key[1][:6]}")
         rel = f"plots/step_time_{slug}.png"
         if plot_step_times(f"{title}: step time", by_batch, colors, out_dir / rel):
-            doc.h(3, f"{_spec_title(key, multi_hash)}: step time")
+            doc.h(3, f"{spec_title(key, multi_hash)}: step time")
             doc.img(rel, f"median step time per impl and batch for {title}, error bars IQR")
             made = True
         rel = f"plots/memory_{slug}.png"
         if plot_memory(f"{title}: peak memory", by_batch, colors, out_dir / rel):
-            doc.h(3, f"{_spec_title(key, multi_hash)}: peak memory")
+            doc.h(3, f"{spec_title(key, multi_hash)}: peak memory")
             standin = any(c.cpu_standin for cells in by_batch.values() for c in cells)
             doc.img(rel, f"peak memory per impl and batch for {title}"
                     + (" (hatched: peak RSS as CPU stand-in)" if standin else ""))
@@ -291,7 +291,7 @@ def section_plots(doc: Doc, grouped: dict, out_dir: Path, colors: dict, multi_ha
         for batch, cells in by_batch.items():
             rel = f"plots/rss_{slug}_b{batch}.png"
             if plot_rss(f"{title}, batch {batch}: host RSS per batch", cells, colors, out_dir / rel):
-                doc.h(3, f"{_spec_title(key, multi_hash)}, batch {batch}: host memory per batch")
+                doc.h(3, f"{spec_title(key, multi_hash)}, batch {batch}: host memory per batch")
                 doc.img(rel, f"anonymous RSS (solid) and file RSS (dashed) per batch, {title}, batch {batch}")
                 made = True
     if not made:
@@ -350,7 +350,7 @@ def section_recommendation(doc: Doc, grouped: dict, multi_hash: bool) -> list[di
             rec = recommend_cells(cells)
             out.append({"spec": key[0], "spec_hash": key[1], "kmer": key[2], "batch": batch,
                         "choice": rec.choice, "tie": rec.tie, "reason": rec.reason,
-                        "label": f"{_spec_title(key, multi_hash)}, batch {batch}"})
+                        "label": f"{spec_title(key, multi_hash)}, batch {batch}"})
     doc.table(["cell", "use"], [[o["label"], "**no recommendation**" if o["choice"] is None else
                                  f"**{o['choice']}**" + (f" (tie: {', '.join(o['tie'])})" if o["tie"] else "")]
                                 for o in out])
@@ -367,7 +367,7 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
     leaks, failures = [], []
     for key, by_batch in grouped.items():
         for batch, cells in by_batch.items():
-            where = f"{_spec_title(key, multi_hash)}, batch {batch}"
+            where = f"{spec_title(key, multi_hash)}, batch {batch}"
             for c in cells:
                 if c.confirmed_leak:
                     leaks.append((f"{c.label} at {where}", c))
@@ -384,14 +384,14 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
                     f"fix: {cause.get('fix', 'no fix recorded')}"])
     else:
         doc.p("No confirmed leak in the benchmark cells.")
-    unconfirmed = [(f"{c.label} at {_spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+    unconfirmed = [(f"{c.label} at {spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
                    for b, cs in bb.items() for c in cs if c.status == "ok" and c.unconfirmed_leak]
     if unconfirmed:
         doc.p("Warning, leak not confirmed (the steady window read a leak that the confirmation phase did not "
               "confirm, or the row predates confirmations; such a row stays eligible):")
         doc.ul([f"{w}: {fmt_rate(c.slope)} in the steady window. {c.leak_reason or 'no reason given'}"
                 for w, c in unconfirmed])
-    inconclusive = [(f"{c.label} at {_spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+    inconclusive = [(f"{c.label} at {spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
                     for b, cs in bb.items() for c in cs if c.leak_verdict == "inconclusive"]
     if inconclusive:
         doc.p("Inconclusive leak verdicts (allowed in a recommendation, but check them):")

@@ -15,7 +15,19 @@ layout, so the canonical weights are Flax's weights with no transposes at all:
 * ``nnx.BatchNorm`` ``scale``, ``bias``, ``mean``, ``var`` are the canonical
   ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; its ``momentum`` is
   already the decay of the running statistics, and it updates the running variance
-  with the biased batch variance, as the spec asks.
+  with the biased batch variance, as the spec asks;
+* ``nnx.GroupNorm`` ``scale``, ``bias`` are the canonical ``gamma``, ``beta``: on a
+  ``(batch, length, channels)`` input it normalises each sample's ``(length, channels /
+  groups)`` values per group, the reference's ``group_norm``;
+* an ``attention1d`` is an ``Attention1D`` module of a GroupNorm ``norm`` and four 1x1
+  ``nnx.Conv`` (``q``, ``k``, ``v``, ``proj``, kernels ``(1, C, C)``), so
+  ``encoder.5.q.kernel`` is ``encoder.layers[5].q.kernel``;
+* ``init: zeros`` (and the zero-initialised output projection of an attention) is
+  ``kernel_init=nnx.initializers.zeros``; the bias is zeros anyway;
+* a ``masking`` layer is a ``Masking`` module at the encoder's index 0. Like
+  ``nnx.Dropout`` it owns a random stream (``rngs.masking``, seeded from
+  ``settings.seed``), so the jitted train step draws the masked block from it and hands
+  the advanced stream back with the new weights; a given block is used as is.
 
 Each layer of ``spec.encoder`` / ``spec.decoder`` is one entry of an
 ``nnx.Sequential`` (activations, pooling and reshapes are plain functions), so the
@@ -50,10 +62,11 @@ import optax
 from flax import nnx
 
 from harness.adapter import VAEAdapter
+from harness.spec.layers import MASK_VALUE, MASKED_BCE_CLIP, ZERO_INIT
 from harness.spec.params import ParamCounts, param_table
 from harness.spec.residual import residual_parts
 from harness.spec.schema import VAESpec
-from harness.spec.shapes import LayerShape, infer_shapes
+from harness.spec.shapes import LayerShape, infer_shapes, mask_bounds
 
 # JAX reads this when its GPU backend starts (the first device use), not at import. The
 # harness worker sets it from ``settings.jax_preallocate`` before anything runs; this
@@ -116,7 +129,7 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
     """One spec layer as a Flax module (parametric layers) or a plain function (the rest)."""
     t, a = ls.layer.type, ls.layer.args
     init = {
-        "kernel_init": nnx.initializers.glorot_uniform(),
+        "kernel_init": nnx.initializers.zeros if a.get("init") == ZERO_INIT else nnx.initializers.glorot_uniform(),
         "bias_init": nnx.initializers.zeros_init(),
         "rngs": rngs,
     }
@@ -143,6 +156,12 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
             use_fast_variance=False,
             rngs=rngs,
         )
+    if t == "group_norm":
+        return _group_norm(spec, ls, rngs)
+    if t == "attention1d":
+        return Attention1D(spec, ls, rngs=rngs)
+    if t == "masking":
+        return Masking(spec, rngs=rngs)
     if t == "max_pool1d":
         p = a["pool_size"]
         return functools.partial(nnx.max_pool, window_shape=(p,), strides=(p,))
@@ -154,6 +173,10 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
         return functools.partial(nnx.leaky_relu, negative_slope=spec.leaky_slope(ls.layer))
     if t == "gelu":
         return functools.partial(nnx.gelu, approximate=spec.settings.gelu_approximate)
+    if t == "silu":
+        return nnx.silu
+    if t == "selu":  # jax.nn.selu: the fixed alpha and scale of Klambauer et al.
+        return nnx.selu
     if t == "sigmoid":
         return nnx.sigmoid
     if t == "flatten":
@@ -163,6 +186,57 @@ def _build_layer(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> Callable[[jax
     if t == "residual":
         return Residual(spec, ls, rngs=rngs)
     raise ValueError(f"layer type {t!r} has no Flax build")
+
+
+def _group_norm(spec: VAESpec, ls: LayerShape, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    """``nnx.GroupNorm`` with the spec's groups and epsilon. Its default reduction axes on a
+    ``(batch, length, channels)`` input are every axis but the batch, with the channels split
+    into ``(groups, channels / groups)``: each sample's (length, channels / groups) values per
+    group. ``use_fast_variance=False`` as for BatchNorm: E[(x - E[x])^2], no cancellation."""
+    return nnx.GroupNorm(ls.in_shape[-1], num_groups=ls.layer.args["groups"], epsilon=spec.group_norm_epsilon(ls.layer),
+                         use_fast_variance=False, rngs=rngs)
+
+
+class Attention1D(nnx.Module):
+    """AutoencoderKL's AttnBlock over the length axis, ``x + proj(softmax(q k^T / sqrt(C)) v)``: q, k, v
+    and proj are 1x1 ``nnx.Conv`` of a GroupNorm of x, the attention one head of
+    ``nnx.dot_product_attention`` (scores scaled by 1 / sqrt(C), softmax over the keys)."""
+
+    def __init__(self, spec: VAESpec, ls: LayerShape, *, rngs: nnx.Rngs):
+        c, zero = ls.in_shape[-1], ls.layer.args.get("init") == ZERO_INIT
+        self.norm = _group_norm(spec, ls, rngs)
+        conv = functools.partial(nnx.Conv, c, c, 1, bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+        self.q, self.k, self.v = (conv(kernel_init=nnx.initializers.glorot_uniform()) for _ in range(3))
+        self.proj = conv(kernel_init=nnx.initializers.zeros if zero else nnx.initializers.glorot_uniform())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.norm(x)
+        # (batch, length, heads=1, channels), as nnx.dot_product_attention takes them
+        q, k, v = (f(h)[:, :, None, :] for f in (self.q, self.k, self.v))
+        return x + self.proj(nnx.dot_product_attention(q, k, v)[:, :, 0, :])
+
+
+class Masking(nnx.Module):
+    """The spec's ``masking`` layer: one block of the input's features set to ``MASK_VALUE`` (-1) in every
+    sample. ``block=None`` draws it uniformly among the blocks from the layer's own stream, as
+    ``nnx.Dropout`` draws its mask."""
+
+    def __init__(self, spec: VAESpec, *, rngs: nnx.Rngs):
+        bounds = mask_bounds(spec.masking)
+        self.starts, self.stops = tuple(b[0] for b in bounds), tuple(b[1] for b in bounds)
+        self.length = spec.input_length
+        self.rngs = rngs.masking.fork()
+
+    def draw(self) -> jax.Array:
+        return jax.random.randint(self.rngs(), (), 0, len(self.starts))
+
+    def mask(self, block: jax.Array | int) -> jax.Array:
+        """The (length,) boolean mask of ``block``."""
+        position = jnp.arange(self.length)
+        return (position >= jnp.asarray(self.starts)[block]) & (position < jnp.asarray(self.stops)[block])
+
+    def __call__(self, x: jax.Array, block: jax.Array | int | None = None) -> jax.Array:
+        return jnp.where(self.mask(self.draw() if block is None else block), MASK_VALUE, x)
 
 
 class Residual(nnx.Module):
@@ -188,39 +262,54 @@ class VAE(nnx.Module):
         shapes = {s.name: s for s in infer_shapes(spec)}
         enc = [s for s in shapes.values() if s.name.startswith("encoder.")]
         dec = [s for s in shapes.values() if s.name.startswith("decoder.")]
-        dense = {"kernel_init": nnx.initializers.glorot_uniform(), "bias_init": nnx.initializers.zeros_init()}
         self.encoder = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in enc))
-        features = shapes["z_mean"].in_shape[0]
-        self.z_mean = nnx.Linear(features, spec.latent_dim, **dense, rngs=rngs)
-        self.z_log_var = nnx.Linear(features, spec.latent_dim, **dense, rngs=rngs)
+        # dense heads on a vector, or "same" conv1d heads on a (length, channels) map (the spec says which)
+        self.z_mean = _build_layer(spec, shapes["z_mean"], rngs)
+        self.z_log_var = _build_layer(spec, shapes["z_log_var"], rngs)
         tail = ([functools.partial(_crop_or_pad, length=spec.input_length)]
                 if spec.output_length_policy == "crop_or_pad" else [])
         self.decoder = nnx.Sequential(*(_build_layer(spec, s, rngs) for s in dec), *tail)
         self.beta = spec.loss.beta
-        self.mse = spec.loss.reconstruction == "mse"
+        self.reconstruction = spec.loss.reconstruction
+        self.kl_divisor = spec.input_length if spec.loss.kl_normalisation == "features" else 1
+        self.masked = spec.masking is not None
         # The model owns its noise stream (as nnx.Dropout owns its dropout stream): the
         # key and its counter are model state, so a jitted step that draws from it hands
         # back the advanced stream together with the new weights.
         self.noise = rngs.noise.fork()
 
-    def __call__(self, x: jax.Array, eps: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        h = self.encoder(x)
+    @property
+    def masking(self) -> Masking | None:
+        return self.encoder.layers[0] if self.masked else None
+
+    def __call__(self, x: jax.Array, eps: jax.Array | None = None,
+                 mask_block: jax.Array | int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        # nnx.Sequential hands keyword arguments to its first layer: the masking layer's block
+        h = self.encoder(x, block=mask_block) if self.masked else self.encoder(x)
         mu, logvar = self.z_mean(h), self.z_log_var(h)
         if eps is None:
             eps = jax.random.normal(self.noise(), mu.shape, mu.dtype)
         z = mu + jnp.exp(0.5 * logvar) * eps
         return self.decoder(z), mu, logvar
 
-    def loss(self, x: jax.Array, eps: jax.Array | None = None) -> jax.Array:
-        """BCE from logits (or MSE of the sigmoid output) summed over features + beta x KL summed over
-        latent dims, batch means."""
-        logits, mu, logvar = self(x, eps)
-        if self.mse:
-            recon = ((nnx.sigmoid(logits) - x) ** 2).sum(axis=-1).mean()
+    def loss(self, x: jax.Array, eps: jax.Array | None = None, mask_block: jax.Array | int | None = None) -> jax.Array:
+        """BCE from logits (or MSE of the sigmoid output) summed over features, or masked BCE averaged over
+        the masked block, + beta x KL summed over the latent elements (divided by the input length for
+        ``kl_normalisation: features``); batch means. ``x`` is the unmasked batch."""
+        if self.masked and mask_block is None:  # this step's block, drawn once for the input and the loss
+            mask_block = self.masking.draw()
+        logits, mu, logvar = self(x, eps, mask_block)
+        if self.reconstruction == "mse":
+            recon = ((nnx.sigmoid(logits) - x) ** 2).sum(axis=-1)
+        elif self.reconstruction == "masked_bce":
+            p = jnp.clip(nnx.sigmoid(logits), MASKED_BCE_CLIP, 1 - MASKED_BCE_CLIP)
+            mask = self.masking.mask(mask_block)
+            bce = -(x * jnp.log(p) + (1 - x) * jnp.log(1 - p))
+            recon = jnp.where(mask, bce, 0).sum(axis=-1) / mask.sum()
         else:
-            recon = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=-1).mean()
-        kl = (-0.5 * (1 + logvar - mu**2 - jnp.exp(logvar))).sum(axis=-1).mean()
-        return recon + self.beta * kl
+            recon = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=-1)
+        kl = (-0.5 * (1 + logvar - mu**2 - jnp.exp(logvar))).reshape(x.shape[0], -1).sum(axis=-1) / self.kl_divisor
+        return recon.mean() + self.beta * kl.mean()
 
 
 # ------------------------------------------------------------------- pure, jitted functions
@@ -230,12 +319,13 @@ class VAE(nnx.Module):
 # tracing; nothing outside the returned values is changed.
 
 
-def _train_step(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array | None):
-    """One Adam step. ``eps=None`` draws the noise from the model's own key; a given
-    ``eps`` is used as is. Both go through this one function (jit traces it once per
-    case), so the update is the same code."""
+def _train_step(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array | None,
+                mask_block: jax.Array | None = None):
+    """One Adam step. ``eps=None`` draws the noise from the model's own key, ``mask_block=None``
+    (a spec with masking) the block from the masking layer's; given ones are used as is. All
+    go through this one function (jit traces it once per case), so the update is the same code."""
     model, optimizer = nnx.merge(graphdef, state)
-    loss, grads = nnx.value_and_grad(VAE.loss)(model, x, eps)  # BatchNorm in train mode updates its stats
+    loss, grads = nnx.value_and_grad(VAE.loss)(model, x, eps, mask_block)  # BatchNorm in train mode updates its stats
     optimizer.update(model, grads)
     return loss, nnx.as_pure(nnx.state((model, optimizer)))
 
@@ -246,19 +336,21 @@ _train_step_jit = jax.jit(_train_step, donate_argnums=1)
 
 
 @jax.jit
-def _eval_forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array):
+def _eval_forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array,
+                  mask_block: jax.Array | None):
     model, _ = nnx.merge(graphdef, state)
     model.eval()  # BatchNorm normalises with its running statistics
-    logits, mu, logvar = model(x, eps)
+    logits, mu, logvar = model(x, eps, mask_block)
     return nnx.sigmoid(logits), mu, logvar
 
 
 @jax.jit
-def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array):
-    # Train mode (batch statistics). The BatchNorm update lands on the merged copy,
-    # which is dropped: only the loss and the gradients leave the function.
+def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps: jax.Array,
+                    mask_block: jax.Array | None):
+    # Train mode (batch statistics). The BatchNorm update (and a masking draw) lands on the
+    # merged copy, which is dropped: only the loss and the gradients leave the function.
     model, _ = nnx.merge(graphdef, state)
-    loss, grads = nnx.value_and_grad(VAE.loss)(model, x, eps)
+    loss, grads = nnx.value_and_grad(VAE.loss)(model, x, eps, mask_block)
     return loss, nnx.as_pure(grads)
 
 
@@ -282,6 +374,10 @@ def _lookup(node: Any, path: tuple[str | int, ...]) -> Any:
     for key in path:
         node = node[key] if isinstance(key, int) or isinstance(node, nnx.State) else getattr(node, key)
     return node
+
+
+def _block(mask_block: int | None) -> jax.Array | None:
+    return None if mask_block is None else jnp.asarray(mask_block, jnp.int32)
 
 
 def _counts(model: VAE) -> ParamCounts:
@@ -309,8 +405,10 @@ class FlaxVAE(VAEAdapter):
         # eager dispatch (and, on a new shape, one compile) per random tensor.
         @nnx.jit
         def create() -> tuple[VAE, nnx.Optimizer]:
-            params_key, noise_key = jax.random.split(jax.random.key(spec.settings.seed))
-            model = VAE(spec, rngs=nnx.Rngs(params=params_key, noise=noise_key))
+            seed = jax.random.key(spec.settings.seed)
+            params_key, noise_key = jax.random.split(seed)
+            # the masking layer's stream; folded in, so the other two keys stay what they were
+            model = VAE(spec, rngs=nnx.Rngs(params=params_key, noise=noise_key, masking=jax.random.fold_in(seed, 1)))
             return model, nnx.Optimizer(model, self._tx, wrt=nnx.Param)
 
         graphdef, state = nnx.split(create())
@@ -356,16 +454,21 @@ class FlaxVAE(VAEAdapter):
         return jax.device_put(batch)
 
     # -- compute -------------------------------------------------------------------------
-    def train_step(self, x: np.ndarray | jax.Array, eps: np.ndarray | None = None) -> jax.Array:
-        loss, self._state = _train_step_jit(self._graphdef, self._state, x, eps)
+    # A given mask_block goes in as an int32 array, so every block runs the one executable.
+    def train_step(self, x: np.ndarray | jax.Array, eps: np.ndarray | None = None,
+                   mask_block: int | None = None) -> jax.Array:
+        loss, self._state = _train_step_jit(self._graphdef, self._state, x, eps, _block(mask_block))
         return loss
 
-    def eval_forward(self, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
-        recon, mu, logvar = _eval_forward(self._graphdef, self._state, x, eps)
+    def eval_forward(self, x: np.ndarray, eps: np.ndarray, mask_block: int | None = None) -> dict[str, np.ndarray]:
+        """A spec with masking needs ``mask_block``; without one the layer draws the block the next
+        train step would draw (the stream is not advanced)."""
+        recon, mu, logvar = _eval_forward(self._graphdef, self._state, x, eps, _block(mask_block))
         return {"recon": np.asarray(recon), "z_mean": np.asarray(mu), "z_log_var": np.asarray(logvar)}
 
-    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads = _loss_and_grads(self._graphdef, self._state, x, eps)
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray,
+                       mask_block: int | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads = _loss_and_grads(self._graphdef, self._state, x, eps, _block(mask_block))
         return float(loss), {
             p.name: np.asarray(_lookup(grads, _flax_path(p.name))) for p in self._table if p.trainable
         }

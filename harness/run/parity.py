@@ -38,7 +38,8 @@ NEAR_EPS_FACTOR = 100
 
 def structurally_zero_grads(spec: VAESpec) -> set[str]:
     """Biases whose gradient is zero in exact arithmetic: a dense or conv bias feeding
-    straight into a BatchNorm, which subtracts the batch mean and so removes it.
+    straight into a BatchNorm, which subtracts the batch mean and so removes it, and an
+    attention's key bias, which shifts every score of a row alike before the softmax.
 
     In float32 such a gradient is pure rounding noise (around 1e-7 of the others),
     and Adam turns noise into steps of up to ``lr``, differently in every build.
@@ -50,6 +51,10 @@ def structurally_zero_grads(spec: VAESpec) -> set[str]:
         for i, layer in enumerate(layers[:-1]):
             if layer.type in ("dense", "conv1d", "conv_transpose1d") and layers[i + 1].type == "batch_norm":
                 out.add(f"{section}.{i}.bias")
+        for i, layer in enumerate(layers):
+            # a key bias adds q . b_k to every score of a query's row, and the softmax ignores a constant
+            if layer.type == "attention1d":
+                out.add(f"{section}.{i}.k.bias")
     return out
 
 

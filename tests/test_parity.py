@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from fixtures.residual_specs import RESIDUAL
+from fixtures.residual_specs import RESIDUAL, RESVAE_SMALL
+from fixtures.strided_specs import STRIDED_BN
 
 from harness.adapter import is_installed
 from harness.run.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
@@ -67,18 +68,20 @@ def test_parity_catches_a_build_that_is_not_the_same_model(parity_reports):
 
 @pytest.fixture(scope="module")
 def strided_and_clipped_reports():
-    """conv-strided at k=4 (136 -> 68 -> 34 -> 17 -> 9 and back to 144, cropped to 136: odd lengths,
-    asymmetric pads, the crop), dense at k=3 with ``clip_global_norm`` 1.0, resvae at k=4 (residual blocks,
-    the same odd lengths, MSE) and the small residual spec (a BatchNorm inside a residual, in train mode),
-    one worker per impl."""
-    specs = [(preset("conv-strided", canonical_kmer_count(4)), 4),
-             (preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0), 3),
-             (preset("resvae", canonical_kmer_count(4)), 4), (RESIDUAL, 3)]
+    """The mechanics of conv-strided and resvae on small specs (``python -m bench parity --kmer 4 --spec
+    conv-strided,resvae`` runs the presets): strided convs, BatchNorm and GELU, odd lengths
+    (32 -> 11 -> 6, 9 -> 18 -> 36), asymmetric pads, strided conv-transposes and the crop to 32
+    (``STRIDED_BN``); dense at k=3 with ``clip_global_norm`` 1.0 (its gradient norm is above the clip: see
+    the test below); resvae's residual blocks with conv and conv-transpose skips and its MSE loss
+    (``RESVAE_SMALL``); and the small residual spec (a BatchNorm inside a residual, in train mode). One
+    worker per impl."""
+    specs = [(STRIDED_BN, 3), (preset("dense", canonical_kmer_count(3)).with_clip_norm(1.0), 3),
+             (RESVAE_SMALL, 3), (RESIDUAL, 3)]
     return check_parity(specs, IMPLS, batch=16)
 
 
-@pytest.mark.parametrize("index,name", [(0, "conv-strided k=4"), (1, "dense k=3 clip 1.0"), (2, "resvae k=4"),
-                                        (3, "residual-small k=3")])
+@pytest.mark.parametrize("index,name", [(0, "strided-bn-small k=3"), (1, "dense k=3 clip 1.0"),
+                                        (2, "resvae-small k=3"), (3, "residual-small k=3")])
 def test_parity_strided_and_clipped(strided_and_clipped_reports, index, name):
     rep = strided_and_clipped_reports[index]
     assert [r.impl for r in rep.rows] == IMPLS

@@ -12,37 +12,17 @@ import json
 import sys
 from typing import Callable
 
+from bench.curves import cmd_curves
 from bench.fit_memory import VERB as FIT_MEMORY
 from bench.fit_memory import cmd_fit_memory
-from bench.parser import DEFAULT_IMPLS, UsageError, build_parser, split_list
+from bench.parser import UsageError, build_parser, split_list
+from bench.parser import checked_impls as _impls
 from bench.probe import cmd_probe_int32
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
 from harness.spec.layers import SpecError
 from harness.spec.presets import ALL_PRESETS, resolve_spec
 from harness.store import StoreError
-
-
-def _impls(text: str | None) -> list[str]:
-    """The impls to run, each checked here (a plug-in's file, class and base class) without
-    importing a framework: a bad one is one line and exit 2, not a worker and a failed row."""
-    from pathlib import Path
-
-    from harness.adapter import check_plugin
-
-    impls = split_list(text, "--impl") if text is not None else list(DEFAULT_IMPLS)
-    out: list[str] = []
-    for impl in impls:
-        error = check_plugin(impl)
-        if error:
-            raise UsageError(error)
-        target, _, attr = impl.rpartition(":")
-        if target.endswith(".py"):  # workers start in the repo root: hand them an absolute path
-            impl = f"{Path(target).resolve()}:{attr}"
-        if impl in out:
-            raise UsageError(f"--impl names {impl} twice; give each impl once (--repeats repeats a cell)")
-        out.append(impl)
-    return out
 
 
 def _specs(text: str | None, default: list[str]) -> list[str]:
@@ -333,6 +313,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
+    _matrix_curves(args, plan, store)
     from reports.build import build_report
 
     rows = store.latest_rows()
@@ -342,6 +323,27 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     print_rows([r for r in rows if not r.get("sweep") and not r.get("scenario")])
     print(f"report: {path}")
     return _exit_status(store, {c.key for c in cells})
+
+
+def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
+    """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
+    every impl of the plan, stored beside the run's rows; skipped when the plan has no dense cell, with
+    ``--curves-steps 0``, or when the run already has curves (``--resume``)."""
+    from bench.curves import MATRIX_CURVES, curve_records, print_verdicts, run_curves
+    from harness.store import append_curves, curves_path
+
+    steps = MATRIX_CURVES["steps"] if args.curves_steps is None else args.curves_steps
+    dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
+    if not steps or dense is None or curves_path(store.root, store.run_id).exists():
+        return
+    reference = "torch" if "torch" in plan.impls else plan.impls[0]
+    batch, every = MATRIX_CURVES["batch"], min(MATRIX_CURVES["every"], steps)
+    print(f"curves: {dense.name}, {steps} steps at batch {batch}, {len(plan.impls)} impls", file=sys.stderr)
+    curves, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference,
+                                  timeout_s=args.timeout)
+    append_curves(store.root, store.run_id, curve_records(dense, args.kmer, batch, steps, every, curves, verdicts,
+                                                          None))
+    print_verdicts(dense.name, steps, batch, verdicts)
 
 
 def params_from_rows(rows: list[dict]) -> dict:
@@ -513,6 +515,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "probe-int32": cmd_probe_int32,
     "params": cmd_params,
     "parity": cmd_parity,
+    "curves": cmd_curves,
     "run": cmd_run,
     "scenarios": cmd_scenarios,
     FIT_MEMORY: cmd_fit_memory,

@@ -35,6 +35,28 @@ def split_list(text: str, flag: str = "the list") -> list[str]:
     return items
 
 
+def checked_impls(text: str | None) -> list[str]:
+    """The impls to run, each checked here (a plug-in's file, class and base class) without
+    importing a framework: a bad one is one line and exit 2, not a worker and a failed row."""
+    from pathlib import Path
+
+    from harness.adapter import check_plugin
+
+    impls = split_list(text, "--impl") if text is not None else list(DEFAULT_IMPLS)
+    out: list[str] = []
+    for impl in impls:
+        error = check_plugin(impl)
+        if error:
+            raise UsageError(error)
+        target, _, attr = impl.rpartition(":")
+        if target.endswith(".py"):  # workers start in the repo root: hand them an absolute path
+            impl = f"{Path(target).resolve()}:{attr}"
+        if impl in out:
+            raise UsageError(f"--impl names {impl} twice; give each impl once (--repeats repeats a cell)")
+        out.append(impl)
+    return out
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -43,6 +65,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """0 or a positive integer (0 turns the thing off)."""
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def positive_float(text: str) -> float:
@@ -163,6 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("curves", help="train every impl the same steps from the same weights: do the curves agree?")
+    p.add_argument("--spec", default="dense", help="preset name or spec file (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--every", type=positive_int, default=10,
+                   help="read the held-out reconstruction, KL and gradient norm every this many steps")
+    p.add_argument("--reference", default="torch", help="the impl every other curve is judged against")
+    p.add_argument("--no-noise-floor", action="store_true",
+                   help="skip the reference's second run from weights one float32 ulp apart (the drift any reduction "
+                        "order gives, which sets the tolerances); fixed tolerances apply instead")
+    p.add_argument("--data", help="a .npy file of rows (default: synthetic profiles)")
+    p.add_argument("--columns", help="A:B, the block of --data's columns to use")
+    p.add_argument("--results", default="results", help="curves are stored in RESULTS/curves/RUN_ID.jsonl")
+    p.add_argument("--run-id", help="store under this run (default: a new id)")
+    p.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds per worker")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
     p.add_argument("--spec", required=True)
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
@@ -225,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm", choices=("auto", "on", "off"),
                    help="the untimed leak confirmation phase: where the steady verdict is pending (auto, the "
                         "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
+    p.add_argument("--curves-steps", type=non_negative_int, default=None,
+                   help="steps of the training-curves run after the cells (dense preset; default 200; 0: none)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="build a report from stored results")

@@ -284,6 +284,52 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, lates
     return latest_rows(rows) if latest else rows
 
 
+#: training curves live beside a run's rows, one subdirectory down, so no glob of ``*.jsonl`` reads them as rows
+CURVES_DIR = "curves"
+
+
+def curves_path(root: str | Path, run_id: str) -> Path:
+    """``<root>/curves/<run_id>.jsonl``: one record per (spec, impl) of ``bench curves`` for that run."""
+    return Path(root) / CURVES_DIR / f"{validate_run_id(run_id)}.jsonl"
+
+
+def append_curves(root: str | Path, run_id: str, records: list[dict[str, Any]]) -> Path:
+    """Append curve records, each one JSON line flushed and synced, as cell rows are."""
+    path = curves_path(root, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for rec in records:
+            f.write(json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": run_id, **rec}, default=_default)
+                    + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def load_curves(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[dict[str, Any]]:
+    """Curve records stored beside the given results (files, directories or run ids, as ``load_rows``
+    takes them): ``<dir>/curves/<id>.jsonl`` for each ``<dir>/<id>.jsonl``; the latest per (spec, impl)."""
+    if isinstance(results, (str, Path, dict)):
+        results = [results]
+    files: list[Path] = []
+    for item in results:
+        if isinstance(item, dict):
+            continue
+        p = Path(item)
+        if p.is_dir():
+            files += sorted((p / CURVES_DIR).glob("*.jsonl"))
+        elif p.is_file():
+            files.append(p.parent / CURVES_DIR / p.name)
+        else:
+            files.append(Path(results_dir) / CURVES_DIR / f"{item}.jsonl")
+    latest: dict[tuple, dict[str, Any]] = {}
+    for f in files:
+        if f.is_file():
+            for rec in read_rows(f):
+                latest[(rec.get("run_id"), rec.get("spec_hash"), rec.get("batch"), rec.get("curve", {}).get("impl"))] = rec
+    return list(latest.values())
+
+
 def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, latest: bool = True):
     """Rows from files, directories or run ids as a pandas DataFrame, one row per cell.
 

@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.store import load_rows
+from harness.store import load_curves, load_rows
 from reports.cells import group_cells, row_status
 from reports.document import Doc
 from reports.formatting import slugify
 from reports.plots import impl_colors
 from reports.section_batch import section_batch
+from reports.section_curves import section_curves
 from reports.sections import (
     device_text,
     params_index,
@@ -67,17 +68,23 @@ def _default_run_id(rows: list[dict]) -> str:
 
 
 def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: str | None = None,
-                 params_check: dict | None = None, *, plots: bool = True) -> Path:
+                 params_check: dict | None = None, *, plots: bool = True,
+                 curves: list[dict[str, Any]] | None = None) -> Path:
     """Write ``<out_root>/<run-id>/report.md``, ``report.html`` and ``plots/*.png``; update the index.
 
     ``results``: JSONL paths, directories of them, run ids (looked up in ``results/``), or row dicts.
     ``params_check``: parameter counts per spec (see :func:`reports.sections.params_index` for the accepted shapes); when
     given, the table gets a parameters column with "equal" / "differs". ``plots=False`` skips the PNGs
-    (and their sections), for quick rebuilds. Returns the run's directory.
+    (and their sections), for quick rebuilds. ``curves``: training-curve records (``bench curves``); by
+    default those stored beside the results (``harness.store.load_curves``) for the rows' runs. Returns the
+    run's directory.
     """
     rows = load_rows(results)
     if not rows:
         raise ValueError(f"no rows found in {results!r}")
+    if curves is None:
+        runs = {r.get("run_id") for r in rows}
+        curves = [c for c in load_curves(results) if c.get("run_id") in runs]
     run_id = run_id or _default_run_id(rows)
     out_dir = Path(out_root) / slugify(run_id)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -88,7 +95,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     multi_hash = len({(k[0], k[2]) for k in grouped}) < len(grouped)
     pidx = params_index(params_check)
     grids = sweep_grids(rows)
-    colors = impl_colors(sorted({str(r.get("impl")) for r in rows}))
+    colors = impl_colors(sorted({str(r.get("impl")) for r in rows} | {str(c["curve"]["impl"]) for c in curves}))
     date = _run_date(rows, run_id)
     doc = Doc(f"vaebench report {run_id}")
     specs = sorted({str(r.get("spec_name", "?")) + (f" k={r['kmer']}" if r.get("kmer") is not None else "")
@@ -99,6 +106,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
           f"({n_ok} ok), impls: {', '.join(impls)}; specs: {'; '.join(specs) or 'none'}.")
     doc.p("Sections: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), [Results](#results), "
           "[Diagnosis](#diagnosis), "
+          + ("[Training curves](#training-curves), " if curves else "")
           + ("[Sweep map](#sweep-map), " if grids else "")
           + ("[Plots](#plots), " if plots and grouped else "") + "[Environment](#environment).")
     recs: list[dict] = []
@@ -111,6 +119,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
         doc.h(2, "Recommendation")
         doc.p("No benchmark cells in this run (only scenario or sweep rows): nothing to recommend.")
     section_diagnosis(doc, rows, grouped, multi_hash)
+    section_curves(doc, curves, out_dir, colors, plots)
     section_sweep(doc, grids, out_dir, plots)
     if grouped and plots:
         section_plots(doc, grouped, out_dir, colors, multi_hash)
@@ -120,7 +129,9 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     (out_dir / "report.html").write_text(doc.html(out_dir))
     meta = {"run_id": run_id, "date": date, "device": device_text(rows), "specs": specs, "impls": impls,
             "rows": len(rows), "ok_rows": n_ok, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "recommendations": recs, "batch_recommendations": batch_recs}
+            "recommendations": recs, "batch_recommendations": batch_recs,
+            "curves": [{"spec": c.get("spec_name"), "kmer": c.get("kmer"), "batch": c.get("batch"),
+                        "steps": c.get("steps"), **c.get("verdict", {})} for c in curves]}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     update_index(out_root)
     return out_dir

@@ -13,7 +13,7 @@ from typing import Any
 
 from reports.cells import ImplCell, nested, row_status
 
-__all__ = ["OUTCOME_COLORS", "impl_colors", "plot_memory", "plot_rss", "plot_step_times", "plot_sweep"]
+__all__ = ["OUTCOME_COLORS", "impl_colors", "plot_curves", "plot_memory", "plot_rss", "plot_step_times", "plot_sweep"]
 
 OUTCOME_COLORS = {
     "ok": "#2ca02c", "device_oom": "#d62728", "host_oom": "#ff7f0e", "int32_overflow": "#9467bd",
@@ -183,4 +183,33 @@ def plot_sweep(title: str, grid: dict[tuple[str, int], str], path: Path) -> bool
     ax.legend(handles=[Patch(color=OUTCOME_COLORS.get(o, "#ffffff"), label=o) for o in seen], fontsize=7,
               bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, path, left=1.3, right=1.6, bottom=0.9)
+    return True
+
+
+def plot_curves(title: str, curves: list[dict[str, Any]], colors: dict, path: Path) -> bool:
+    """Three panels against step, one line per impl: the training loss (every step), and the held-out
+    reconstruction and KL (every probe); log-log once the run passes 100 steps (as seed 001 plots them)."""
+    drawn = [c for c in curves if c.get("loss")]
+    if not drawn:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    steps = max(len(c["loss"]) for c in drawn)
+    panels = (("training loss", None, "loss"), ("held-out reconstruction", "probe_steps", "recon"),
+              ("held-out KL (nats)", "probe_steps", "kl"))
+    for ax, (label, xkey, ykey) in zip(axes, panels, strict=True):
+        for c in drawn:
+            ys = c[ykey]
+            xs = list(range(1, len(ys) + 1)) if xkey is None else [max(s, 1) for s in c[xkey]]
+            ax.plot(xs, ys, color=colors.get(c["impl"]), label=c["impl"], linewidth=1.2, alpha=0.85)
+        if steps > 100:
+            ax.set_xscale("log")
+            if all(v > 0 for c in drawn for v in c[ykey]):
+                ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, left=0.6, right=0.2, top=0.55)
     return True

@@ -107,6 +107,22 @@ class ParityTask(Task):
 
 
 @dataclass(kw_only=True)
+class CurvesTask(Task):
+    """Train ``steps`` steps from shared weights on shared batches and noise, recording the curves
+    (``harness.run.curves``)."""
+
+    kind: ClassVar[str] = "curves"
+    spec: dict[str, Any] = field(default_factory=dict)
+    #: npz: ``w:NAME`` weights, ``x`` batches (n, B, L), ``eps`` (steps, B, ...), optional ``mask`` (steps,),
+    #: ``x_eval``, ``eps_eval`` and optional ``mask_eval``
+    inputs_path: str = ""
+    outputs_path: str = ""
+    steps: int = 0
+    #: the held-out reconstruction and KL and the gradient norm are read every this many steps
+    every: int = 1
+
+
+@dataclass(kw_only=True)
 class PeakTask(Task):
     """Time a square float32 matmul on the cells' device: the MFU denominator (``harness.measure.peak``)."""
 
@@ -134,8 +150,8 @@ class Int32ProbeTask(Task):
     probes: list[dict[str, Any]] = field(default_factory=list)
 
 
-TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask, PeakTask,
-                                                         Int32ProbeTask)}
+TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask,
+                                                         CurvesTask, PeakTask, Int32ProbeTask)}
 
 
 def task_from_json(data: dict[str, Any]) -> Task:

@@ -22,6 +22,7 @@ from harness.run.task import (
     BareTask,
     BaselineTask,
     CellTask,
+    CurvesTask,
     Int32ProbeTask,
     ParamsTask,
     ParityTask,
@@ -102,6 +103,10 @@ def run_task(task: Task) -> dict[str, Any]:
         return task_params(task)
     if isinstance(task, ParityTask):
         return task_parity(task)
+    if isinstance(task, CurvesTask):
+        from harness.run.curves import task_curves
+
+        return task_curves(task)
     if isinstance(task, PeakTask):
         import importlib
 

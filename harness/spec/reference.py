@@ -244,3 +244,32 @@ def vae_loss(spec: VAESpec, x: np.ndarray, logits: np.ndarray, mu: np.ndarray, l
     if spec.loss.kl_normalisation == "features":
         kl = kl / spec.input_length
     return float(recon.mean() + spec.loss.beta * kl.mean())
+
+
+def loss_parts(spec: VAESpec, x: np.ndarray, probs: np.ndarray, mu: np.ndarray, logvar: np.ndarray,
+               mask_block: int | None = None) -> tuple[float, float]:
+    """The loss's reconstruction term and its KL term (before ``beta``), batch means, from a build's
+    probabilities: what the training curves plot. BCE reads the probabilities clipped to [1e-7, 1 - 1e-7]
+    (the logits are not part of the adapter's outputs), so it matches ``vae_loss`` up to that clip."""
+    p = np.clip(np.asarray(probs, np.float64), MASKED_BCE_CLIP, 1 - MASKED_BCE_CLIP)
+    x = np.asarray(x, np.float64)
+    if spec.loss.reconstruction == "mse":
+        recon = ((p - x) ** 2).sum(axis=1)
+    else:
+        bce = -(x * np.log(p) + (1 - x) * np.log(1 - p))
+        if spec.loss.reconstruction == "masked_bce":
+            mask = block_mask(spec, mask_block)
+            recon = bce[:, mask].sum(axis=1) / mask.sum()
+        else:
+            recon = bce.sum(axis=1)
+    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
+    kl = (-0.5 * (1 + logvar - mu**2 - np.exp(logvar))).reshape(len(x), -1).sum(axis=1)
+    if spec.loss.kl_normalisation == "features":
+        kl = kl / spec.input_length
+    return float(recon.mean()), float(kl.mean())
+
+
+def kl_per_element(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(q(z|x) || N(0, 1)) of each latent element, averaged over the batch (nats): the "active units"
+    view, where a collapsed latent has every element near zero."""
+    return (-0.5 * (1 + logvar - mu**2 - np.exp(logvar))).mean(axis=0)

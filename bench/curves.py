@@ -1,0 +1,113 @@
+"""``python -m bench curves``: do the frameworks train the same over hundreds of steps?
+
+The training is in ``harness.run.curves`` (shared weights, batches and noise; one worker per impl), the
+verdicts in ``harness.diagnose.curves`` (tolerances and the KL-collapse flag, documented there). This
+module checks the flags, stores one record per impl under ``<results>/curves/<run-id>.jsonl`` (where
+the report finds them) and prints the verdicts. Exit 1 when an impl's curve parts from the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from bench.parser import UsageError, checked_impls
+
+#: what ``nox -s bench`` runs after its matrix: a short curve of the dense preset, inside the budget
+MATRIX_CURVES = {"spec": "dense", "steps": 200, "batch": 64, "every": 10}
+
+
+def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, curves: list, verdicts: list,
+                  data: str | None) -> list[dict[str, Any]]:
+    """One stored record per impl: the curve, its verdict, the tolerances it was judged by."""
+    from harness.diagnose import curves as rules
+
+    tol = verdicts[0] if verdicts else None
+    tolerances = {"part": tol.tol_part if tol else rules.TOL_PART,
+                  "final_recon": tol.tol_final if tol else rules.TOL_FINAL_RECON,
+                  "source": tol.tol_source if tol else "fixed", "floor_factor": rules.FLOOR_FACTOR,
+                  "smooth_steps": rules.SMOOTH_STEPS, "final_fraction": rules.FINAL_FRACTION,
+                  "kl_collapse_nats": rules.KL_COLLAPSE_NATS, "collapse_after": rules.COLLAPSE_AFTER}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return [{"spec_name": spec.name, "spec_hash": spec.hash, "spec": spec.to_dict(), "kmer": kmer, "batch": batch,
+             "steps": steps, "every": every, "data": data or "synthetic", "finished_at": now, "curve": c.to_dict(),
+             "verdict": v.to_dict(), "tolerances": tolerances} for c, v in zip(curves, verdicts, strict=True)]
+
+
+def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int, every: int,
+               reference: str = "torch", noise_floor: bool = True, data: str | None = None,
+               columns: str | None = None, timeout_s: float = 1800) -> tuple[list, list]:
+    """Curves and verdicts; the reference impl runs first and, with ``noise_floor``, again from weights one
+    ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances."""
+    from harness.adapter import impl_label
+    from harness.diagnose.curves import judge
+    from harness.run.curves import CurveRun, train_curves
+
+    order = [reference] + [i for i in impls if i != reference]
+    runs = [CurveRun(i, impl_label(i)) for i in order]
+    floor = f"{impl_label(reference)} (1 ulp)" if noise_floor else None
+    if floor:
+        runs.insert(1, CurveRun(reference, floor, nudge=True))
+    curves = train_curves(spec, kmer, runs, steps, batch, every, data=data, columns=columns, timeout_s=timeout_s)
+    return curves, judge(curves, reference=impl_label(reference), floor=floor)
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from harness.run.runner import cell_kmer
+    from harness.spec.presets import resolve_spec
+    from harness.store import append_curves, new_run_id, validate_run_id
+
+
+    if args.every > args.steps:
+        raise UsageError(f"--every {args.every} is more than --steps {args.steps}; probe at most every step")
+    impls = checked_impls(args.impl)
+    reference = args.reference
+    if reference not in impls:
+        raise UsageError(f"--reference {reference} is not among --impl {','.join(impls)}; add it, or pick one of them")
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    run_id = validate_run_id(args.run_id) if args.run_id else new_run_id()
+    kmer = cell_kmer(spec, args.kmer)
+    if not args.json:
+        print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {args.batch}, "
+              f"{len(impls)} impl(s) ...", file=sys.stderr)
+    curves, verdicts = run_curves(spec, kmer, impls, args.steps, args.batch, args.every, reference,
+                                  not args.no_noise_floor, args.data, args.columns, args.timeout)
+    records = curve_records(spec, kmer, args.batch, args.steps, args.every, curves, verdicts, args.data)
+    path = append_curves(args.results, run_id, records)
+    if args.json:
+        print(json.dumps(records, indent=2, default=str))
+    else:
+        print_verdicts(spec.name, args.steps, args.batch, verdicts)
+        print(f"curves stored in {path}", file=sys.stderr)
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+def print_verdicts(spec_name: str, steps: int, batch: int, verdicts: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.diagnose.curves import KL_COLLAPSE_NATS
+
+    v0 = verdicts[0] if verdicts else None
+    where = "5 x the 1-ulp floor" if v0 and v0.tol_source == "floor" else "fixed, no floor run"
+    table = Table(title=f"training curves of {spec_name}, {steps} steps at batch {batch}, against "
+                        f"{v0.reference if v0 else '?'} (parted: smoothed loss > {v0.tol_part if v0 else 0:.3%} apart; "
+                        f"final recon tolerance {v0.tol_final if v0 else 0:.3%}; {where})")
+    for col in ("impl", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at", "top latent KL",
+                "KL collapse", "verdict"):
+        table.add_column(col)
+    for v in verdicts:
+        if v.error:
+            table.add_row(v.impl, "-", "-", "-", "-", "-", "-", f"[red]failed: {v.error}[/red]")
+            continue
+        table.add_row(v.impl, "-" if v.final_recon is None else f"{v.final_recon:.2%}",
+                      "never" if v.parted_at is None else str(v.parted_at),
+                      "-" if v.max_part is None else f"{v.max_part:.2%}",
+                      "none" if v.nonfinite_at is None else str(v.nonfinite_at),
+                      "-" if v.kl_max_dim is None else f"{v.kl_max_dim:.3g} nats",
+                      f"[yellow]collapsed (< {KL_COLLAPSE_NATS} nats)[/yellow]" if v.kl_collapse else "no",
+                      "[green]trains the same[/green]" if v.passed else "[red]differs[/red]")
+    Console().print(table)

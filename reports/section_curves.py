@@ -1,0 +1,56 @@
+"""The report's "Training curves" section: per spec, the curves of every impl from the same weights, batches
+and noise (``python -m bench curves``, stored under ``<results>/curves/``), the verdict table beside them
+(``harness.diagnose.curves``: parted, final reconstruction, NaN, KL collapse), and the tolerances used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reports.document import Doc
+from reports.formatting import slugify
+from reports.plots import plot_curves
+
+
+def _verdict_row(v: dict[str, Any]) -> list[str]:
+    if v.get("error"):
+        return [v["impl"], "-", "-", "-", "-", "-", f"failed: {v['error']}"]
+    pct = lambda x: "-" if x is None else f"{x:.2%}"  # noqa: E731
+    return [v["impl"], pct(v.get("final_recon")), "never" if v.get("parted_at") is None else str(v["parted_at"]),
+            pct(v.get("max_part")), "none" if v.get("nonfinite_at") is None else str(v["nonfinite_at"]),
+            "-" if v.get("kl_max_dim") is None else f"{v['kl_max_dim']:.3g}"
+            + (" **collapsed**" if v.get("kl_collapse") else ""),
+            "trains the same" if v.get("passed") else "**differs**"]
+
+
+def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, colors: dict, plots: bool = True) -> None:
+    """Nothing when the run stored no curves."""
+    if not records:
+        return
+    doc.h(2, "Training curves")
+    tol = records[0].get("tolerances", {})
+    doc.p("Every impl trains the same steps from the same canonical weights, on the same batches in the same order "
+          "and with the same noise; the reconstruction and KL are read on a fixed held-out batch every few steps "
+          f"(python -m bench curves). Against the reference: the curves have *parted* once the training loss, smoothed "
+          f"over {tol.get('smooth_steps', '?')} steps, differs by more than {tol.get('part', 0):.3%}; *final recon* "
+          f"is the held-out reconstruction over the last {tol.get('final_fraction', 0):.0%} of the steps (tolerance "
+          f"{tol.get('final_recon', 0):.3%}). "
+          + (f"Both tolerances are {tol.get('floor_factor', 5):g} times the gaps of the reference's own second run from "
+             "weights one float32 ulp apart (the noise floor, its row below). " if tol.get("source") == "floor" else
+             "No noise-floor run: fixed tolerances. ")
+          + "The KL has *collapsed* when no latent element holds "
+          f"{tol.get('kl_collapse_nats', '?')} nats after the first {tol.get('collapse_after', 0):.0%} of the steps "
+          "while the reconstruction still falls.")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("spec_name"), r.get("kmer"), r.get("batch"), r.get("steps")), []).append(r)
+    for (name, kmer, batch, steps), recs in groups.items():
+        title = f"{name}" + (f", k={kmer}" if kmer is not None else "") + f", batch {batch}, {steps} steps"
+        doc.h(3, f"Curves: {title}")
+        rel = f"plots/curves_{slugify(title)}.png"
+        if plots and plot_curves(title, [r["curve"] for r in recs], colors, out_dir / rel):
+            doc.img(rel, f"training loss, held-out reconstruction and KL per step for {title}, one line per impl")
+        ref = recs[0]["verdict"].get("reference", "?")
+        doc.p(f"Against **{ref}**:")
+        doc.table(["impl", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at", "top latent KL (nats)",
+                   "verdict"], [_verdict_row(r["verdict"]) for r in recs])

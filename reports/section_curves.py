@@ -51,6 +51,11 @@ def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, color
         if plots and plot_curves(title, [r["curve"] for r in recs], colors, out_dir / rel):
             doc.img(rel, f"training loss, held-out reconstruction and KL per step for {title}, one line per impl")
         ref = recs[0]["verdict"].get("reference", "?")
-        doc.p(f"Against **{ref}**:")
+        collapsed = [r["verdict"]["impl"] for r in recs if r["verdict"].get("kl_collapse")]
+        parted = [r["verdict"]["impl"] for r in recs if not r["verdict"].get("passed")]
+        doc.p(f"Against **{ref}**: " + (f"**differs**: {', '.join(parted)}. " if parted else "every impl trains the same. ")
+              + (f"**KL collapse** in {', '.join(collapsed)}: the latent carries nothing while the reconstruction "
+                 "still falls (raise the latent's share: a lower beta, KL annealing)." if collapsed
+                 else "No KL collapse."))
         doc.table(["impl", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at", "top latent KL (nats)",
                    "verdict"], [_verdict_row(r["verdict"]) for r in recs])

@@ -66,7 +66,8 @@ def print_parity(reports) -> None:
         zero = sorted({name for r in rep.rows for name in r.zero_grad})
         if zero:
             worst = max((v for r in rep.rows for v in r.zero_grad.values()), default=0.0)
-            console.print(f"  zero-gradient tensors (bias feeding a BatchNorm), checked to be zero up to rounding "
+            console.print(f"  zero-gradient tensors (a bias feeding a BatchNorm, an attention's key bias), checked to be "
+                          f"zero up to rounding "
                           f"(worst {worst:.1e} of all gradients) and left out of the relative columns: "
                           f"{', '.join(zero)}")
 

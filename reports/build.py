@@ -28,6 +28,7 @@ from reports.cells import group_cells, row_status
 from reports.document import Doc
 from reports.formatting import slugify
 from reports.plots import impl_colors
+from reports.section_answer import section_answer
 from reports.section_batch import section_batch
 from reports.section_curves import section_curves
 from reports.sections import (
@@ -35,7 +36,6 @@ from reports.sections import (
     params_index,
     section_diagnosis,
     section_environment,
-    section_plots,
     section_recommendation,
     section_sweep,
     section_table,
@@ -95,40 +95,43 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     multi_hash = len({(k[0], k[2]) for k in grouped}) < len(grouped)
     pidx = params_index(params_check)
     grids = sweep_grids(rows)
-    colors = impl_colors(sorted({str(r.get("impl")) for r in rows} | {str(c["curve"]["impl"]) for c in curves}))
+    labels = {str(r.get("impl")) for r in rows} | {str(r.get("row") or r.get("impl")) for r in rows}
+    colors = impl_colors(sorted(labels | {str(c["curve"]["impl"]) for c in curves}))
     date = _run_date(rows, run_id)
     doc = Doc(f"vaebench report {run_id}")
     specs = sorted({str(r.get("spec_name", "?")) + (f" k={r['kmer']}" if r.get("kmer") is not None else "")
                     for r in rows})
     impls = sorted({str(r.get("impl")) for r in rows})
     n_ok = sum(row_status(r) == "ok" for r in rows)
-    doc.p(f"Run `{run_id}`, {date}, on {device_text(rows)}. {len(rows)} row{'s' if len(rows) != 1 else ''} "
-          f"({n_ok} ok), impls: {', '.join(impls)}; specs: {'; '.join(specs) or 'none'}.")
-    doc.p("Sections: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), [Results](#results), "
-          "[Diagnosis](#diagnosis), "
+    device = device_text(rows)
+    commit = str((rows[0].get("fingerprint") or {}).get("git_commit") or "unknown")
+    doc.p(f"{date}, {device}, commit `{commit[:7]}`: {len(rows)} row{'s' if len(rows) != 1 else ''} ({n_ok} ok), "
+          f"{len(impls)} impl{'s' if len(impls) != 1 else ''}, {len(specs)} spec{'s' if len(specs) != 1 else ''}.")
+    title = lambda key: spec_title(key, multi_hash)  # noqa: E731
+    headline = section_answer(doc, grouped, rows, title, device, grids, out_dir, colors, plots)
+    doc.p("Details: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), "
+          "[Results](#results) (with their plots), [Diagnosis](#diagnosis), "
           + ("[Training curves](#training-curves), " if curves else "")
-          + ("[Sweep map](#sweep-map), " if grids else "")
-          + ("[Plots](#plots), " if plots and grouped else "") + "[Environment](#environment).")
+          + ("[Sweep map](#sweep-map), " if grids else "") + "[Environment](#environment).")
     recs: list[dict] = []
     batch_recs: list[dict] = []
     if grouped:
         recs = section_recommendation(doc, grouped, multi_hash)
-        batch_recs = section_batch(doc, grouped, rows, lambda key: spec_title(key, multi_hash))
-        section_table(doc, grouped, pidx, multi_hash)
+        batch_recs = section_batch(doc, grouped, rows, title)
+        section_table(doc, grouped, pidx, multi_hash, out_dir, colors, plots)
     else:
         doc.h(2, "Recommendation")
         doc.p("No benchmark cells in this run (only scenario or sweep rows): nothing to recommend.")
     section_diagnosis(doc, rows, grouped, multi_hash)
     section_curves(doc, curves, out_dir, colors, plots)
     section_sweep(doc, grids, out_dir, plots)
-    if grouped and plots:
-        section_plots(doc, grouped, out_dir, colors, multi_hash)
     section_environment(doc, rows)
 
     (out_dir / "report.md").write_text(doc.markdown())
     (out_dir / "report.html").write_text(doc.html(out_dir))
-    meta = {"run_id": run_id, "date": date, "device": device_text(rows), "specs": specs, "impls": impls,
+    meta = {"run_id": run_id, "date": date, "device": device, "commit": commit, "specs": specs, "impls": impls,
             "rows": len(rows), "ok_rows": n_ok, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "headline": headline, "colors": colors,
             "recommendations": recs, "batch_recommendations": batch_recs,
             "curves": [{"spec": c.get("spec_name"), "kmer": c.get("kmer"), "batch": c.get("batch"),
                         "steps": c.get("steps"), **c.get("verdict", {})} for c in curves]}
@@ -151,11 +154,15 @@ def update_index(out_root: str | Path = DEFAULT_OUT_ROOT) -> Path:
     doc.p(f"{len(metas)} run(s), newest first.")
     rows_md, rows_html = [], []
     for d, m in metas:
-        cells = [str(m.get("date", "")), str(m.get("device", "")), ", ".join(m.get("specs") or []),
-                 ", ".join(m.get("impls") or []), f"{m.get('ok_rows', '?')}/{m.get('rows', '?')}"]
+        commit = str(m.get("commit") or "")[:7] or "?"
+        answer = " ".join(m.get("headline") or []) or "; ".join(
+            f"{b.get('spec')}: {b.get('choice')} at batch {b.get('batch')}" for b in m.get("batch_recommendations") or []
+            if b.get("choice")) or "—"
+        cells = [str(m.get("date", "")), str(m.get("device", "")), f"`{commit}`", answer,
+                 f"{m.get('ok_rows', '?')}/{m.get('rows', '?')}"]
         rows_md.append([f"[{m.get('run_id', d)}]({d}/report.md)", *cells])
         rows_html.append([f"[{m.get('run_id', d)}]({d}/report.html)", *cells])
-    headers = ["run", "date", "device", "specs", "impls", "ok rows"]
+    headers = ["run", "date", "device", "commit", "answer", "ok rows"]
     doc.table(headers, rows_md)
     (root / "index.md").write_text(doc.markdown())
     doc.blocks[-1] = ("table", headers, rows_html, set())

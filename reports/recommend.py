@@ -22,11 +22,14 @@ __all__ = ["BatchRecommendation", "Recommendation", "recommend", "recommend_batc
 @dataclass(frozen=True)
 class Recommendation:
     """``choice``: the impl to use (None if none is eligible); ``tie``: every impl tied with the fastest
-    (empty when the fastest won outright); ``reason``: one paragraph with the numbers."""
+    (empty when the fastest won outright); ``reason``: one paragraph with the numbers; ``core``: the same
+    paragraph without its notes on the impls not eligible and on leak verdicts (which the report says once,
+    under what broke and in the diagnosis)."""
 
     choice: str | None
     tie: list[str]
     reason: str
+    core: str = ""
 
 
 def _overlap(a: ImplCell, b: ImplCell) -> bool:
@@ -69,7 +72,8 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
     excluded = [_exclusion(c) for c in sorted(cells, key=lambda c: c.impl) if not c.eligible]
     not_eligible = (" Not eligible: " + "; ".join(excluded) + ".") if excluded else ""
     if not eligible:
-        return Recommendation(None, [], "No impl can be recommended: " + "; ".join(excluded) + ".")
+        return Recommendation(None, [], "No impl can be recommended: " + "; ".join(excluded) + ".",
+                              "No impl can be recommended.")
     fastest = eligible[0]
     others = eligible[1:]
     tied = [c for c in others if _overlap(fastest, c)]
@@ -99,7 +103,7 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
                        f"({fmt_time(nxt.median_s)}, CI {nxt.ci_text()}), and no other CI overlaps.")
         else:
             reason += "; it is the only eligible impl."
-        return Recommendation(fastest.impl, [], reason + tail)
+        return Recommendation(fastest.impl, [], reason + tail, reason)
 
     group = [fastest, *tied]
     by_mem = sorted(group, key=lambda c: (c.peak_bytes if c.peak_bytes is not None else math.inf, c.median_s))
@@ -117,7 +121,7 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
                + ".")
     if choice is not fastest:
         reason += f" ({fastest.label} had the lowest median, {fmt_time(fastest.median_s)}.)"
-    return Recommendation(choice.impl, [c.impl for c in group], reason + tail)
+    return Recommendation(choice.impl, [c.impl for c in group], reason + tail, reason)
 
 
 def _exclusion(c: ImplCell) -> str:

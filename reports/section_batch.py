@@ -47,5 +47,6 @@ def section_batch(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title) ->
                     "samples_per_s": rec.samples_per_s, "tie": rec.tie, "largest": rec.largest, "reason": rec.reason})
     doc.table(["spec", "use", "largest batch trained"], table)
     for (key, _), o in zip(grouped.items(), out, strict=True):
-        doc.p(f"{title(key)}: {o['reason']}")
+        if o["choice"] is not None:  # a spec with nothing eligible: its reasons are under what broke, once
+            doc.p(f"{title(key)}: {o['reason']}")
     return out

@@ -15,14 +15,16 @@ from harness.diagnose.evidence import leak_label
 from harness.diagnose.failures import ADVICE
 from harness.diagnose.leak import format_bytes
 from harness.measure.peak import peak_text
-from reports.cells import ImplCell, nested, num, row_status
+from reports.cells import ImplCell, is_side_row, nested, num, row_status
 from reports.document import Doc
 from reports.formatting import code, fmt_rate, fmt_time, short, slugify
-from reports.plots import plot_memory, plot_rss, plot_step_times, plot_sweep
+from reports.messages import group_messages
+from reports.plots import plot_memory, plot_rss, plot_step_times
 from reports.recommend import recommend_cells
+from reports.section_answer import failure_groups
 
 __all__ = [
-    "device_text", "params_index", "section_diagnosis", "section_environment", "section_plots",
+    "device_text", "params_index", "section_diagnosis", "section_environment",
     "section_recommendation", "section_sweep", "section_table", "sweep_grids",
 ]
 
@@ -111,6 +113,7 @@ def _wall_table(doc: Doc, rows: list[dict]) -> None:
         return
     parts = [p for p in WALL_PARTS if any(p in r["wall_breakdown"] for r in timed)]
     doc.h(3, "Wall time per cell")
+    doc.details(f"Wall time of {len(timed)} cell{'s' if len(timed) != 1 else ''}")
     doc.p("Seconds from starting the cell's worker to its exit: the interpreter and harness imports "
           "(process start), the framework import, the model build, then each phase of the cell. Only compile, "
           "warm-up and the timed loops (steady, device step) are measurement; heap, memory and a leak's confirmation "
@@ -123,12 +126,19 @@ def _wall_table(doc: Doc, rows: list[dict]) -> None:
                      + [f"{wb.get('total', 0):.1f}"])
     doc.table(["cell"] + [p.replace("_", " ") for p in parts] + ["total"], table,
               right=set(range(1, len(parts) + 2)))
+    doc.close()
 
 
 def section_environment(doc: Doc, rows: list[dict]) -> None:
+    """The machine, the framework versions, the wall time per cell and every pinned setting: one line in view,
+    the rest collapsed in the HTML (complete in the Markdown)."""
     doc.h(2, "Environment")
     fps = _fingerprints(rows)
     fp = fps[0]
+    doc.p(f"{device_text(rows)}, {fp.get('cpu_cores_logical', '?')} logical cores, "
+          f"{format_bytes(num(fp.get('ram_bytes')))} RAM; commit `{str(fp.get('git_commit') or 'unknown')[:12]}`"
+          + (" (working tree dirty)" if fp.get("git_dirty") else "") + ".")
+    doc.details("Machine")
     gpus = fp.get("gpus") or []
     info = [["device", device_text(rows)]]
     for g in gpus:
@@ -145,6 +155,7 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
                                                                     else "")],
     ]
     doc.table(["", "value"], info)
+    doc.close()
     if len(fps) > 1:
         doc.p("**Warning:** rows come from more than one machine or commit: "
               + "; ".join(f"{f.get('hostname')} {f.get('cpu_model')} `{f.get('git_commit')}`" for f in fps) + ".")
@@ -155,11 +166,14 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
             versions[str(r.get("impl"))] = v
     impls = sorted({str(r.get("impl")) for r in rows})
     doc.h(3, "Framework versions per impl")
+    doc.details(f"Versions of {len(impls)} impl{'s' if len(impls) != 1 else ''}")
     doc.table(["impl", "versions"], [[i, ", ".join(f"{k} {v}" for k, v in sorted(versions[i].items()))
                                       if i in versions else "n/a (no successful cell reported versions)"]
                                      for i in impls])
+    doc.close()
     _wall_table(doc, rows)
     doc.h(3, "Pinned settings")
+    doc.details("Every pinned setting and environment variable")
     doc.p("Every setting below is **pinned**: identical for every impl in this run (the spec's settings and the "
           "environment each worker is started with).")
     settings: dict[str, set] = {}
@@ -177,6 +191,7 @@ def section_environment(doc: Doc, rows: list[dict]) -> None:
                   [[k, " / ".join(f"`{v}`" for v in sorted(vals))] for k, vals in sorted(env.items())])
     else:
         doc.p("No pinned environment variables were recorded.")
+    doc.close()
 
 
 def _peak_line(rows: list[dict]) -> str:
@@ -196,8 +211,13 @@ def spec_title(key: tuple, multi_hash: bool) -> str:
     return f"{name}" + (f", k={k}" if k is not None else "") + (f" (`{h}`)" if multi_hash and h else "")
 
 
-def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None:
+def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir: Path | None = None,
+                  colors: dict | None = None, plots: bool = False) -> None:
+    """One table per spec and batch, each followed by its plots: the host memory per batch under its batch's
+    table, the step time and peak memory across batches under the spec's last table. A batch where no impl
+    ran reads as one line (the reasons are under what broke)."""
     doc.h(2, "Results")
+    doc.details("What the columns mean")
     doc.p("One table per spec and batch size, one row per impl, fastest eligible first. Step times are per step; "
           "with several repeats, the median over repeats of each repeat's median (IQR likewise). "
           "\"× best\" is the median step time over the fastest ok impl's (leaking ones included). \"est/meas\" is "
@@ -211,11 +231,23 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
           "batches from host memory the way the framework's users do, each staged one step ahead; \"device step\" "
           "times the same loop on batches already on the device (the framework's compute alone), and \"step / device\" "
           "above 1 says the cell is input-bound. On a CPU the two coincide, and are not timed twice. A compile marked "
-          "(cached) loaded its executable from the run's compilation cache.")
+          "(cached) loaded its executable from the run's compilation cache. A failed or skipped row shows its kind; "
+          "its message is under [what broke](#what-broke), said once for every impl it names.")
+    doc.close()
     any_standin = False
+    colors = colors or {}
     for key, by_batch in grouped.items():
+        title = spec_title(key, multi_hash).replace("`", "")
+        slug = slugify(f"{key[0]}_k{key[2]}_{key[1][:6]}")
         for batch, cells in by_batch.items():
             doc.h(3, f"{spec_title(key, multi_hash)}, batch {batch}")
+            if all(c.status != "ok" for c in cells) and len(cells) > 1:
+                kinds = sorted({c.failure_kind or c.status for c in cells})
+                est = [f"{c.label} {format_bytes(c.preflight_estimate)}" for c in cells
+                       if c.preflight_estimate is not None]
+                doc.p(f"No impl ran: all {len(cells)} impls {' or '.join(kinds)} (see [what broke](#what-broke))."
+                      + (f" Preflight memory estimates: {', '.join(est)}." if est else ""))
+                continue
             ok_medians = [c.median_s for c in cells if c.status == "ok" and c.median_s]
             best = min(ok_medians) if ok_medians else None
             headers = ["impl"] + (["params (trainable / non-trainable)"] if pidx else []) + [
@@ -240,7 +272,7 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
                         step += f" ({fmt_time(c.q1_s)}–{fmt_time(c.q3_s)})"
                 slope = "—" if c.slope is None else (
                     f"{fmt_rate(c.slope)} ({format_bytes(c.slope_ci_low)} to {format_bytes(c.slope_ci_high)})")
-                failure = "" if c.status == "ok" else f"**{c.failure_kind}** {code(short(c.failure_message))}"
+                failure = "" if c.status == "ok" else f"**{c.failure_kind}**"
                 name = f"**{c.label}**" if c.label != c.impl else c.impl
                 if c.train_loop and c.train_loop != "step":
                     name += f" ({c.train_loop})"
@@ -263,39 +295,25 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool) -> None
             reps = max(c.n_repeats for c in cells)
             if reps > 1:
                 doc.note(f"{reps} repeats per impl; memory is the largest peak, leak the worst verdict of any repeat.")
+            rel = f"plots/rss_{slug}_b{batch}.png"
+            if plots and out_dir is not None and plot_rss(f"{title}, batch {batch}: host RSS per batch", cells, colors,
+                                                          out_dir / rel):
+                doc.img(rel, f"anonymous RSS (solid) and file RSS (dashed) per batch, {title}, batch {batch}")
+        if not (plots and out_dir is not None):
+            continue
+        rel = f"plots/step_time_{slug}.png"
+        if plot_step_times(f"{title}: step time", by_batch, colors, out_dir / rel):
+            doc.img(rel, f"median step time per impl and batch for {title}, error bars IQR")
+        rel = f"plots/memory_{slug}.png"
+        if plot_memory(f"{title}: peak memory", by_batch, colors, out_dir / rel):
+            standin = any(c.cpu_standin for cells in by_batch.values() for c in cells)
+            doc.img(rel, f"peak memory per impl and batch for {title}"
+                    + (" (hatched: peak RSS as CPU stand-in)" if standin else ""))
     if any_standin:
         doc.note("* peak RSS: on CPU there is no device allocator, so the worker's peak resident set (VmHWM) during "
                  "a few training steps on a trimmed heap, after the timing, stands in for device memory, less the "
                  "framework's import footprint and file-backed pages (shared libraries, memmap). It is not comparable "
                  "with GPU figures.")
-
-
-def section_plots(doc: Doc, grouped: dict, out_dir: Path, colors: dict, multi_hash: bool) -> None:
-    doc.h(2, "Plots")
-    made = False
-    for key, by_batch in grouped.items():
-        title = spec_title(key, multi_hash).replace("`", "")
-        slug = slugify(f"{key[0]}_k{key[2]}_{key[1][:6]}")
-        rel = f"plots/step_time_{slug}.png"
-        if plot_step_times(f"{title}: step time", by_batch, colors, out_dir / rel):
-            doc.h(3, f"{spec_title(key, multi_hash)}: step time")
-            doc.img(rel, f"median step time per impl and batch for {title}, error bars IQR")
-            made = True
-        rel = f"plots/memory_{slug}.png"
-        if plot_memory(f"{title}: peak memory", by_batch, colors, out_dir / rel):
-            doc.h(3, f"{spec_title(key, multi_hash)}: peak memory")
-            standin = any(c.cpu_standin for cells in by_batch.values() for c in cells)
-            doc.img(rel, f"peak memory per impl and batch for {title}"
-                    + (" (hatched: peak RSS as CPU stand-in)" if standin else ""))
-            made = True
-        for batch, cells in by_batch.items():
-            rel = f"plots/rss_{slug}_b{batch}.png"
-            if plot_rss(f"{title}, batch {batch}: host RSS per batch", cells, colors, out_dir / rel):
-                doc.h(3, f"{spec_title(key, multi_hash)}, batch {batch}: host memory per batch")
-                doc.img(rel, f"anonymous RSS (solid) and file RSS (dashed) per batch, {title}, batch {batch}")
-                made = True
-    if not made:
-        doc.p("No successful cell: nothing to plot.")
 
 
 def sweep_grids(rows: list[dict]) -> dict[str, dict[tuple[str, int], str]]:
@@ -319,12 +337,10 @@ def section_sweep(doc: Doc, grids: dict[str, dict[tuple[str, int], str]], out_di
     if not grids:
         return
     doc.h(2, "Sweep map")
-    doc.p("Batch-size probes: each cell is one probe of one impl at one batch size, coloured by its outcome.")
+    doc.p("Batch-size probes: each cell is one probe of one impl at one batch size"
+          + (" (the failure map at the top draws them, coloured by outcome)." if plots else "."))
     for spec, grid in grids.items():
         doc.h(3, f"Sweep: {spec}")
-        rel = f"plots/sweep_{slugify(spec)}.png"
-        if plots and plot_sweep(f"{spec}: outcome per impl and batch", grid, out_dir / rel):
-            doc.img(rel, f"sweep map for {spec}: outcome per impl and probe batch")
         impls = sorted({k[0] for k in grid})
         batches = sorted({k[1] for k in grid})
         doc.table(["impl"] + [str(b) for b in batches] + ["largest ok", "first failure"],
@@ -344,69 +360,114 @@ def section_recommendation(doc: Doc, grouped: dict, multi_hash: bool) -> list[di
     doc.p("Rule: never a row that failed, was skipped or whose leak was confirmed (an unconfirmed leak is a "
           "warning); among the rest the fastest median step time wins, "
           "unless its 95% CI of the mean overlaps another's: then it is a tie, broken by the lowest peak memory.")
-    out = []
+    out, notes = [], []
     for key, by_batch in grouped.items():
         for batch, cells in by_batch.items():
             rec = recommend_cells(cells)
             out.append({"spec": key[0], "spec_hash": key[1], "kmer": key[2], "batch": batch,
-                        "choice": rec.choice, "tie": rec.tie, "reason": rec.reason,
+                        "choice": rec.choice, "tie": rec.tie, "reason": rec.reason, "core": rec.core or rec.reason,
                         "label": f"{spec_title(key, multi_hash)}, batch {batch}"})
+            notes.append(_cell_notes(cells, rec))
     doc.table(["cell", "use"], [[o["label"], "**no recommendation**" if o["choice"] is None else
                                  f"**{o['choice']}**" + (f" (tie: {', '.join(o['tie'])})" if o["tie"] else "")]
                                 for o in out])
-    for o in out:
+    for o, note in zip(out, notes, strict=True):
         doc.h(3, o["label"])
         head = ("**No recommendation.** " if o["choice"] is None
                 else f"**Use {o['choice']}**" + (" (a tie). " if o["tie"] else ". "))
-        doc.p(head + o["reason"])
+        doc.p(head + (note if o["choice"] is None else o.pop("core") + note))
+    for o in out:
+        o.pop("core", None)
     return out
 
 
+def _cell_notes(cells: list[ImplCell], rec) -> str:
+    """What the recommendation's reason says of the other impls, in a few words: the messages are said once,
+    under what broke (failures) and in the diagnosis (leak verdicts)."""
+    notes = []
+    excluded = [c for c in cells if not c.eligible]
+    if excluded:
+        kinds: dict[str, list[str]] = {}
+        for c in excluded:
+            kinds.setdefault("confirmed leak" if c.confirmed_leak else (c.failure_kind or c.status), []).append(c.label)
+        if rec.choice is None and len(kinds) == 1 and len(excluded) == len(cells) > 1:
+            (kind, _), = kinds.items()
+            return f"All {len(cells)} impls {kind} (see [what broke](#what-broke))."
+        notes.append("Not eligible: " + "; ".join(f"{', '.join(v)} ({k})" for k, v in kinds.items())
+                     + " (see [what broke](#what-broke)).")
+    best = next((c for c in cells if c.impl == rec.choice), None)
+    faster = [c for c in cells if c.status == "ok" and c.confirmed_leak and best is not None and c.median_s is not None
+              and best.median_s is not None and c.median_s < best.median_s]
+    if faster:
+        notes.append(", ".join(f"**{c.label}**" for c in faster) + " had a faster median but leaks (confirmed).")
+    unconfirmed = [c.label for c in cells if c.eligible and c.unconfirmed_leak]
+    if unconfirmed:
+        notes.append(f"Warning: leak not confirmed for {', '.join(unconfirmed)}, so it stays eligible "
+                     "(see [Diagnosis](#diagnosis)).")
+    inconclusive = [c.label for c in cells if c.eligible and c.leak_verdict == "inconclusive"]
+    if inconclusive:
+        notes.append(f"Leak verdict inconclusive for {', '.join(inconclusive)} (see [Diagnosis](#diagnosis)).")
+    return (" " + " ".join(notes)) if notes else ""
+
+
 def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: bool) -> None:
+    """Leaks, failures, scenarios and preflight warnings. Identical messages are said once: the failures'
+    messages under what broke (``reports.section_answer``), here the advice per kind and the stderr tails
+    (collapsed); leak verdicts that share their wording are one line naming every cell."""
     doc.h(2, "Diagnosis")
-    leaks, failures = [], []
-    for key, by_batch in grouped.items():
-        for batch, cells in by_batch.items():
-            where = f"{spec_title(key, multi_hash)}, batch {batch}"
-            for c in cells:
-                if c.confirmed_leak:
-                    leaks.append((f"{c.label} at {where}", c))
-                if c.status != "ok":
-                    failures.append((f"{c.label} at {where}", c))
+    title = lambda key: spec_title(key, multi_hash)  # noqa: E731
+    leaks = [(f"{c.label} at {title(k)}, batch {b}", c) for k, bb in grouped.items() for b, cs in bb.items()
+             for c in cs if c.confirmed_leak]
     doc.h(3, "Leaks")
     if leaks:
         for where, c in leaks:
-            cause = c.leak_cause or {}
             doc.p(f"**{where}**: leak (confirmed, on {', '.join(c.leak_evidence) or 'rss'}); anonymous RSS grows "
                   f"{fmt_rate(c.slope)} in the steady window (95% CI {fmt_rate(c.slope_ci_low)} to "
-                  f"{fmt_rate(c.slope_ci_high)}). {c.leak_reason}")
-            doc.ul([f"cause: **{cause.get('cause', 'unknown')}**: {cause.get('evidence', 'no evidence recorded')}",
-                    f"fix: {cause.get('fix', 'no fix recorded')}"])
+                  f"{fmt_rate(c.slope_ci_high)}). {c.leak_reason} Cause and fix under [what broke](#what-broke).")
     else:
         doc.p("No confirmed leak in the benchmark cells.")
-    unconfirmed = [(f"{c.label} at {spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+    unconfirmed = [(f"{c.label} at {title(k)}, batch {b}", c) for k, bb in grouped.items()
                    for b, cs in bb.items() for c in cs if c.status == "ok" and c.unconfirmed_leak]
     if unconfirmed:
         doc.p("Warning, leak not confirmed (the steady window read a leak that the confirmation phase did not "
               "confirm, or the row predates confirmations; such a row stays eligible):")
         doc.ul([f"{w}: {fmt_rate(c.slope)} in the steady window. {c.leak_reason or 'no reason given'}"
                 for w, c in unconfirmed])
-    inconclusive = [(f"{c.label} at {spec_title(k, multi_hash)}, batch {b}", c) for k, bb in grouped.items()
+    inconclusive = [((c.label, title(k), b), c.leak_reason or "no reason given") for k, bb in grouped.items()
                     for b, cs in bb.items() for c in cs if c.leak_verdict == "inconclusive"]
     if inconclusive:
-        doc.p("Inconclusive leak verdicts (allowed in a recommendation, but check them):")
-        doc.ul([f"{w}: {c.leak_reason or 'no reason given'}" for w, c in inconclusive])
+        doc.p("Inconclusive leak verdicts (allowed in a recommendation, but check them), cells with the same "
+              "first finding together:")
+        heads = group_messages([(key, reason.split(";")[0]) for key, reason in inconclusive])
+        rest = {key: reason.split(";", 1)[1].strip() if ";" in reason else "" for key, reason in inconclusive}
+        doc.ul([f"{_cells_text(keys)}: {msg}." for keys, msg in heads])
+        if any(rest.values()):
+            doc.details("The rest of each inconclusive verdict")
+            doc.ul([f"{label} at {where}, batch {b}: {rest[(label, where, b)]}"
+                    for keys, _ in heads for label, where, b in keys if rest[(label, where, b)]])
+            doc.close()
 
     doc.h(3, "Failures")
+    groups = failure_groups(grouped, title)
+    failures = [g for g in groups if g.category != "confirmed leak"]
     if failures:
-        for where, c in failures:
-            items = [f"message: {code(short(c.failure_message, 400))}",
-                     f"advice: {ADVICE.get(c.failure_kind or '', ADVICE['error'])}"]
-            tail = next((r.get("stderr_tail") for r in c.rows if r.get("stderr_tail")), None)
-            if tail and " ".join(str(tail[-1]).split()) not in " ".join(c.failure_message.split()):
-                items.append(f"stderr (last line): {code(short(tail[-1], 300))}")
-            doc.p(f"**{where}**: **{c.failure_kind}**")
-            doc.ul(items)
+        doc.p("Each failure's message is under [what broke](#what-broke), once for every cell it names; here "
+              "the advice per kind.")
+        by_kind: dict[str, list] = {}
+        for g in failures:
+            by_kind.setdefault(g.kind, []).append(g)
+        doc.ul([f"**{kind}** ({'; '.join(g.where for g in gs)}): {ADVICE.get(kind, ADVICE['error'])}"
+                for kind, gs in by_kind.items()])
+        tails = []
+        for g in failures:
+            for label, where, b, c in g.cells:
+                tail = next((r.get("stderr_tail") for r in c.rows if r.get("stderr_tail")), None)
+                if tail and " ".join(str(tail[-1]).split()) not in " ".join(c.failure_message.split()):
+                    tails.append(((label, where, b), " / ".join(short(t, 300) for t in tail[-3:])))
+        if tails:
+            doc.details("stderr tails (the last lines each worker wrote)")
+            doc.ul([f"{_cells_text(keys)}: {code(msg)}" for keys, msg in group_messages(tails)])
+            doc.close()
     else:
         doc.p("No benchmark cell failed.")
 
@@ -446,12 +507,21 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
                           f"{f['elements']:,}" if isinstance(f.get("elements"), int) else str(f.get("elements", "?")),
                           str(f.get("safe_batch", "?")), "yes" if f.get("wrapped") else "no",
                           short(str(f.get("message") or f.get("reason") or ""), 120) or "—"])
-    skipped = [r for r in rows if row_status(r) == "skipped" and isinstance(r.get("preflight"), dict)]
+    skipped = [r for r in rows if row_status(r) == "skipped" and isinstance(r.get("preflight"), dict)
+               and not is_side_row(r)]
     if flags:
         doc.table(["impl", "spec", "batch", "layer / tensor", "elements", "safe batch", "wrapped", "note"], flags,
                   right={2, 4, 5})
     if skipped:
-        doc.ul([f"{r.get('impl')} {r.get('spec_name')} batch {r.get('batch')} skipped by preflight: "
-                f"{short(r['preflight'].get('reason') or r.get('failure_message') or '', 200)}" for r in skipped])
+        doc.p(f"Preflight skipped {len(skipped)} cell{'s' if len(skipped) != 1 else ''}; the reasons are under "
+              "[what broke](#what-broke).")
     if not flags and not skipped:
         doc.p("No preflight warnings.")
+
+
+def _cells_text(keys: list[tuple[str, str, int]]) -> str:
+    """(label, spec, batch) keys as "torch, flax at dense, k=5, batch 64; keras-jax at conv, k=5, batch 8"."""
+    by: dict[tuple[str, int], list[str]] = {}
+    for label, where, b in keys:
+        by.setdefault((where, b), []).append(label)
+    return "; ".join(f"{', '.join(labels)} at {where}, batch {b}" for (where, b), labels in by.items())

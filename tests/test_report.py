@@ -131,8 +131,13 @@ def test_report_files_and_sections(built):
     md = (built / "report.md").read_text()
     assert (built / "report.html").exists()
     assert (built.parent / "index.md").exists() and (built.parent / "index.html").exists()
-    for header in ("## Environment", "## Results", "## Plots", "## Recommendation", "## Diagnosis", "## Sweep map"):
+    for header in ("## Environment", "## Results", "## Recommendation", "## Diagnosis", "## Sweep map"):
         assert header in md, header
+    # the plots sit beside their tables, in Results, not in a section at the end; the summary figure comes first
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    for prefix in ("step_time_", "memory_", "rss_"):
+        assert f"](plots/{prefix}" in results, prefix
+    assert md.index("(plots/summary.png)") < md.index("## Recommendation")
     pngs = sorted(p.name for p in (built / "plots").glob("*.png"))
     assert any(p.startswith("step_time_") for p in pngs)
     assert any(p.startswith("rss_") for p in pngs)

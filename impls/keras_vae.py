@@ -7,9 +7,13 @@ before the worker imports anything), so the row name is read back from
 
 What a Keras user would write, and this build does:
 
-* encoder and decoder are functional ``keras.Model`` stacks of stock ``keras.layers``;
+* encoder and decoder are functional ``keras.Model`` stacks of stock ``keras.layers``
+  (``GroupNormalization``, ``Activation("silu")``, ``Conv1D`` latent heads, ``"zeros"``
+  initializers for ``init: zeros``), with small ``Layer`` subclasses where Keras has no
+  stock layer (``ResidualBlock``, ``AttentionBlock``);
   a ``Sampling`` layer draws the reparameterisation noise with ``keras.random.normal``
-  and its own ``keras.random.SeedGenerator``;
+  from a ``keras.random.SeedGenerator``, which a ``RandomBlockMasking`` layer shares to
+  draw the masked block with ``keras.random.randint`` inside the step;
 * the ``VAE`` model overrides ``compute_loss`` only, so the step itself is Keras' own
   per-backend trainer (``jax.jit`` / ``tf.function`` / eager torch);
 * the timed steps run as the user trains, one ``model.fit`` over a ``keras.utils.PyDataset``
@@ -18,7 +22,7 @@ What a Keras user would write, and this build does:
 
 Two places depart from Keras' defaults because the spec pins them (see
 ``harness.spec.schema.Settings``): the Adam update (``TextbookAdam``, ``impls/keras_adam.py``) and the BatchNorm
-momentum, epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
+momentum, epsilon, GroupNorm epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
 
 The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D
 ``(k, in, out)``, Conv1DTranspose ``(k, out, in)``, channels-last flatten), so moving
@@ -41,10 +45,10 @@ import numpy as np
 from keras import layers, ops
 
 from harness.adapter import VAEAdapter
-from harness.spec.layers import Layer
+from harness.spec.layers import MASK_VALUE, MASKED_BCE_CLIP, ZERO_INIT, Layer
 from harness.spec.params import ParamCounts, param_table
-from harness.spec.schema import VAESpec
-from harness.spec.shapes import transpose_trim
+from harness.spec.schema import Loss, VAESpec
+from harness.spec.shapes import latent_shape, mask_bounds, transpose_trim
 from impls.keras_adam import TextbookAdam
 from impls.keras_fit import async_callbacks, fit_details, fit_steps
 
@@ -134,19 +138,48 @@ def value_and_grad(fn):
 class Sampling(layers.Layer):
     """z = z_mean + exp(z_log_var / 2) * eps, as in the keras.io VAE example.
 
-    ``eps`` is drawn on the device from the layer's own ``SeedGenerator`` (its state
-    is a non-trainable variable that Keras threads through the jitted step), unless
-    the caller passes it, which parity checks do to fix the noise.
+    ``eps`` is drawn on the device from a ``SeedGenerator`` (its state is a non-trainable
+    variable that Keras threads through the jitted step), unless the caller passes it,
+    which parity checks do to fix the noise. ``seed``: an int, or the generator itself
+    when the model shares one stream between its random layers.
     """
 
-    def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
 
     def call(self, z_mean, z_log_var, eps=None):
         if eps is None:
             eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+
+class RandomBlockMasking(layers.Layer):
+    """The spec's ``masking`` layer (seed 004): one block of input features, drawn uniformly among
+    ``blocks`` with ``keras.random.randint``, set to ``MASK_VALUE`` in every sample of the batch.
+
+    Returns the masked batch and the block, which the masked loss reads. ``block`` fixes the
+    draw (parity does). Like ``Dropout`` it is part of training: ``VAE.call`` skips it at
+    inference unless a block is given.
+    """
+
+    def __init__(self, layer: Layer, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bounds = mask_bounds(layer)  # [start, stop) of each of the spec layer's blocks
+        self.seed_generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+        self.built = True  # no weights (as Keras' own Dropout)
+
+    def block_mask(self, block, length: int):
+        """The (length,) boolean mask of block ``block`` (a scalar int tensor)."""
+        starts, stops = (ops.convert_to_tensor([b[i] for b in self.bounds], dtype="int32") for i in (0, 1))
+        positions = ops.arange(length, dtype="int32")
+        return ops.logical_and(positions >= ops.take(starts, block), positions < ops.take(stops, block))
+
+    def call(self, x, block=None):
+        if block is None:
+            block = keras.random.randint((), 0, len(self.bounds), dtype="int32", seed=self.seed_generator)
+        block = ops.cast(block, "int32")
+        return ops.where(self.block_mask(block, x.shape[-1]), MASK_VALUE, x), block
 
 
 class CropOrPad(layers.Layer):
@@ -164,16 +197,30 @@ class CropOrPad(layers.Layer):
         return (input_shape[0], self.length)
 
 
-def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits"):
-    """BCE from logits (``mse``: the squared error of the sigmoid output) summed over features plus
-    beta x KL summed over latent dims, both averaged over the batch (``harness.spec.reference.vae_loss``)."""
+def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", kl_normalisation: str = "batch",
+             mask=None):
+    """The spec's loss (``harness.spec.reference.vae_loss``): the reconstruction term plus beta x KL summed
+    over all latent elements, both averaged over the batch.
+
+    ``bce_logits``: BCE from logits summed over features; ``mse``: the squared error of the sigmoid output
+    summed over features; ``masked_bce``: Keras' BCE of the sigmoid output clipped to [1e-7, 1 - 1e-7]
+    on the masked block only (``mask``, the block's (L,) boolean mask), averaged over its positions.
+    ``kl_normalisation: features`` divides the KL by the number of input features. ``x`` is the
+    unmasked batch."""
+    logits = y_pred["logits"]
     if reconstruction == "mse":
-        bce = ops.sum(ops.square(ops.subtract(ops.sigmoid(y_pred["logits"]), x)), axis=-1)  # x may be numpy
+        recon = ops.sum(ops.square(ops.subtract(ops.sigmoid(logits), x)), axis=-1)  # x may be numpy
+    elif reconstruction == "masked_bce":
+        p = ops.clip(ops.sigmoid(logits), MASKED_BCE_CLIP, 1.0 - MASKED_BCE_CLIP)
+        mask = ops.cast(mask, p.dtype)
+        recon = ops.sum(ops.binary_crossentropy(x, p) * mask, axis=-1) / ops.sum(mask)
     else:
-        bce = ops.sum(ops.binary_crossentropy(x, y_pred["logits"], from_logits=True), axis=-1)
+        recon = ops.sum(ops.binary_crossentropy(x, logits, from_logits=True), axis=-1)
     mu, logvar = y_pred["z_mean"], y_pred["z_log_var"]
-    kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=-1)
-    return ops.mean(bce) + beta * ops.mean(kl)
+    kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=tuple(range(1, len(mu.shape))))
+    if kl_normalisation == "features":
+        kl = kl / logits.shape[-1]
+    return ops.mean(recon) + beta * ops.mean(kl)
 
 
 class VAE(keras.Model):
@@ -184,30 +231,50 @@ class VAE(keras.Model):
     with the model's outputs, then differentiates and applies the optimizer.
 
     Inputs are either a batch ``x`` (noise drawn by ``Sampling``) or a dict
-    ``{"x": x, "eps": eps}`` (noise given). The two are different input structures,
-    so ``jax.jit`` / ``tf.function`` trace each once and keep both.
+    ``{"x": x, "eps": eps}`` (noise given), with ``"mask_block"`` to fix the masking layer's
+    block. Each is a different input structure, so ``jax.jit`` / ``tf.function`` trace each
+    once and keep them all.
+
+    A spec with a ``masking`` layer gets a ``RandomBlockMasking`` in front of the encoder; it and
+    ``Sampling`` draw from one ``SeedGenerator(seed)``, so a step's block and noise are successive
+    draws of one stream, threaded through the compiled step like any other state.
     """
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float, seed: int,
-                 reconstruction: str = "bce_logits", **kwargs: Any) -> None:
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, loss: Loss, seed: int,
+                 masking: Layer | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
-        self.sampling = Sampling(seed=seed, name="sampling")
-        self.beta, self.reconstruction = beta, reconstruction
+        seed_generator = keras.random.SeedGenerator(seed)
+        self.sampling = Sampling(seed=seed_generator, name="sampling")
+        self.masking = None if masking is None else RandomBlockMasking(masking, seed=seed_generator, name="masking")
+        self.loss_spec = loss
         #: Python executions of ``train_step``; under ``jax.jit`` / ``tf.function``
         #: the body runs only when the step is (re)traced
         self.train_step_traces = 0
 
     def call(self, inputs, training=False):
-        x, eps = (inputs["x"], inputs["eps"]) if isinstance(inputs, dict) else (inputs, None)
+        inputs = inputs if isinstance(inputs, dict) else {"x": inputs}
+        x, eps, block = inputs["x"], inputs.get("eps"), inputs.get("mask_block")
+        masked = {}
+        if self.masking is not None and (training or block is not None):
+            x, masked["mask_block"] = self.masking(x, block)
         z_mean, z_log_var = self.encoder(x, training=training)
         z = self.sampling(z_mean, z_log_var, eps)
         logits = self.decoder(z, training=training)
-        return {"logits": logits, "z_mean": z_mean, "z_log_var": z_log_var}
+        return {"logits": logits, "z_mean": z_mean, "z_log_var": z_log_var, **masked}
+
+    def loss_of(self, x, y_pred):
+        """``vae_loss`` with the spec's terms; ``x`` the unmasked batch."""
+        x = x["x"] if isinstance(x, dict) else x
+        mask = None
+        if "mask_block" in y_pred:
+            mask = self.masking.block_mask(y_pred["mask_block"], x.shape[-1])
+        loss = self.loss_spec
+        return vae_loss(x, y_pred, loss.beta, loss.reconstruction, loss.kl_normalisation, mask)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return vae_loss(x["x"] if isinstance(x, dict) else x, y_pred, self.beta, self.reconstruction)
+        return self.loss_of(x, y_pred)
 
     def train_step(self, *args):
         # JAX's trainer passes (state, data), TensorFlow's and torch's (data)
@@ -218,8 +285,10 @@ class VAE(keras.Model):
 def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
     """The stock Keras layer for one spec layer, with every framework default pinned."""
     t, a, s = layer.type, layer.args, spec.settings
+    # ``init: zeros``: Keras' own zeros initializer for kernel and bias
+    kernel_init, bias_init = ("zeros", "zeros") if a.get("init") == ZERO_INIT else (s.kernel_init, s.bias_init)
     if t == "dense":
-        return layers.Dense(a["units"], kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
+        return layers.Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
     if t in ("conv1d", "conv_transpose1d"):
         conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
         # A strided conv-transpose is built "valid" and trimmed by a Cropping1D after it
@@ -227,13 +296,18 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
         # position off the jax and tensorflow backends (it warns so), the full one it places alike.
         padding = "valid" if t == "conv_transpose1d" and layer.stride > 1 else "same"
         return conv(a["filters"], a["kernel_size"], strides=layer.stride, padding=padding,
-                    kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=name)
+                    kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
     if t == "max_pool1d":
         return layers.MaxPooling1D(a["pool_size"], name=name)
     if t == "upsample1d":
         return layers.UpSampling1D(a["size"], name=name)
     if t == "batch_norm":
         return layers.BatchNormalization(momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, name=name)
+    if t == "group_norm":
+        return layers.GroupNormalization(a["groups"], epsilon=spec.group_norm_epsilon(layer), name=name)
+    if t == "attention1d":
+        return AttentionBlock(a["groups"], spec.group_norm_epsilon(layer), kernel_init=s.kernel_init,
+                              bias_init=s.bias_init, zero_proj=a.get("init") == ZERO_INIT, name=name)
     if t == "relu":
         return layers.ReLU(name=name)
     if t == "leaky_relu":
@@ -241,8 +315,8 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
     if t == "gelu":
         # keras.layers.Activation("gelu") would take the activation's default form; pin it
         return layers.Activation(lambda x: keras.activations.gelu(x, approximate=s.gelu_approximate), name=name)
-    if t == "sigmoid":
-        return layers.Activation("sigmoid", name=name)
+    if t in ("sigmoid", "silu", "selu"):
+        return layers.Activation(t, name=name)
     if t == "flatten":
         return layers.Flatten(name=name)
     if t == "reshape":
@@ -260,6 +334,39 @@ def keras_layers(spec: VAESpec, layer: Layer, name: str) -> list[layers.Layer]:
     if layer.type == "conv_transpose1d" and layer.stride > 1:
         out.append(layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{name}_trim"))
     return out
+
+
+class AttentionBlock(layers.Layer):
+    """AutoencoderKL's ``AttnBlock`` over the length axis, the spec's ``attention1d``:
+    ``x + proj(softmax(q k^T / sqrt(C)) v)`` with ``q``, ``k``, ``v`` and ``proj`` 1x1 ``Conv1D`` of a
+    ``GroupNormalization`` of ``x``; one head over all C channels, the softmax over the keys.
+    ``zero_proj`` starts the output projection at zero (``init: zeros``), so the block starts as the
+    identity. ``parts`` maps each canonical sub-name (``norm``, ``q``, ...) to its Keras layer."""
+
+    def __init__(self, groups: int, epsilon: float, kernel_init: str, bias_init: str, zero_proj: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups, self.epsilon, self.zero_proj = groups, epsilon, zero_proj
+        self.kernel_init, self.bias_init = kernel_init, bias_init
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.norm = layers.GroupNormalization(self.groups, epsilon=self.epsilon, name=f"{self.name}_norm")
+        self.norm.build(input_shape)
+        self.parts = {"norm": self.norm}
+        for part in ("q", "k", "v", "proj"):
+            zero = part == "proj" and self.zero_proj
+            conv = layers.Conv1D(channels, 1, kernel_initializer="zeros" if zero else self.kernel_init,
+                                 bias_initializer="zeros" if zero else self.bias_init, name=f"{self.name}_{part}")
+            conv.build(input_shape)
+            setattr(self, part, conv)
+            self.parts[part] = conv
+
+    def call(self, x):
+        h = self.norm(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        scores = ops.matmul(q, ops.transpose(k, (0, 2, 1))) / math.sqrt(x.shape[-1])  # (B, L queries, L keys)
+        return x + self.proj(ops.matmul(ops.softmax(scores, axis=-1), v))
 
 
 class ResidualBlock(layers.Layer):
@@ -290,28 +397,38 @@ class ResidualBlock(layers.Layer):
 
 
 def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict[str, layers.Layer]]:
-    """Functional encoder and decoder, and the Keras layer behind each canonical name prefix (``encoder.3``)."""
+    """Functional encoder and decoder, and the Keras layer behind each canonical name prefix (``encoder.3``).
+
+    The ``masking`` layer is no part of the encoder: it draws per step and feeds the loss, so
+    ``VAE`` applies it in front of the encoder, as it applies ``Sampling`` between the two."""
     by_name: dict[str, layers.Layer] = {}
 
     def stack(part: str, spec_layers: tuple[Layer, ...], h):
         for i, layer in enumerate(spec_layers):
+            if layer.type == "masking":
+                continue
             keras_objs = keras_layers(spec, layer, f"{part}_{i}")  # Keras layer names may not contain '.'
-            by_name[f"{part}.{i}"] = keras_objs[0]
-            by_name.update({f"{part}.{i}.{k}": v for k, v in getattr(keras_objs[0], "parts", {}).items()})
             for keras_obj in keras_objs:
                 h = keras_obj(h)
+            by_name[f"{part}.{i}"] = keras_objs[0]
+            # nested layers (residual, attention1d); an attention block makes its own when built
+            by_name.update({f"{part}.{i}.{k}": v for k, v in getattr(keras_objs[0], "parts", {}).items()})
         return h
 
     x = keras.Input(shape=(spec.input_length,), name="x")
     h = stack("encoder", spec.encoder, x)
-    heads = []
+    heads, s = [], spec.settings
     for head in ("z_mean", "z_log_var"):
-        by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=spec.settings.kernel_init,
-                                     bias_initializer=spec.settings.bias_init, name=head)
+        if spec.latent_heads.type == "conv1d":  # a Gaussian over a feature map: "same" convs to latent_dim channels
+            by_name[head] = layers.Conv1D(spec.latent_dim, spec.latent_heads.kernel_size, padding="same",
+                                          kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=head)
+        else:
+            by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=s.kernel_init,
+                                         bias_initializer=s.bias_init, name=head)
         heads.append(by_name[head](h))
     encoder = keras.Model(x, heads, name="encoder")
 
-    z = keras.Input(shape=(spec.latent_dim,), name="z")
+    z = keras.Input(shape=latent_shape(spec), name="z")
     logits = stack("decoder", spec.decoder, z)
     if spec.output_length_policy == "crop_or_pad":
         logits = CropOrPad(spec.input_length, name="crop_or_pad")(logits)
@@ -323,8 +440,7 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
 def build_vae(spec: VAESpec) -> tuple[VAE, dict[str, layers.Layer]]:
     """The VAE model and the Keras layer behind each canonical name prefix (``encoder.3``)."""
     encoder, decoder, by_name = build_encoder_decoder(spec)
-    vae = VAE(encoder, decoder, beta=spec.loss.beta, seed=spec.settings.seed,
-              reconstruction=spec.loss.reconstruction, name="vae")
+    vae = VAE(encoder, decoder, spec.loss, seed=spec.settings.seed, masking=spec.masking, name="vae")
     vae(keras.Input(shape=(spec.input_length,)))  # a symbolic call builds the subclassed model (slow on torch)
     return vae, by_name
 
@@ -445,18 +561,23 @@ class KerasVAE(VAEAdapter):
 
     # -- compute -----------------------------------------------------------------------
     @staticmethod
-    def _inputs(x: Any, eps: np.ndarray | None):
+    def _inputs(x: Any, eps: np.ndarray | None, mask_block: int | None = None):
+        """The model's input: the batch alone (Keras draws noise and block), or a dict fixing either."""
         if not ops.is_tensor(x):  # a staged batch stays where to_device put it
             x = np.asarray(x, np.float32)
-        return x if eps is None else {"x": x, "eps": np.asarray(eps, np.float32)}
+        fixed = {} if eps is None else {"eps": np.asarray(eps, np.float32)}
+        if mask_block is not None:
+            fixed["mask_block"] = np.asarray(mask_block, np.int32)
+        return {"x": x, **fixed} if fixed else x
 
-    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None) -> float:
+    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None, mask_block: int | None = None) -> float:
         """One ``train_on_batch``; returns this step's loss (Keras resets its loss
-        tracker at the start of every ``train_on_batch``)."""
-        return self.model.train_on_batch(self._inputs(x, eps))
+        tracker at the start of every ``train_on_batch``). With a masking layer and no
+        ``mask_block``, the step draws its block as ``fit``'s steps do."""
+        return self.model.train_on_batch(self._inputs(x, eps, mask_block))
 
-    def eval_forward(self, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.model.predict_on_batch(self._inputs(x, eps))
+    def eval_forward(self, x: np.ndarray, eps: np.ndarray, mask_block: int | None = None) -> dict[str, np.ndarray]:
+        out = self.model.predict_on_batch(self._inputs(x, eps, mask_block))
         logits = np.asarray(out["logits"], np.float64)
         return {  # the model ends in logits (the loss wants them); sigmoid(l) = (1 + tanh(l / 2)) / 2 never overflows
             "recon": (0.5 + 0.5 * np.tanh(0.5 * logits)).astype(np.float32),
@@ -464,26 +585,29 @@ class KerasVAE(VAEAdapter):
             "z_log_var": np.asarray(out["z_log_var"]),
         }
 
-    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray,
+                       mask_block: int | None = None) -> tuple[float, dict[str, np.ndarray]]:
         model = self.model
+        inputs = {"x": ops.convert_to_tensor(np.asarray(x, np.float32)),
+                  "eps": ops.convert_to_tensor(np.asarray(eps, np.float32))}
+        if mask_block is not None:
+            inputs["mask_block"] = ops.convert_to_tensor(np.asarray(mask_block, np.int32))
         loss, grads = self._value_and_grad(
-            [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-            ops.convert_to_tensor(np.asarray(x, np.float32)), ops.convert_to_tensor(np.asarray(eps, np.float32)),
-        )
+            [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], inputs)
         by_variable = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
         return float(ops.convert_to_numpy(loss)), {
             name: ops.convert_to_numpy(by_variable[id(self.variables[name])]) for name in self.trainable_names
         }
 
-    def _training_loss(self, trainable: list, non_trainable: list, x, eps):
+    def _training_loss(self, trainable: list, non_trainable: list, inputs: dict):
         """The training-mode loss as a pure function of the variables' values.
 
         ``stateless_call`` (every backend has it) runs the model on the values it is
-        given and returns the new BatchNorm statistics instead of assigning them, so
-        ``loss_and_grads`` changes nothing in the model.
+        given and returns the new BatchNorm statistics (and seed state) instead of
+        assigning them, so ``loss_and_grads`` changes nothing in the model.
         """
-        y_pred, _ = self.model.stateless_call(trainable, non_trainable, {"x": x, "eps": eps}, training=True)
-        return vae_loss(x, y_pred, self.spec.loss.beta, self.spec.loss.reconstruction)
+        y_pred, _ = self.model.stateless_call(trainable, non_trainable, inputs, training=True)
+        return self.model.loss_of(inputs["x"], y_pred)
 
     def synchronize(self) -> None:
         if BACKEND == "jax":
@@ -551,4 +675,5 @@ class KerasVAE(VAEAdapter):
         return "gpu" if _on_gpu() else "cpu"
 
 
-__all__ = ["KerasVAE", "VAE", "Sampling", "TextbookAdam", "build_vae", "vae_loss"]
+__all__ = ["AttentionBlock", "KerasVAE", "RandomBlockMasking", "VAE", "Sampling", "TextbookAdam", "build_vae",
+           "vae_loss"]

@@ -13,18 +13,14 @@ the parameter counts).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 from fixtures.gradcheck import reference_slope
+from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, child_main, child_reports
 from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
@@ -33,20 +29,10 @@ from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("jax", "torch", "tensorflow")
 BATCH = 8
 REPORT_MARK = "KERAS-CHECKS-REPORT "
-CHILD_TIMEOUT_S = 240
 
 # one compute thread per child: the models are tiny and three children share the CPU
-CHILD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-}
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -375,72 +361,25 @@ def check_memory_probes(cls, models) -> dict[str, Any]:
     return {"device": "gpu", **memory}
 
 
-def run_checks(backend: str) -> dict[str, dict[str, Any]]:
-    """Child side: every check on this process' backend, as a JSON-able report."""
-    os.environ["KERAS_BACKEND"] = backend
-    from harness.adapter import load_adapter_class
-
-    cls = load_adapter_class(f"keras-{backend}")
-    models = Models(cls)
-    report = {}
-    for name, fn in CHECKS.items():
-        start = time.perf_counter()
-        try:
-            detail = fn(cls, models)
-            report[name] = {"ok": True, "detail": detail}
-        except Exception:  # noqa: BLE001 - reported to the parent test, which fails on it
-            report[name] = {"ok": False, "error": traceback.format_exc()}
-        report[name]["seconds"] = round(time.perf_counter() - start, 2)
-    return report
-
-
 # ----------------------------------------------------------------------------- the tests
 
 
 @pytest.fixture(scope="module")
 def reports() -> dict[str, dict[str, Any]]:
-    """Starts one child per backend, all at once, and collects their reports."""
-    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)}
-    children = {
-        backend: subprocess.Popen(
-            [sys.executable, __file__, backend], cwd=ROOT, env={**env, "KERAS_BACKEND": backend},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for backend in BACKENDS
-    }
-    out = {}
-    for backend, child in children.items():
-        start = time.perf_counter()
-        try:
-            stdout, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            stdout, stderr = child.communicate()
-        lines = [line for line in stdout.splitlines() if line.startswith(REPORT_MARK)]
-        out[backend] = (json.loads(lines[-1][len(REPORT_MARK):]) if lines
-                        else {"_crashed": {"rc": child.returncode, "stderr": stderr[-4000:]}})
-        out[backend]["_wall_s"] = round(time.perf_counter() - start, 1)
-    return out
+    """One child per backend, all started at once; their reports."""
+    return child_reports(__file__, REPORT_MARK)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_child_ran(reports, backend):
-    assert "_crashed" not in reports[backend], reports[backend].get("_crashed")
-    print(f"keras-{backend}: " + ", ".join(f"{k} {v['seconds']}s" for k, v in reports[backend].items()
-                                           if isinstance(v, dict) and "seconds" in v))
+    assert_child_ran(reports, backend)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_check(reports, backend, name):
-    report = reports[backend]
-    if "_crashed" in report:
-        pytest.fail(f"keras-{backend} child crashed: {report['_crashed']}")
-    result = report[name]
-    if not result["ok"]:
-        pytest.fail(f"keras-{backend} {name}:\n{result['error']}", pytrace=False)
-    print(f"keras-{backend} {name}: {json.dumps(result['detail'])}")
+    assert_check(reports, backend, name)
 
 
 if __name__ == "__main__":
-    print(REPORT_MARK + json.dumps(run_checks(sys.argv[1])), flush=True)
+    child_main(REPORT_MARK, CHECKS, Models)

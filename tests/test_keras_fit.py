@@ -8,33 +8,20 @@ thread each) and turn each entry into its own test. Dense at k=3 (L=32), batch 8
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
+from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, child_main, child_reports
+
+from harness.spec.presets import preset
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("jax", "torch", "tensorflow")
 REPORT_MARK = "KERAS-FIT-REPORT "
-CHILD_TIMEOUT_S = 240
 BATCH, LENGTH, STEPS = 8, 32, 50
-CHILD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-    "CUDA_VISIBLE_DEVICES": "",
-}
 
 CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
 
@@ -170,53 +157,22 @@ def check_train_on_batch_loop(cls, model) -> dict[str, Any]:
     return {"losses": [h for _, h, _ in rec.seen]}
 
 
-def run_checks(backend: str) -> dict[str, dict[str, Any]]:
-    os.environ["KERAS_BACKEND"] = backend
-    from harness.adapter import load_adapter_class
-    from harness.spec.presets import preset
-
-    cls = load_adapter_class(f"keras-{backend}")
-    model = cls(preset("dense", LENGTH))
-    report = {}
-    for name, fn in CHECKS.items():
-        start = time.perf_counter()
-        try:
-            report[name] = {"ok": True, "detail": fn(cls, model)}
-        except Exception:  # noqa: BLE001 - reported to the parent test, which fails on it
-            report[name] = {"ok": False, "error": traceback.format_exc()}
-        report[name]["seconds"] = round(time.perf_counter() - start, 2)
-    return report
-
-
 @pytest.fixture(scope="module")
 def reports() -> dict[str, dict[str, Any]]:
-    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)}
-    children = {b: subprocess.Popen([sys.executable, __file__, b], cwd=ROOT, env={**env, "KERAS_BACKEND": b},
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b in BACKENDS}
-    out = {}
-    for backend, child in children.items():
-        try:
-            stdout, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            stdout, stderr = child.communicate()
-        lines = [line for line in stdout.splitlines() if line.startswith(REPORT_MARK)]
-        out[backend] = (json.loads(lines[-1][len(REPORT_MARK):]) if lines
-                        else {"_crashed": {"rc": child.returncode, "stderr": stderr[-4000:]}})
-    return out
+    """One child per backend, all started at once; their reports."""
+    return child_reports(__file__, REPORT_MARK)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_child_ran(reports, backend):
+    assert_child_ran(reports, backend)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_check(reports, backend, name):
-    report = reports[backend]
-    if "_crashed" in report:
-        pytest.fail(f"keras-{backend} child crashed: {report['_crashed']}")
-    result = report[name]
-    if not result["ok"]:
-        pytest.fail(f"keras-{backend} {name}:\n{result['error']}", pytrace=False)
-    print(f"keras-{backend} {name}: {json.dumps(result['detail'], default=str)}")
+    assert_check(reports, backend, name)
 
 
 if __name__ == "__main__":
-    print(REPORT_MARK + json.dumps(run_checks(sys.argv[1]), default=str), flush=True)
+    child_main(REPORT_MARK, CHECKS, lambda cls: cls(preset("dense", LENGTH)))

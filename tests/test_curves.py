@@ -135,7 +135,7 @@ def test_kl_collapses_at_beta_50_and_not_at_beta_1():
 def test_the_builds_train_the_same_and_the_verb_stores_and_reports_it(tmp_path):
     impls = "torch,flax,keras-jax,keras-torch"
     done = subprocess.run([sys.executable, "-m", "bench", "curves", "--spec", "dense", "--kmer", "4", "--impl", impls,
-                           "--steps", "120", "--batch", "32", "--every", "10", "--results", str(tmp_path),
+                           "--steps", "60", "--batch", "32", "--every", "10", "--results", str(tmp_path),
                            "--run-id", "20261126-000000-cccccc", "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     records = json.loads(done.stdout)

@@ -157,13 +157,16 @@ def test_every_preset_has_a_param_table_and_conv_strided_kernels_ignore_the_stri
     assert table["decoder.11.kernel"] == (3, 1, 32) and table["decoder.0.kernel"] == (64, 32 * 256)
 
 
-def test_conv_strided_is_named_by_spec_but_left_out_of_the_default_matrix():
-    """The lead decides when the default matrix takes it (the CPU budget); --spec names it today."""
+def test_conv_strided_runs_in_a_gpu_matrix_and_is_a_skipped_row_in_a_cpu_one():
+    """A seed preset: a GPU default matrix runs it; a CPU one lists it as skipped with the reason (its
+    strided conv-transposes take 18-19 s a step in XLA on 2 cores at k=7); --spec names it anywhere."""
     from harness.run.matrix import plan_default
 
     assert "conv-strided" in ALL_PRESETS and "conv-strided" not in PRESETS
-    for device in ("cpu", "gpu"):
-        assert "conv-strided" not in [spec.name for spec, _ in plan_default(7, device).specs]
+    assert "conv-strided" in [spec.name for spec, _ in plan_default(7, "gpu").specs]
+    cpu = plan_default(7, "cpu")
+    assert "conv-strided" not in [spec.name for spec, _ in cpu.specs]
+    assert "conv-strided" in [spec.name for spec, _ in cpu.too_slow]
     assert resolve_spec("conv-strided", kmer=3).name == "conv-strided"
     with pytest.raises(SpecError, match="presets are dense, conv-final, conv-revised, conv-original, conv-strided"):
         resolve_spec("conv-stride", kmer=3)

@@ -212,9 +212,12 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
             ok = (outcome.result or {}).get("status") == "ok"
             outputs[impl] = []
             for p in paths:
+                failed = Path(f"{p}.error")  # the worker ran the other items; this one raised
                 if ok and p.exists():
                     with np.load(p) as f:
                         outputs[impl].append({name: f[name] for name in f.files})
+                elif failed.exists():
+                    outputs[impl].append(failed.read_text())
                 else:
                     outputs[impl].append(_error_line(outcome))
         for n, (spec, _) in enumerate(specs):

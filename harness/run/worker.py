@@ -52,29 +52,39 @@ def task_parity(task: ParityTask) -> dict[str, Any]:
 
     cls = load_adapter_class(task.impl)
     for item in task.items:
-        spec = VAESpec.from_dict(item["spec"])
-        inputs = np.load(item["inputs_path"])
-        weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
-        x, eps = inputs["x"], inputs["eps"]
-        # the masking layer's draw is fixed like eps; a spec without one passes nothing (plug-ins need not know)
-        fixed = {"mask_block": int(inputs["mask_block"])} if "mask_block" in inputs.files else {}
-        model = cls(spec)
-        model.set_weights(weights)
-        out: dict[str, np.ndarray] = {}
-        fwd = model.eval_forward(x, eps, **fixed)
-        for key in ("recon", "z_mean", "z_log_var"):
-            out[f"forward:{key}"] = np.asarray(fwd[key], np.float32)
-        loss, grads = model.loss_and_grads(x, eps, **fixed)
-        out["loss"] = np.asarray(loss, np.float64)
-        for name, g in grads.items():
-            out[f"grad:{name}"] = np.asarray(g, np.float32)
-        out["step_loss"] = np.asarray(model.loss_value(model.train_step(x, eps, **fixed)), np.float64)
-        model.synchronize()
-        for name, w in model.get_weights().items():
-            out[f"after:{name}"] = np.asarray(w, np.float32)
-        np.savez(item["outputs_path"], **out)
-        emit(done=spec.name)
+        try:
+            _parity_item(cls, item)
+        except Exception as exc:  # noqa: BLE001 - one spec a build cannot run must not hide the others
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+            Path(item["outputs_path"] + ".error").write_text(f"{type(exc).__name__}: {line}")
+            traceback.print_exc()
     return {"row": row_label(cls, task.impl), "versions": cls.versions()}
+
+
+def _parity_item(cls, item: dict[str, Any]) -> None:
+    """One parity item: load the weights, record forward, loss, grads and one step to ``outputs_path``."""
+    spec = VAESpec.from_dict(item["spec"])
+    inputs = np.load(item["inputs_path"])
+    weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
+    x, eps = inputs["x"], inputs["eps"]
+    # the masking layer's draw is fixed like eps; a spec without one passes nothing (plug-ins need not know)
+    fixed = {"mask_block": int(inputs["mask_block"])} if "mask_block" in inputs.files else {}
+    model = cls(spec)
+    model.set_weights(weights)
+    out: dict[str, np.ndarray] = {}
+    fwd = model.eval_forward(x, eps, **fixed)
+    for key in ("recon", "z_mean", "z_log_var"):
+        out[f"forward:{key}"] = np.asarray(fwd[key], np.float32)
+    loss, grads = model.loss_and_grads(x, eps, **fixed)
+    out["loss"] = np.asarray(loss, np.float64)
+    for name, g in grads.items():
+        out[f"grad:{name}"] = np.asarray(g, np.float32)
+    out["step_loss"] = np.asarray(model.loss_value(model.train_step(x, eps, **fixed)), np.float64)
+    model.synchronize()
+    for name, w in model.get_weights().items():
+        out[f"after:{name}"] = np.asarray(w, np.float32)
+    np.savez(item["outputs_path"], **out)
+    emit(done=spec.name)
 
 
 def task_baseline(task: BaselineTask) -> dict[str, Any]:

@@ -73,9 +73,8 @@ def tests(session: nox.Session) -> None:
         return
     # two workers: most tests wait on worker processes that import a framework; the tests that compare
     # two step times run afterwards, alone, so that the other worker's test does not load the cores
-    # --dist loadgroup: a module whose tests share an expensive module fixture (xdist_group) stays on one worker
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup",
-                "--durations=12", "-m", "not timing", env=TEST_ENV)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--durations=12",
+                "-m", "not timing", env=TEST_ENV)
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "timing", env=TEST_ENV)
 
 

@@ -21,10 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_adversarial_cli")
-
 REPO = Path(__file__).resolve().parent.parent
 NUMPY_IMPL = str(REPO / "tests" / "fixtures" / "planted.py") + ":NumpyVAE"
 K3 = 32  # canonical 3-mers

@@ -23,10 +23,6 @@ from harness.run.runner import plan_cells, run_matrix, run_one
 from harness.spec.presets import resolve_spec
 from harness.store import ResultStore, read_rows
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_harness_failures")
-
 PLANTED = "tests/fixtures/planted.py"
 KMER = 3
 STEPS = 30

@@ -25,10 +25,6 @@ from harness.spec.presets import resolve_spec
 from harness.spec.schema import canonical_kmer_count
 from harness.store import ResultStore
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_harness_leak")
-
 IMPL = "tests/fixtures/planted.py:NumpyVAE"
 MIB = 2**20
 

@@ -28,10 +28,6 @@ from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_impl_keras")
-
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8
 REPORT_MARK = "KERAS-CHECKS-REPORT "

@@ -23,10 +23,6 @@ from harness.spec.schema import VAESpec
 
 torch = pytest.importorskip("torch")
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_impl_torch")
-
 BATCH = 8
 VALID = [  # (preset, L) combinations that pass every pool
     ("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),

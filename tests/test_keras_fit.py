@@ -19,10 +19,6 @@ from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, ch
 
 from harness.spec.presets import preset
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_keras_fit")
-
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_MARK = "KERAS-FIT-REPORT "
 BATCH, LENGTH, STEPS = 8, 32, 50

@@ -18,10 +18,6 @@ from harness.run.parity import TOL_FORWARD, TOL_STEP, check_params, check_parity
 from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.schema import canonical_kmer_count
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_parity")
-
 IMPLS = [i for i in ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow") if is_installed(i)]
 PLANTED = "tests/fixtures/planted.py:NumpyVAE"
 #: the planted adapter's row label: the name its class sets (``harness.adapter.impl_label``)

@@ -16,10 +16,6 @@ from reports.build import build_report
 from reports.compare import compare_runs, print_comparison
 from reports.recommend import recommend
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_report")
-
 MS = 1e-3
 MIB = 2**20
 FIXTURE = Path(__file__).parent / "fixtures" / "report_real_torch_cpu.jsonl"

@@ -24,10 +24,6 @@ from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, perturb_zero_init, vae_loss
 from harness.spec.shapes import latent_shape
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_seed_layers_keras")
-
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
 REPORT_MARK = "KERAS-SEED-LAYERS-REPORT "

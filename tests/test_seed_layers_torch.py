@@ -20,10 +20,6 @@ from harness.spec.reference import eval_forward, init_weights, perturb_batch_nor
 from harness.spec.schema import VAESpec
 from harness.spec.shapes import latent_shape
 
-#: every test here shares one module fixture (worker processes): pytest-xdist keeps them on one worker
-#: (``--dist loadgroup``), so the fixture runs once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_seed_layers_torch")
-
 torch = pytest.importorskip("torch")
 
 BATCH = 4

@@ -384,7 +384,7 @@ def _load(sources: list[str], results_dir: str) -> list[dict]:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.store import validate_run_id
+    from harness.store import load_curves, validate_run_id
     from reports.build import build_report
 
     if args.run_id is not None:
@@ -400,8 +400,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
+    runs = {r.get("run_id") for r in rows}
+    curves = [c for c in load_curves(sources, args.results_dir) if c.get("run_id") in runs]
     try:
-        path = build_report(rows, out_root=out, run_id=args.run_id, params_check=params_from_rows(rows))
+        path = build_report(rows, out_root=out, run_id=args.run_id, params_check=params_from_rows(rows),
+                            curves=curves)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     print(f"report: {path}")

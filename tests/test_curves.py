@@ -144,3 +144,20 @@ def test_the_builds_train_the_same_and_the_verb_stores_and_reports_it(tmp_path):
     assert set(verdicts) == {"torch", "torch (1 ulp)", "flax", "keras-jax", "keras-torch"}
     assert all(v["passed"] and not v["kl_collapse"] and v["tol_source"] == "floor" for v in verdicts.values()), verdicts
     assert len(load_curves([tmp_path])) == 5
+
+
+def test_bench_report_finds_the_curves_stored_beside_the_rows(tmp_path):
+    from test_report import ok_row, write_jsonl
+
+    row = ok_row("torch", 64, 40, 0.5)
+    rows = write_jsonl(tmp_path / "run.jsonl", [row])
+    curve = _curve("torch", [10.0] * 20)
+    record = {"spec_name": "dense", "spec_hash": "hdense", "kmer": 5, "batch": 64, "steps": 20,
+              "curve": curve.to_dict(), "verdict": judge([curve])[0].to_dict(), "tolerances": {}}
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "run.jsonl").write_text(json.dumps({**record, "run_id": row["run_id"]}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "bench", "report", str(rows), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    md = next((tmp_path / "out").glob("*/report.md")).read_text()
+    assert "## Training curves" in md and "### Curves: dense, k=5, batch 64, 20 steps" in md

@@ -1,11 +1,10 @@
 """The Keras build against the spec and the float64 numpy reference, on all three backends.
 
 Keras fixes its backend once per process (``KERAS_BACKEND`` is read at import), so the
-checks cannot run side by side in the pytest process. Instead this file is also a
-script: run with ``KERAS_BACKEND`` set, it runs every ``check_*`` function below on
-that backend and prints one JSON report. The tests start the three children at once
-(one compute thread each) and turn each entry of each report into its own test, so a
-failure names the backend and the check and carries the child's traceback.
+checks cannot run side by side in the pytest process. Instead every ``check_*`` function
+below runs in the run's one child per backend (``tests/fixtures/keras_children.py``), which
+prints one JSON report; each entry becomes its own test here, so a failure names the
+backend and the check and carries the child's traceback.
 
 Small specs only (k=3 -> L=32, k=5 -> L=512, batch 8; see ``PARAM_COUNT_CASES`` for
 the parameter counts).
@@ -18,9 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pytest
 from fixtures.gradcheck import reference_slope
-from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, child_main, child_reports
+from fixtures.keras_children import keras_check_tests
 from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
@@ -30,7 +28,6 @@ from harness.spec.reference import eval_forward, init_weights, perturb_batch_nor
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8
-REPORT_MARK = "KERAS-CHECKS-REPORT "
 
 # one compute thread per child: the models are tiny and three children share the CPU
 
@@ -364,22 +361,6 @@ def check_memory_probes(cls, models) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the tests
 
 
-@pytest.fixture(scope="module")
-def reports() -> dict[str, dict[str, Any]]:
-    """One child per backend, all started at once; their reports."""
-    return child_reports(__file__, REPORT_MARK)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_child_ran(reports, backend):
-    assert_child_ran(reports, backend)
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_check(reports, backend, name):
-    assert_check(reports, backend, name)
-
-
-if __name__ == "__main__":
-    child_main(REPORT_MARK, CHECKS, Models)
+#: what the checks share in a child, built once per backend from the adapter class
+SHARED = Models
+reports, test_child_ran, test_check = keras_check_tests(__file__, CHECKS)

@@ -1,9 +1,8 @@
 """The Keras build's timed loops, ``fit`` over a ``PyDataset`` and ``train_on_batch``, on all three backends.
 
-Keras fixes its backend once per process, so, as in ``tests/test_impl_keras.py``, this file
-is also a script: run with a backend name it runs every ``check_*`` below in that backend
-and prints one JSON report; the tests start the three children at once (one compute
-thread each) and turn each entry into its own test. Dense at k=3 (L=32), batch 8.
+Keras fixes its backend once per process, so, as in ``tests/test_impl_keras.py``, every
+``check_*`` below runs in the run's one child per backend (``tests/fixtures/keras_children.py``)
+and each entry of its report becomes its own test here. Dense at k=3 (L=32), batch 8.
 """
 
 from __future__ import annotations
@@ -15,12 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, child_main, child_reports
+from fixtures.keras_children import keras_check_tests
 
 from harness.spec.presets import preset
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT_MARK = "KERAS-FIT-REPORT "
 BATCH, LENGTH, STEPS = 8, 32, 50
 
 CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
@@ -157,22 +155,6 @@ def check_train_on_batch_loop(cls, model) -> dict[str, Any]:
     return {"losses": [h for _, h, _ in rec.seen]}
 
 
-@pytest.fixture(scope="module")
-def reports() -> dict[str, dict[str, Any]]:
-    """One child per backend, all started at once; their reports."""
-    return child_reports(__file__, REPORT_MARK)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_child_ran(reports, backend):
-    assert_child_ran(reports, backend)
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_check(reports, backend, name):
-    assert_check(reports, backend, name)
-
-
-if __name__ == "__main__":
-    child_main(REPORT_MARK, CHECKS, lambda cls: cls(preset("dense", LENGTH)))
+#: what the checks share in a child, built once per backend from the adapter class
+SHARED = lambda cls: cls(preset("dense", LENGTH))
+reports, test_child_ran, test_check = keras_check_tests(__file__, CHECKS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from fixtures.once import once_per_run
 from fixtures.residual_specs import RESIDUAL, RESVAE_SMALL
 from fixtures.seed_layer_specs import KL_SMALL, MASKED_SMALL
 from fixtures.strided_specs import STRIDED_BN
@@ -48,9 +49,11 @@ PLANTED_ON = ("dense k=3", "conv-final k=5")
 
 
 @pytest.fixture(scope="module")
-def parity_reports() -> dict:
-    """One check_parity call for every spec and impl, the planted adapter included; by spec name."""
-    reports = check_parity(list(SPECS.values()), IMPLS + [PLANTED], batch=16)
+def parity_reports(tmp_path_factory) -> dict:
+    """One check_parity call for every spec and impl, the planted adapter included, once per run (not
+    once per xdist worker), two impl workers at a time; by spec name."""
+    reports = once_per_run(tmp_path_factory, "parity",
+                           lambda: check_parity(list(SPECS.values()), IMPLS + [PLANTED], batch=16, jobs=2))
     return dict(zip(SPECS, reports, strict=True))
 
 

@@ -1,9 +1,9 @@
 """The Keras build's issue-13 layers (group_norm, silu, selu, attention1d, masking, ``init: zeros``, conv1d
 latent heads, masked_bce, kl_normalisation) against the float64 numpy reference, on all three backends.
 
-As in ``tests/test_impl_keras.py``, Keras fixes its backend once per process, so this file is also a
-script: run with a backend name it runs every ``check_*`` below and prints one JSON report; the tests
-start one child per backend (one compute thread each) and turn each entry into its own test. Small
+As in ``tests/test_impl_keras.py``, Keras fixes its backend once per process, so every ``check_*`` below
+runs in the run's one child per backend (``tests/fixtures/keras_children.py``) and each entry of its
+report becomes its own test here. Small
 specs only (``KL_SMALL`` L=31, ``MASKED_SMALL`` L=23, batch 4); the presets are only counted.
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pytest
 from fixtures.gradcheck import reference_slope
-from fixtures.keras_children import BACKENDS, assert_check, assert_child_ran, child_main, child_reports
+from fixtures.keras_children import keras_check_tests
 from fixtures.seed_layer_specs import AUTOENCODER_KL_CASES, KL_SMALL, MASKED_SMALL
 
 from harness.spec.params import count_params, param_table
@@ -26,7 +25,6 @@ from harness.spec.shapes import latent_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
-REPORT_MARK = "KERAS-SEED-LAYERS-REPORT "
 #: the masking check's fixed block (MASKED_SMALL's blocks are 10, 8, 4, 1 long)
 MASK_BLOCK = 1
 
@@ -206,22 +204,6 @@ def check_one_training_step(cls, models) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the tests
 
 
-@pytest.fixture(scope="module")
-def reports() -> dict[str, dict[str, Any]]:
-    """One child per backend, all started at once; their reports."""
-    return child_reports(__file__, REPORT_MARK)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_child_ran(reports, backend):
-    assert_child_ran(reports, backend)
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_check(reports, backend, name):
-    assert_check(reports, backend, name)
-
-
-if __name__ == "__main__":
-    child_main(REPORT_MARK, CHECKS, Models)
+#: what the checks share in a child, built once per backend from the adapter class
+SHARED = Models
+reports, test_child_ran, test_check = keras_check_tests(__file__, CHECKS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,11 @@ def parity_inputs(spec: VAESpec, k: int, batch: int, seed: int = 0) -> dict[str,
 
 
 def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int = 16, reference: str = "torch",
-                 timeout_s: float = 1800) -> list[ParityReport]:
-    """Every (spec, k) in one worker per impl; compared against ``reference``."""
+                 timeout_s: float = 1800, jobs: int = 1) -> list[ParityReport]:
+    """Every (spec, k) in one worker per impl; compared against ``reference``.
+
+    ``jobs`` workers run at once (default one: on a GPU two frameworks in two processes would contend for
+    its memory, and JAX preallocates most of it); the test suite, on CPU, runs two."""
     order = [reference] + [i for i in impls if i != reference]
     reports = [ParityReport(spec.name, reference, batch) for spec, _ in specs]
     with tempfile.TemporaryDirectory(prefix="vaebench-parity-") as tmp:
@@ -204,22 +208,27 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
             inputs_path = Path(tmp) / f"inputs{n}.npz"
             np.savez(inputs_path, **parity_inputs(spec, k, batch))
             items.append({"spec": spec.to_dict(), "inputs_path": str(inputs_path)})
-        outputs: dict[str, list[Any]] = {}
-        for m, impl in enumerate(order):
+
+        def outputs_of(m: int, impl: str) -> list[Any]:
+            """One impl's worker over every item: each item's outputs, or the line saying why it has none."""
             paths = [Path(tmp) / f"out{m}_{n}.npz" for n in range(len(specs))]
             task = ParityTask(items=[dict(it, outputs_path=str(p)) for it, p in zip(items, paths, strict=True)])
             outcome = run_worker(task, impl, specs[0][0].settings, timeout_s)
             ok = (outcome.result or {}).get("status") == "ok"
-            outputs[impl] = []
+            got: list[Any] = []
             for p in paths:
                 failed = Path(f"{p}.error")  # the worker ran the other items; this one raised
                 if ok and p.exists():
                     with np.load(p) as f:
-                        outputs[impl].append({name: f[name] for name in f.files})
+                        got.append({name: f[name] for name in f.files})
                 elif failed.exists():
-                    outputs[impl].append(failed.read_text())
+                    got.append(failed.read_text())
                 else:
-                    outputs[impl].append(_error_line(outcome))
+                    got.append(_error_line(outcome))
+            return got
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            outputs = dict(zip(order, pool.map(outputs_of, range(len(order)), order), strict=True))
         for n, (spec, _) in enumerate(specs):
             ref = outputs[reference][n]
             for impl in impls:

@@ -238,7 +238,8 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
     colors = colors or {}
     for key, by_batch in grouped.items():
         title = spec_title(key, multi_hash).replace("`", "")
-        slug = slugify(f"{key[0]}_k{key[2]}_{key[1][:6]}")
+        # a fixed-length spec (masked-multiomics) has no k: its files are named by spec and hash alone
+        slug = slugify("_".join([key[0], *([f"k{key[2]}"] if key[2] is not None else []), key[1][:6]]))
         for batch, cells in by_batch.items():
             doc.h(3, f"{spec_title(key, multi_hash)}, batch {batch}")
             if all(c.status != "ok" for c in cells) and len(cells) > 1:

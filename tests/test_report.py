@@ -393,3 +393,13 @@ def test_no_framework_imports_in_reports():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for n in names:
                 assert n.split(".")[0] not in banned, f"{path.name} imports {n}"
+
+
+def test_a_fixed_length_spec_names_its_plots_without_a_k(tmp_path):
+    """masked-multiomics has no k (its rows carry ``kmer: None``): its plot files say so by leaving k out,
+    where they used to read ``kNone``."""
+    rows = [ok_row(impl, 64, ms, 0.2, spec="masked", kmer=None) for impl, ms in (("torch", 10.0), ("flax", 9.0))]
+    out = build_report([write_jsonl(tmp_path / "20261123-170000-abcdef.jsonl", rows)], out_root=tmp_path / "out")
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert "step_time_masked_hmaske.png" in names, names
+    assert not [n for n in names if "None" in n], names

@@ -332,7 +332,8 @@ def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
     from bench.curves import MATRIX_CURVES, curve_records, print_verdicts, run_curves
     from harness.store import append_curves, curves_path
 
-    steps = MATRIX_CURVES["steps"] if args.curves_steps is None else args.curves_steps
+    default = MATRIX_CURVES["cpu_steps" if plan.device == "cpu" else "steps"]
+    steps = default if args.curves_steps is None else args.curves_steps
     dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
     if not steps or dense is None or curves_path(store.root, store.run_id).exists():
         return

@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the untimed leak confirmation phase: where the steady verdict is pending (auto, the "
                         "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
     p.add_argument("--curves-steps", type=non_negative_int, default=None,
-                   help="steps of the training-curves run after the cells (dense preset; default 200; 0: none)")
+                   help="steps of the training-curves run after the cells (dense preset; default 200 on a GPU, "
+                        "100 on a CPU; 0: none)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="build a report from stored results")

@@ -103,7 +103,7 @@ def device_text(rows: list[dict]) -> str:
 
 #: the stretches of a worker's life, in order (``harness.run.walltime``)
 WALL_PARTS = ("process_start", "import", "build", "compile", "warmup", "steady", "device_step", "heap", "memory",
-              "confirm")
+              "stats", "confirm", "exit")
 
 
 def _wall_table(doc: Doc, rows: list[dict]) -> None:
@@ -117,7 +117,8 @@ def _wall_table(doc: Doc, rows: list[dict]) -> None:
     doc.p("Seconds from starting the cell's worker to its exit: the interpreter and harness imports "
           "(process start), the framework import, the model build, then each phase of the cell. Only compile, "
           "warm-up and the timed loops (steady, device step) are measurement; heap, memory and a leak's confirmation "
-          "are the untimed probes after the timing, and the last stretch runs on to the process exit.")
+          "are the untimed probes after the timing; stats is the statistics and verdicts, and exit runs from the "
+          "result's write to the process's end.")
     table = []
     for r in timed:
         wb = r["wall_breakdown"]

@@ -63,3 +63,10 @@ def test_a_leak_confirmation_is_its_own_stretch_not_the_memory_phase():
               {"phase": "confirm", "steps": 150, "max_s": 60.0, "at_s": 5.0}]
     wb = wall_breakdown(events, 20.0, None)
     assert wb["memory"] == 1.0 and wb["confirm"] == 15.0
+
+
+def test_stats_and_exit_are_their_own_stretches():
+    events = [{"phase": "build", "at_s": 1.0}, {"phase": "steady", "at_s": 2.0}, {"phase": "memory", "at_s": 4.0},
+              {"phase": "stats", "at_s": 5.0}, {"phase": "exit", "at_s": 5.5}]
+    wb = wall_breakdown(events, 6.0, None)
+    assert wb["memory"] == 1.0 and wb["stats"] == 0.5 and wb["exit"] == 0.5

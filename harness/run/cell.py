@@ -23,6 +23,8 @@ placed:
                 so it never runs while the clock does.
 ``memory``      on a CPU, a few steps on a trimmed heap whose peak RSS stands
                 in for device memory.
+``stats``       the statistics, FLOP rates and leak verdict, from what the
+                phases above took (no steps).
 ``confirm``     only where the steady window's leak verdict is pending (it read
                 "leak", or its evidence disagrees): untimed steps that settle it
                 (``harness.run.confirm``), after every other figure is taken.
@@ -54,21 +56,17 @@ from harness.measure.probes import (
 )
 from harness.run.compile_cache import compile_cached
 from harness.run.events import emit
-from harness.run.schedule import steps_per_window, warmup_steps
+from harness.run.schedule import budgeted_steps, heap_steps, steps_per_window, warmup_steps
 from harness.run.task import CellTask
 from harness.run.windows import Windows
 from harness.spec.params import count_params
 from harness.spec.reference import init_weights
 from harness.spec.schema import VAESpec
 
-#: untimed steps run with tracemalloc after the timing, for the leak attribution
-HEAP_STEPS = 50
 #: untimed steps on a trimmed heap whose VmHWM is the CPU stand-in for device memory
 MEMORY_STEPS = 3
 #: steps run through the timed loop itself before its clock starts (its first-call setup)
 LOOP_WARMUP_STEPS = 2
-#: a time budget never cuts the steady phase below this many steps
-MIN_BUDGET_STEPS = 5
 #: batches prefetched for one timing window are capped at this many bytes
 PREFETCH_BYTES = 256 * 2**20
 
@@ -148,7 +146,9 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     emit(phase="warmup", compile_s=compile_s)
     n_warm = task.warmup_steps or warmup_steps(steps, budgeted=bool(task.time_budget_s))
     warm_times: list[float] = []
+    iteration_times: list[float] = []  # the step with the fetch and the per-step samples around it
     for i in range(n_warm):
+        t_iter = time.perf_counter()
         x = source.next()
         t = time.perf_counter()
         handle = step_fn(x)
@@ -157,13 +157,20 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         loss = _check(model.loss_value(handle), i + 1)
         leak.step()
         rss.sample()
+        iteration_times.append(time.perf_counter() - t_iter)
     plain = float(np.median(warm_times[len(warm_times) // 2:])) if warm_times else float("nan")
 
-    # ---- a time budget shortens the steady phase, never the compile or warm-up
+    # ---- a time budget shortens the steady phase, never the compile or warm-up; it is the cell's
+    # wall time, so the loop warm-up, the heap and memory phases after the timing are paid from it too
     budget = task.time_budget_s
+    passes = 2 if _times_device_step(model, cls, task) else 1
     if budget and plain > 0:
-        remaining = float(budget) - (time.perf_counter() - t0)
-        steps = max(MIN_BUDGET_STEPS, min(steps, int(remaining / plain)))
+        # planned from the whole iteration: a sub-millisecond step costs less than its RSS sample
+        per_step = max(plain, float(np.median(iteration_times[len(iteration_times) // 2:])))
+        untimed = LOOP_WARMUP_STEPS + (0 if model.device_memory() else MEMORY_STEPS)
+        heap_planned = 0 if task.heap == "off" else task.heap_steps
+        steps = budgeted_steps(float(budget), time.perf_counter() - t0, per_step, steps, timed_passes=passes,
+                               untimed_steps=untimed, heap=heap_planned)
 
     def each_step() -> None:
         leak.step()
@@ -209,7 +216,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
 
     # ---- device_step: the same loop on batches staged on the device before each window's clock
     device_windows = None
-    if _times_device_step(model, cls, task):
+    if passes == 2:
         emit(phase="device_step")
         device_windows = windows_for(staged=True)
         timed_loop(device_windows.feed, steps, device_windows.on_step)
@@ -222,7 +229,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     heap_anon: list[int] = []
     if heap_mode != "off":
         emit(phase="heap")
-        n_heap = task.heap_steps or min(HEAP_STEPS, max(10, steps // 4))
+        n_heap = task.heap_steps or heap_steps(steps, budgeted=bool(budget))
         tracemalloc.start()
         for _ in range(n_heap):
             handle = step_fn(source.next())
@@ -255,6 +262,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
             n_memory += 1
         loss = _check(model.loss_value(handle), n_warm + done + len(heap) + n_memory)
     peak_rss = peak_rss_bytes()
+    emit(phase="stats")
     heap_note = (f"measured over {len(heap)} untimed steps after the timing" if heap else "off by request")
 
     from harness.diagnose.evidence import judge_steady

@@ -7,10 +7,26 @@ apart: the overhead benchmark measures the rule the harness really uses.
 
 from __future__ import annotations
 
+import math
+
 #: a budgeted cell (the matrix on a CPU) keeps only this many synchronised warm-up steps
 BUDGETED_WARMUP_STEPS = 2
 #: the timing windows of a cell: one device sync per window, this many windows for ``steps`` steps
 WINDOWS_PER_CELL = 20
+#: untimed steps run with tracemalloc after the timing, for the leak attribution: a quarter of the
+#: timed steps, at most HEAP_STEPS, at least HEAP_MIN_STEPS (BUDGETED_HEAP_MIN_STEPS in a budgeted cell,
+#: where a 1.2 s conv step would otherwise make the heap phase longer than the timing)
+HEAP_STEPS = 50
+HEAP_MIN_STEPS = 10
+BUDGETED_HEAP_MIN_STEPS = 4
+#: a time budget never cuts the steady phase below this many steps
+MIN_BUDGET_STEPS = 5
+#: a heap step's time over a timed step's median, assumed when a budget plans the heap phase: the
+#: CPU reference run (k=7, 2 cores) measured 0.93-1.22 for dense and conv-final in all five builds,
+#: up to 1.77 for masked-multiomics' 18 ms steps, where the heap phase costs well under a second
+HEAP_SLOWDOWN = 1.25
+#: seconds a cell spends after its last step (statistics, verdicts, the row), planned by a budget
+TAIL_S = 1.0
 
 
 def warmup_steps(steps: int, budgeted: bool = False) -> int:
@@ -21,3 +37,32 @@ def warmup_steps(steps: int, budgeted: bool = False) -> int:
 def steps_per_window(steps: int) -> int:
     """Steps timed together between two syncs, so that ``steps`` fill about ``WINDOWS_PER_CELL`` windows."""
     return max(1, steps // WINDOWS_PER_CELL)
+
+
+def heap_steps(steps: int, budgeted: bool = False) -> int:
+    """Untimed tracemalloc steps after ``steps`` timed ones (see ``HEAP_STEPS``)."""
+    floor = BUDGETED_HEAP_MIN_STEPS if budgeted else HEAP_MIN_STEPS
+    return min(HEAP_STEPS, max(floor, steps // 4))
+
+
+def budgeted_steps(budget_s: float, elapsed_s: float, step_s: float, requested: int, *, timed_passes: int = 1,
+                   untimed_steps: int = 0, heap: int | None = None) -> int:
+    """Steady steps that fit what is left of a cell's time budget, from its warm-up step time ``step_s``.
+
+    The budget is the cell's wall time, not its steady phase alone: the time already spent
+    (import, build, compile, warm-up), the timed passes (two where ``device_step`` is timed apart),
+    the untimed steps after them (``untimed_steps``: the loop's own warm-up and the memory phase),
+    the heap phase (``heap`` steps, or ``heap_steps`` of the candidate) and ``TAIL_S`` are all paid
+    from it. A matrix hands each cell its share of the run's budget (``harness.run.runner``), so a
+    budget that planned the steady phase alone let every cell overrun its share: the CPU matrix took
+    600 s of a 420 s budget and its last cells were cut to ``MIN_BUDGET_STEPS``.
+    Never fewer than ``MIN_BUDGET_STEPS``, never more than ``requested``.
+    """
+    if step_s <= 0 or not math.isfinite(step_s):
+        return requested
+    left = budget_s - elapsed_s - TAIL_S
+    for steps in range(requested, MIN_BUDGET_STEPS - 1, -1):
+        n_heap = heap_steps(steps, budgeted=True) if heap is None else heap
+        if step_s * (timed_passes * steps + untimed_steps + HEAP_SLOWDOWN * n_heap) <= left:
+            return steps
+    return min(requested, MIN_BUDGET_STEPS)

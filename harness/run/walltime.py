@@ -3,7 +3,8 @@
 The worker announces each phase (``harness.run.cell``) and the launcher stamps every event with
 its arrival time; the worker's own clock splits the first stretch into the framework import and
 the model build. What comes before the first event is the interpreter start and the harness's
-own imports; the last phase's stretch runs on to the process exit (writing the result included).
+own imports. ``stats`` is the cell's statistics and verdicts after its last measured step;
+``exit`` runs from the result file's write to the process's end (the framework's teardown).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 #: the phases in the order a cell runs them (``harness.run.cell``)
-PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory", "confirm")
+PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory", "stats", "confirm", "exit")
 
 
 def wall_breakdown(events: list[dict[str, Any]], wall_s: float, result: dict[str, Any] | None) -> dict[str, float]:

@@ -27,7 +27,7 @@ from harness.run.compile_cache import cache_dir, compile_cache_env
 from harness.run.launch import run_worker
 from harness.run.peak import measured_peak
 from harness.run.task import CellTask
-from harness.run.walltime import wall_breakdown
+from harness.run.walltime import EXIT_PHASE, wall_breakdown
 from harness.spec.schema import VAESpec, canonical_kmer_count
 from harness.store import DONE_STATUSES, ResultStore, cell_key
 
@@ -203,7 +203,9 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     env = compile_cache_env(cell.compile_cache, gpu=device == "gpu") if cell.compile_cache else None
     outcome = run_worker(cell.task(), cell.impl, cell.spec.settings, cell.timeout_s, on_event=track,
                          memory_limit_bytes=memory_limit_bytes, extra_env=env)
-    phase = phases[-1] if phases else None
+    # the phase a failure happened in: the worker's own ``exit`` marker comes after the result is written
+    steps_phases = [p for p in phases if p != EXIT_PHASE]
+    phase = steps_phases[-1] if steps_phases else None
     failure = classify(outcome.result, outcome.returncode, outcome.stderr_all or outcome.stderr_tail,
                        outcome.timed_out, outcome.memory_limit_hit, phase, device=device)
     row = {**base, "status": "ok" if failure.ok else "failed", "failure_kind": failure.kind,

@@ -13,6 +13,8 @@ from typing import Any
 
 #: the phases in the order a cell runs them (``harness.run.cell``)
 PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory", "stats", "confirm", "exit")
+#: the worker's marker after its result is written (``harness.run.worker``): never where a cell failed
+EXIT_PHASE = "exit"
 
 
 def wall_breakdown(events: list[dict[str, Any]], wall_s: float, result: dict[str, Any] | None) -> dict[str, float]:

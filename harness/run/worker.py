@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.run.events import emit
+from harness.run.walltime import EXIT_PHASE
 from harness.run.task import (
     BareTask,
     BaselineTask,
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> int:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=_json_default))
     tmp.replace(result_path)
-    emit(phase="exit")  # what follows is the interpreter's and the framework's teardown (walltime)
+    emit(phase=EXIT_PHASE)  # what follows is the interpreter's and the framework's teardown (walltime)
     return 0
 
 

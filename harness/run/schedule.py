@@ -55,7 +55,9 @@ def budgeted_steps(budget_s: float, elapsed_s: float, step_s: float, requested: 
     the heap phase (``heap`` steps, or ``heap_steps`` of the candidate) and ``TAIL_S`` are all paid
     from it. A matrix hands each cell its share of the run's budget (``harness.run.runner``), so a
     budget that planned the steady phase alone let every cell overrun its share: the CPU matrix took
-    600 s of a 420 s budget and its last cells were cut to ``MIN_BUDGET_STEPS``.
+    600 s of a 420 s budget and its last cells were cut to ``MIN_BUDGET_STEPS``. A leak confirmation,
+    run only where the steady verdict is pending, comes on top: it is diagnosis, with its own time cap
+    (``harness.diagnose.evidence.CONFIRM_MAX_S``).
     Never fewer than ``MIN_BUDGET_STEPS``, never more than ``requested``.
     """
     if step_s <= 0 or not math.isfinite(step_s):

@@ -3,9 +3,17 @@ time, so what runs after the timing is planned from it too, and a budgeted cell 
 
 from __future__ import annotations
 
-from harness.run.schedule import (BUDGETED_HEAP_MIN_STEPS, HEAP_MIN_STEPS, HEAP_SLOWDOWN, HEAP_STEPS,
-                                  MIN_BUDGET_STEPS, TAIL_S, budgeted_steps, heap_steps)
 from harness.run.runner import plan_cells, run_matrix
+from harness.run.schedule import (
+    BUDGETED_HEAP_MIN_STEPS,
+    HEAP_MIN_STEPS,
+    HEAP_SLOWDOWN,
+    HEAP_STEPS,
+    MIN_BUDGET_STEPS,
+    TAIL_S,
+    budgeted_steps,
+    heap_steps,
+)
 from harness.spec.presets import resolve_spec
 from harness.store import ResultStore
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from harness.run.events import emit
-from harness.run.walltime import EXIT_PHASE
 from harness.run.task import (
     BareTask,
     BaselineTask,
@@ -32,6 +31,7 @@ from harness.run.task import (
     Task,
     task_from_json,
 )
+from harness.run.walltime import EXIT_PHASE
 from harness.spec.schema import VAESpec
 
 

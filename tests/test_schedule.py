@@ -54,10 +54,12 @@ def test_an_overspent_budget_keeps_the_minimum_and_no_step_time_keeps_the_reques
 
 
 def test_a_budgeted_cell_ends_within_its_budget(tmp_path):
-    """A real worker: the whole cell, not its steady phase alone, keeps to the budget."""
-    spec = resolve_spec("dense", kmer=5)
-    budget = 6.0
-    cells = plan_cells([PLANTED + "NumpyVAE"], [spec], 5, [64], timeout_s=300.0, steps=100_000,
+    """A real worker whose step is a 50 ms sleep (little CPU, so a loaded machine moves it little): the
+    whole cell keeps to its budget. Planning the steady phase alone would have run about 148 steady steps,
+    then 37 heap steps, 3 memory steps and the statistics on top: some 40% over."""
+    spec = resolve_spec("dense", kmer=3)
+    budget = 8.0
+    cells = plan_cells([PLANTED + "SlowVAE"], [spec], 3, [32], timeout_s=300.0, steps=100_000,
                        time_budget_s=budget)
     (row,) = run_matrix(cells, ResultStore(tmp_path, "budget"), progress=False, peak=False)
     assert row["status"] == "ok", row["failure_message"]
@@ -65,5 +67,5 @@ def test_a_budgeted_cell_ends_within_its_budget(tmp_path):
     wb = row["wall_breakdown"]
     # process start and the exit are outside the worker's clock; the rest is within the budget
     inside = wb["total"] - wb["process_start"] - wb.get("exit", 0.0)
-    assert inside <= budget * 1.15, wb
+    assert inside <= budget * 1.2, wb
     assert len(row["host"]["heap_bytes"]) == heap_steps(row["steps_measured"], budgeted=True)

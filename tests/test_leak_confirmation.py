@@ -41,6 +41,7 @@ def test_injected_leak_in_a_main_command_sized_cell_is_confirmed(tmp_path):
     assert leak["confirmed"] is True and "rss" in leak["evidence"] and leak["decided_by"] == "confirmation"
     conf = leak["confirmation"]
     assert conf["steps"] >= 150 and conf["recurring"]
+    assert conf["max_s"] == 10.0  # capped by the cell's budget (harness.run.schedule.confirmation_cap)
     assert conf["rss"]["slope_bytes_per_batch"] == pytest.approx(256 * KIB, rel=0.1)
     assert leak["injected_bytes_per_batch"] == 256 * KIB
 

@@ -12,6 +12,7 @@ from harness.run.schedule import (
     MIN_BUDGET_STEPS,
     TAIL_S,
     budgeted_steps,
+    confirmation_cap,
     heap_steps,
 )
 from harness.spec.presets import resolve_spec
@@ -69,3 +70,10 @@ def test_a_budgeted_cell_ends_within_its_budget(tmp_path):
     inside = wb["total"] - wb["process_start"] - wb.get("exit", 0.0)
     assert inside <= budget * 1.2, wb
     assert len(row["host"]["heap_bytes"]) == heap_steps(row["steps_measured"], budgeted=True)
+
+
+def test_a_budgeted_cells_confirmation_is_capped_by_its_budget():
+    assert confirmation_cap(None, 21.0, 60.0) == 21.0
+    assert confirmation_cap(None, 90.0, 60.0) == 60.0
+    assert confirmation_cap(None, None, 60.0) is None  # unbudgeted: the default cap
+    assert confirmation_cap(3.0, 21.0, 60.0) == 3.0  # the task's own cap wins

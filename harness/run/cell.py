@@ -56,7 +56,7 @@ from harness.measure.probes import (
 )
 from harness.run.compile_cache import compile_cached
 from harness.run.events import emit
-from harness.run.schedule import budgeted_steps, heap_steps, steps_per_window, warmup_steps
+from harness.run.schedule import budgeted_steps, confirmation_cap, heap_steps, steps_per_window, warmup_steps
 from harness.run.task import CellTask
 from harness.run.windows import Windows
 from harness.spec.params import count_params
@@ -374,12 +374,14 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         "leak": {**verdict, "injected_bytes_per_batch": leak.bytes_per_step or None, "cause": cause},
         "counters": {"start": counters_start, "steady": counters_steady, "end": counters_end},
     }
-    # ---- confirm: untimed, after everything else, settles a pending leak verdict (harness.run.confirm)
+    # ---- confirm: untimed, after everything else, settles a pending leak verdict (harness.run.confirm);
+    # in a budgeted cell it is capped by the cell's budget (harness.run.schedule.confirmation_cap)
+    from harness.diagnose.evidence import CONFIRM_MAX_S
     from harness.run.confirm import confirm_leak
 
     row["leak"] = confirm_leak(row["leak"], task.confirm, lambda: step_fn(source.next()), model, leak.step,
                                lambda h, i: _check(model.loss_value(h), i), len(anon), task.confirm_steps,
-                               task.confirm_max_s)
+                               confirmation_cap(task.confirm_max_s, budget, CONFIRM_MAX_S))
     row["leak"]["confirm_mode"] = task.confirm  # "off" is why a leak can stay unconfirmed
     return row
 

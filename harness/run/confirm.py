@@ -83,4 +83,4 @@ def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model
         check_loss(handle, len(rss.anon))
     confirmation = judge_confirmation(rss.anon, heap, counters_before, model.counters(),
                                       float(leak["threshold_bytes_per_batch"]), seconds, stopped)
-    return settle(leak, confirmation)
+    return settle(leak, {**confirmation, "max_s": cap})  # the cap it ran under (a budgeted cell's is its budget)

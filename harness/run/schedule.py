@@ -57,8 +57,8 @@ def budgeted_steps(budget_s: float, elapsed_s: float, step_s: float, requested: 
     from it. A matrix hands each cell its share of the run's budget (``harness.run.runner``), so a
     budget that planned the steady phase alone let every cell overrun its share: the CPU matrix took
     600 s of a 420 s budget and its last cells were cut to ``MIN_BUDGET_STEPS``. A leak confirmation,
-    run only where the steady verdict is pending, comes on top: it is diagnosis, with its own time cap
-    (``harness.diagnose.evidence.CONFIRM_MAX_S``).
+    run only where the steady verdict is pending, comes on top: it is diagnosis, capped at the cell's
+    budget (``confirmation_cap``).
     Never fewer than ``MIN_BUDGET_STEPS``, never more than ``requested``.
     """
     if step_s <= 0 or not math.isfinite(step_s):
@@ -69,3 +69,13 @@ def budgeted_steps(budget_s: float, elapsed_s: float, step_s: float, requested: 
         if step_s * (timed_passes * steps + untimed_steps + HEAP_SLOWDOWN * n_heap) <= left:
             return steps
     return min(requested, MIN_BUDGET_STEPS)
+
+
+def confirmation_cap(task_cap_s: float | None, budget_s: float | None, default_s: float) -> float | None:
+    """The time cap of a pending leak's confirmation: the task's own, else, in a budgeted cell, at most the
+    cell's budget, else None (the default cap). A budgeted matrix hands each cell what is left, so an
+    uncapped confirmation starves the cells after it: in a CPU main command flax dense b=512 confirmed for
+    60 s (still not confirmed), and the six cells after it got 5-step budgets."""
+    if task_cap_s is not None:
+        return task_cap_s
+    return min(default_s, float(budget_s)) if budget_s else None

@@ -18,7 +18,7 @@ from bench.parser import UsageError, checked_impls
 
 #: what ``nox -s bench`` runs after its matrix: a short curve of the dense preset. On a CPU, 100 steps:
 #: 200 took 231-302 s of a fresh clone's 14-17 minutes at k=7 on 2 cores (six workers, 26-51 s each).
-#: In that reference run (reports/reference/cpu) the training loss of every build fell from 5933 to a
+#: In that run (the CPU reference at 36f3ef2, reports/reference/cpu) the training loss of every build fell from 5933 to a
 #: mean of 4318-4319 over steps 90-99 and 4306 over steps 190-199: the first 100 steps hold the descent
 MATRIX_CURVES = {"spec": "dense", "steps": 200, "cpu_steps": 100, "batch": 64, "every": 10}
 

@@ -126,7 +126,7 @@ def _theil(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
     if y.size > MAX_FIT_POINTS:
         idx = np.unique(np.linspace(0, y.size - 1, MAX_FIT_POINTS).round().astype(int))
         y, x = y[idx], x[idx]
-    from scipy import stats  # on first use: ~1.3 s, kept off the command line's start (measure.stats)
+    from scipy import stats  # on first use: its ~1.3 s import is kept off python -m bench's start
 
     res = stats.theilslopes(y, x, alpha=0.95)
     return float(res[0]), float(res[2]), float(res[3])

@@ -32,14 +32,6 @@ import numpy as np
 
 __all__ = ["StepStats", "summarize_steps", "detect_warmup", "mann_whitney_slower", "WARMUP_MAX_FRACTION"]
 
-def _scipy_stats():
-    """scipy.stats, imported on first use: it takes about 1.3 s, and ``python -m bench`` imports this
-    module on the way to answering a bad flag in one line."""
-    from scipy import stats
-
-    return stats
-
-
 #: at most this fraction of the steps is ever called warm-up (the first step always is)
 WARMUP_MAX_FRACTION = 0.25
 #: a step is warm-up while it is slower than median + WARMUP_MADS x MAD of the steps after it
@@ -124,7 +116,9 @@ def summarize_steps(window_times_s: list[float], steps_per_window: int, batch: i
     mean = float(steps.mean())
     if n >= 2:
         stdev = float(steps.std(ddof=1))
-        half = float(_scipy_stats().t.ppf(0.975, n - 1)) * stdev / math.sqrt(n)
+        from scipy import stats  # on first use: its ~1.3 s import is kept off python -m bench's start
+
+        half = float(stats.t.ppf(0.975, n - 1)) * stdev / math.sqrt(n)
         ci_low, ci_high = mean - half, mean + half
         cv = stdev / mean
     else:
@@ -225,7 +219,8 @@ def mann_whitney_slower(a: list[float], b: list[float], alpha: float = 0.05) -> 
     if not (0 < alpha < 1):
         raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}")
     ratio = float(_median_ratio(x, y))
-    _st = _scipy_stats()
+    from scipy import stats as _st  # on first use, as above
+
     p_value = float(_st.mannwhitneyu(x, y, alternative="two-sided").pvalue)
     low = high = math.nan
     if x.size >= 2 and y.size >= 2:

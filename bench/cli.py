@@ -143,9 +143,9 @@ def _apply_keras_loop(cells: list, loop: str | None, confirm: str | None = None)
     (``harness.run.confirm``): it decides what a leak verdict can say."""
     for cell in cells:
         if loop and cell.impl.startswith("keras-"):
-            cell.extra["loop"] = loop
+            cell.loop = loop
         if confirm:
-            cell.extra["confirm"] = confirm
+            cell.confirm = confirm
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -26,9 +26,12 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
-RESULT_SCHEMA_VERSION = 1
+from harness.row import SCHEMA_VERSION, Row, RowError, parse_row
+
+#: rows and curve records are written in the typed row's schema (``harness.row``); older lines are upgraded on load
+RESULT_SCHEMA_VERSION = SCHEMA_VERSION
 DEFAULT_RESULTS_DIR = Path("results")
 #: statuses ``--resume`` counts as done; a ``failed`` cell runs again unless ``keep_failed``
 DONE_STATUSES = frozenset({"ok", "skipped"})
@@ -199,13 +202,23 @@ class ResultStore:
 
     # ---------------------------------------------------------------- rows
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Write one row as one line and fsync it, under the run's lock.
+    def append(self, row: Mapping[str, Any]) -> Row | None:
+        """Write one row as one line and fsync it, under the run's lock, and return it typed.
 
+        The line is the typed row's (``harness.row``, schema 2). A row the typed row refuses
+        (a bug in whoever built it) is still written as given, with the reason in ``row_error``:
+        a measured result is never dropped for its shape; None is returned then.
         A line torn by a power cut is closed first, so the torn part stays one unreadable line
         and this row its own readable one."""
-        line = json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": self.run_id, **row},
-                          default=_default, allow_nan=True) + "\n"
+        raw = {"schema_version": RESULT_SCHEMA_VERSION, "run_id": self.run_id,
+               **(row.to_dict() if isinstance(row, Row) else row)}
+        typed: Row | None
+        try:
+            typed = parse_row(raw)
+            raw = typed.to_dict()
+        except RowError as exc:
+            typed, raw = None, {**raw, "row_error": str(exc)}
+        line = json.dumps(raw, default=_default, allow_nan=True) + "\n"
         with self.writing():
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -216,12 +229,13 @@ class ResultStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        return typed
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[Row]:
         """Every row in the file, retries included, in the order written."""
-        return list(read_rows(self.path)) if self.path.exists() else []
+        return load_rows(self.path, latest=False) if self.path.exists() else []
 
-    def latest_rows(self) -> list[dict[str, Any]]:
+    def latest_rows(self) -> list[Row]:
         """One row per cell, the latest (see :func:`latest_rows`)."""
         return latest_rows(self.rows())
 
@@ -243,7 +257,8 @@ def _holder_pid(fd: int) -> int | None:
 
 
 def read_rows(path: str | Path) -> Iterable[dict[str, Any]]:
-    """Rows of one file; a torn last line (power cut mid-write) is skipped, not fatal."""
+    """The JSON objects of one file, as written (rows or curve records); a torn last line (power cut
+    mid-write) is skipped, not fatal. Rows are read typed through :func:`load_rows`."""
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -258,17 +273,19 @@ def read_rows(path: str | Path) -> Iterable[dict[str, Any]]:
             yield row
 
 
-def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, latest: bool = True) -> list[dict[str, Any]]:
-    """Rows from JSONL files, directories of them, run ids (``<results_dir>/<id>.jsonl``) or row dicts.
+def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, latest: bool = True) -> list[Row]:
+    """The one loader of results: typed rows (``harness.row.Row``, older schemas upgraded) from JSONL
+    files, directories of them, run ids (``<results_dir>/<id>.jsonl``) or row dicts.
 
     One row per cell of each run, the latest (:func:`latest_rows`); ``latest=False`` gives every
-    row as written, retries included."""
-    if isinstance(results, (str, Path, dict)):
+    row as written, retries included. A line that is not a row raises :class:`harness.row.RowError`
+    naming the file and line."""
+    if isinstance(results, (str, Path, Mapping)):
         results = [results]
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     for item in results:
-        if isinstance(item, dict):
-            rows.append(item)
+        if isinstance(item, Mapping):
+            rows.append(parse_row(item))
             continue
         p = Path(item)
         if p.is_dir():
@@ -280,7 +297,11 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, lates
         else:
             raise FileNotFoundError(f"no results at {item!r}: not a file, a directory, or a run id in {results_dir}/")
         for f in files:
-            rows.extend(read_rows(f))
+            for n, raw in enumerate(read_rows(f), 1):
+                try:
+                    rows.append(parse_row(raw))
+                except RowError as exc:
+                    raise RowError(f"{f}: row {n}: {exc}") from None
     return latest_rows(rows) if latest else rows
 
 
@@ -341,7 +362,7 @@ def load_results(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, la
     rows = load_rows(results, results_dir, latest=latest)
     if not rows:
         return pd.DataFrame()
-    return pd.json_normalize(rows, max_level=3)
+    return pd.json_normalize([r.to_dict() for r in rows], max_level=3)
 
 
 def _default(obj: Any) -> Any:

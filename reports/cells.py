@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from harness.diagnose.evidence import is_confirmed_leak, leak_label
 from harness.measure.peak import mfu_fields
+from harness.row import Row, StepStats, parse_row
 from reports.formatting import fmt_time
 
 __all__ = ["ImplCell", "group_cells", "is_side_row", "median_of", "nested", "num", "row_status", "summarize_impl"]
@@ -49,12 +51,12 @@ def row_status(row: dict[str, Any]) -> str:
     status = row.get("status")
     if status in ("ok", "failed", "skipped"):
         return status
-    return "ok" if isinstance(row.get("step_stats"), dict) else "failed"
+    return "ok" if isinstance(row.get("step_stats"), Mapping) else "failed"
 
 
 def nested(d: Any, *path: str, default: Any = None) -> Any:
     for key in path:
-        if not isinstance(d, dict) or key not in d:
+        if not isinstance(d, Mapping) or key not in d:
             return default
         d = d[key]
     return d
@@ -79,7 +81,7 @@ class ImplCell:
 
     impl: str
     label: str
-    rows: list[dict[str, Any]]
+    rows: list[Row]
     status: str
     failure_kind: str | None = None
     failure_message: str = ""
@@ -142,83 +144,90 @@ class ImplCell:
         return f"{fmt_time(self.ci_low_s)}–{fmt_time(self.ci_high_s)}" if self.has_ci else "n/a"
 
 
-def summarize_impl(rows: list[dict[str, Any]]) -> ImplCell:
-    """Aggregate the repeats of one impl at one (spec, batch)."""
+def summarize_impl(rows: list[Row | dict[str, Any]]) -> ImplCell:
+    """Aggregate the repeats of one impl at one (spec, batch), read as typed rows (``harness.row``)."""
     if not rows:
         raise ValueError("no rows to summarise")
-    impl = str(rows[0].get("impl", "?"))
-    label = str(rows[0].get("row") or impl)
-    statuses = [row_status(r) for r in rows]
-    ok = [r for r, s in zip(rows, statuses, strict=True) if s == "ok"]
-    if all(s == "ok" for s in statuses):
-        status = "ok"
-    elif "failed" in statuses:
-        status = "failed"
-    else:
-        status = "skipped"
-    cell = ImplCell(impl=impl, label=label, rows=rows, status=status, n_repeats=len(rows), n_ok=len(ok))
-    bad = next((r for r, s in zip(rows, statuses, strict=True) if s == status), None) if status != "ok" else None
-    if bad is not None:
-        cell.failure_kind = bad.get("failure_kind") or status
-        cell.failure_message = str(bad.get("failure_message") or "")
-        if len(rows) > 1:
-            cell.failure_message += f" ({statuses.count(status)} of {len(rows)} repeats)"
+    typed = [parse_row(r) for r in rows]
+    first = typed[0].identity
+    impl = str(first.impl or "?")
+    cell = ImplCell(impl=impl, label=str(first.row or impl), rows=typed, status="ok", n_repeats=len(typed))
+    statuses = [row_status(r) for r in typed]
+    ok = [r for r, s in zip(typed, statuses, strict=True) if s == "ok"]
+    cell.n_ok = len(ok)
+    cell.status = "ok" if all(s == "ok" for s in statuses) else "failed" if "failed" in statuses else "skipped"
+    if cell.status != "ok":
+        bad = next(r for r, s in zip(typed, statuses, strict=True) if s == cell.status)
+        cell.failure_kind = bad.outcome.failure_kind or cell.status
+        cell.failure_message = str(bad.outcome.failure_message or "")
+        if len(typed) > 1:
+            cell.failure_message += f" ({statuses.count(cell.status)} of {len(typed)} repeats)"
     if ok:
-        st = [r.get("step_stats") or {} for r in ok]
-        cell.median_s = median_of(s.get("median_s") for s in st)
-        cell.q1_s = median_of(s.get("q1_s") for s in st)
-        cell.q3_s = median_of(s.get("q3_s") for s in st)
-        cell.mean_s = median_of(s.get("mean_s") for s in st)
-        lows = [num(s.get("ci95_low_s")) for s in st]
-        highs = [num(s.get("ci95_high_s")) for s in st]
-        if all(v is not None for v in lows + highs):
-            cell.ci_low_s, cell.ci_high_s = min(lows), max(highs)
-        batch = num(ok[0].get("batch"))
-        cell.samples_per_s = batch / cell.median_s if batch and cell.median_s else None
-        cell.compile_s = median_of(r.get("compile_s") for r in ok)
-        peaks = [v for v in (num(nested(r, "memory", "peak_bytes")) for r in ok) if v is not None]
-        cell.peak_bytes = max(peaks) if peaks else None
-        cell.cpu_standin = any(nested(r, "memory", "cpu_standin") for r in ok)
-        worst = max(ok, key=lambda r: _LEAK_RANK.get(leak_label(r.get("leak")), -1))
-        leak = worst.get("leak") or {}
-        cell.leak_verdict = leak.get("verdict")
-        cell.leak_confirmed = True if is_confirmed_leak(leak) else (False if leak.get("verdict") == "leak" else None)
-        cell.leak_label = leak_label(leak) if leak.get("verdict") else None
-        cell.leak_evidence = list(leak.get("evidence") or [])
-        cell.leak_threshold = num(leak.get("threshold_bytes_per_batch"))
-        cell.slope = num(leak.get("slope_bytes_per_batch"))
-        cell.slope_ci_low = num(leak.get("slope_ci_low"))
-        cell.slope_ci_high = num(leak.get("slope_ci_high"))
-        cell.leak_reason = str(leak.get("reason") or "")
-        cell.leak_cause = leak.get("cause") or {}
-        cell.device_median_s = median_of(nested(r, "device_step_stats", "median_s") for r in ok)
-        cell.device_step_timed = any(str(r.get("device_step_source", "")).startswith("batches staged") for r in ok)
-        cell.train_loop = ok[0].get("train_loop")
-        cached = [r.get("compile_cached") for r in ok]
-        cell.compile_cached = None if any(c is None for c in cached) else all(cached)
-        cell.tflops = median_of(nested(r, "tflops", "matmul_step") for r in ok)
-        cell.mfu = median_of(_row_mfu(r) for r in ok)
-    cell.preflight_estimate = median_of(nested(r, "preflight", "estimate_bytes") for r in rows)
+        _timing(cell, ok)
+        _memory_and_leak(cell, ok)
+    cell.preflight_estimate = median_of((r.preflight or {}).get("estimate_bytes") for r in typed)
     return cell
 
 
-def _row_mfu(row: dict[str, Any]) -> float | None:
+def _timing(cell: ImplCell, ok: list[Row]) -> None:
+    """Step time, its CI, compile, FLOP rate and MFU of the ok repeats."""
+    st = [r.timing.step_stats or StepStats() for r in ok]
+    cell.median_s = median_of(s.median_s for s in st)
+    cell.q1_s = median_of(s.q1_s for s in st)
+    cell.q3_s = median_of(s.q3_s for s in st)
+    cell.mean_s = median_of(s.mean_s for s in st)
+    lows, highs = [num(s.ci95_low_s) for s in st], [num(s.ci95_high_s) for s in st]
+    if all(v is not None for v in lows + highs):
+        cell.ci_low_s, cell.ci_high_s = min(lows), max(highs)
+    batch = num(ok[0].identity.batch)
+    cell.samples_per_s = batch / cell.median_s if batch and cell.median_s else None
+    cell.compile_s = median_of(r.compile.compile_s for r in ok)
+    cell.device_median_s = median_of(r.timing.device_step_stats.median_s for r in ok if r.timing.device_step_stats)
+    cell.device_step_timed = any(str(r.timing.device_step_source or "").startswith("batches staged") for r in ok)
+    cell.train_loop = ok[0].timing.train_loop
+    cached = [r.compile.compile_cached for r in ok]
+    cell.compile_cached = None if any(c is None for c in cached) else all(cached)
+    cell.tflops = median_of((r.flops.tflops or {}).get("matmul_step") for r in ok)
+    cell.mfu = median_of(_row_mfu(r) for r in ok)
+
+
+def _memory_and_leak(cell: ImplCell, ok: list[Row]) -> None:
+    """The largest peak of any repeat, and the worst repeat's leak verdict."""
+    peaks = [v for v in (num(r.memory.peak_bytes) for r in ok if r.memory) if v is not None]
+    cell.peak_bytes = max(peaks) if peaks else None
+    cell.cpu_standin = any(r.memory and r.memory.cpu_standin for r in ok)
+    worst = max(ok, key=lambda r: _LEAK_RANK.get(leak_label(r["leak"] if r.leak else None), -1))
+    leak = worst["leak"] if worst.leak else {}
+    cell.leak_verdict = leak.get("verdict")
+    cell.leak_confirmed = True if is_confirmed_leak(leak) else (False if leak.get("verdict") == "leak" else None)
+    cell.leak_label = leak_label(leak) if leak.get("verdict") else None
+    cell.leak_evidence = list(leak.get("evidence") or [])
+    cell.leak_threshold = num(leak.get("threshold_bytes_per_batch"))
+    cell.slope = num(leak.get("slope_bytes_per_batch"))
+    cell.slope_ci_low = num(leak.get("slope_ci_low"))
+    cell.slope_ci_high = num(leak.get("slope_ci_high"))
+    cell.leak_reason = str(leak.get("reason") or "")
+    cell.leak_cause = leak.get("cause") or {}
+
+
+def _row_mfu(row: Row) -> float | None:
     """The row's MFU of a step: stored by the runner, else from the fingerprint's matmul peak."""
-    stored = num(nested(row, "mfu", "step"))
+    stored = num(row.flops.mfu_step)
     if stored is not None:
         return stored
-    peak = nested(row, "fingerprint", "matmul_peak")
-    return num(mfu_fields(row.get("tflops"), peak, row.get("device_kind"))["mfu"]["step"]) if peak else None
+    peak = (row.fingerprint or {}).get("matmul_peak")
+    return num(mfu_fields(row.flops.tflops, peak, row.build.device_kind)["mfu"]["step"]) if peak else None
 
 
-def group_cells(rows: list[dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:
+def group_cells(rows: list[Row | dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:
     """Plain rows grouped as {(spec_name, spec_hash, kmer): {batch: [ImplCell, ...]}}."""
-    by: dict[tuple, dict[int, dict[str, list[dict]]]] = {}
-    for r in rows:
-        if is_side_row(r):
+    by: dict[tuple, dict[int, dict[str, list[Row]]]] = {}
+    for r in map(parse_row, rows):
+        if r.is_probe:
             continue
-        key = (str(r.get("spec_name", "?")), str(r.get("spec_hash", "")), r.get("kmer"))
-        by.setdefault(key, {}).setdefault(int(r.get("batch") or 0), {}).setdefault(str(r.get("impl")), []).append(r)
+        ident = r.identity
+        key = (str(ident.spec_name or "?"), str(ident.spec_hash or ""), ident.kmer)
+        by.setdefault(key, {}).setdefault(int(ident.batch or 0), {}).setdefault(str(ident.impl), []).append(r)
     out: dict[tuple, dict[int, list[ImplCell]]] = {}
     for key in sorted(by, key=lambda k: (k[0], str(k[2]), k[1])):
         out[key] = {}

@@ -22,58 +22,54 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from typing import Any
 
 from harness.measure.stats import mann_whitney_slower
+from harness.row import Row, parse_row
 from harness.store import load_rows
 from reports.cells import row_status
 
 __all__ = ["compare_runs", "print_comparison", "cell_id", "step_samples", "cells_summary"]
 
 
-def cell_id(row: dict[str, Any]) -> tuple:
+def cell_id(row: Row) -> tuple:
     """What identifies a cell across runs: impl, spec hash, batch and scenario (and whether it is a sweep
-    probe, so that probes are never pooled with the benchmark cell of the same batch)."""
-    sweep = row.get("sweep") if isinstance(row.get("sweep"), dict) else {}
-    batch = sweep.get("probe_batch", row.get("batch"))
-    return (str(row.get("impl")), str(row.get("spec_hash", "")), int(batch) if batch is not None else None,
-            row.get("scenario") or None, bool(row.get("sweep")))
+    probe, so that probes are never pooled with the benchmark cell of the same batch), and its precision."""
+    sweep = row.rest.get("sweep") if isinstance(row.rest.get("sweep"), dict) else {}
+    ident = row.identity
+    batch = sweep.get("probe_batch", ident.batch)
+    return (str(ident.impl), str(ident.spec_hash or ""), int(batch) if batch is not None else None,
+            ident.scenario or None, bool(row.rest.get("sweep")), ident.precision)
 
 
-def cells_summary(rows: list[dict[str, Any]], limit: int = 4) -> str:
+def cells_summary(rows: list[Row], limit: int = 4) -> str:
     """The cells of a run in a few words (``torch dense b64, flax dense b64 and 3 more``), for the
     one-line error when two runs share no cell."""
     seen: dict[tuple, str] = {}
-    for r in rows:
-        impl, _, batch, scenario, sweep = cell_id(r)
-        label = str(r.get("row") or impl)
-        seen.setdefault(cell_id(r), f"{label} {r.get('spec_name') or '?'} b{batch}"
+    for r in map(parse_row, rows):
+        impl, _, batch, scenario, sweep, _ = cell_id(r)
+        seen.setdefault(cell_id(r), f"{r.label} {r.identity.spec_name or '?'} b{batch}"
                         + (f" {scenario}" if scenario else "") + (" (sweep)" if sweep else ""))
     names = list(dict.fromkeys(seen.values()))
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more if names else "no cells"
 
 
-def step_samples(rows: list[dict[str, Any]]) -> tuple[list[float], str]:
+def step_samples(rows: list[Row]) -> tuple[list[float], str]:
     """Per-step times to test, pooled over the ok repeats, and what they are (see the module docstring)."""
-    ok = [r for r in rows if row_status(r) == "ok" and isinstance(r.get("step_stats"), dict)]
-    medians = [float(r["step_stats"]["median_s"]) for r in ok if r["step_stats"].get("median_s") is not None]
+    stats = [r.timing.step_stats for r in map(parse_row, rows) if row_status(r) == "ok" and r.timing.step_stats]
+    medians = [float(s.median_s) for s in stats if s.median_s is not None]
     if len(medians) >= 3:
         return medians, "repeat medians"
-    windows = [r["step_stats"].get("window_times_s") for r in ok]
-    if ok and all(isinstance(w, list) and w for w in windows):
+    windows = [s.window_times_s for s in stats]
+    if stats and all(isinstance(w, list) and w for w in windows):
         return [float(x) for w in windows for x in w], "windows"
     return medians, "none"
 
 
-def _median_of(rows: list[dict], *path: str) -> float | None:
-    vals = []
-    for r in rows:
-        v: Any = r
-        for k in path:
-            v = v.get(k) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            vals.append(float(v))
+def _median_of(values: Any) -> float | None:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return statistics.median(vals) if vals else None
 
 
@@ -99,14 +95,14 @@ def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alph
         ra, rb = a_cells[key], b_cells[key]
         ok_a = [r for r in ra if row_status(r) == "ok"]
         ok_b = [r for r in rb if row_status(r) == "ok"]
-        impl, spec_hash, batch, scenario, sweep = key
+        impl, spec_hash, batch, scenario, sweep, precision = key
         res: dict[str, Any] = {
-            "impl": impl, "spec_name": ra[0].get("spec_name"), "spec_hash": spec_hash, "batch": batch,
-            "scenario": scenario, "sweep": sweep,
-            "median_a_s": _median_of(ok_a, "step_stats", "median_s"),
-            "median_b_s": _median_of(ok_b, "step_stats", "median_s"),
-            "peak_a_bytes": _median_of(ok_a, "memory", "peak_bytes"),
-            "peak_b_bytes": _median_of(ok_b, "memory", "peak_bytes"),
+            "impl": impl, "spec_name": ra[0].identity.spec_name, "spec_hash": spec_hash, "batch": batch,
+            "scenario": scenario, "sweep": sweep, "precision": precision,
+            "median_a_s": _median_of(r.median_step_s for r in ok_a),
+            "median_b_s": _median_of(r.median_step_s for r in ok_b),
+            "peak_a_bytes": _median_of(r.memory.peak_bytes for r in ok_a if r.memory),
+            "peak_b_bytes": _median_of(r.memory.peak_bytes for r in ok_b if r.memory),
             "ratio": math.nan, "ratio_ci_low": math.nan, "ratio_ci_high": math.nan, "p_value": math.nan,
             "significant": False, "samples": "none", "n_a": 0, "n_b": 0, "memory_ratio": math.nan,
             "regression": False, "improvement": False, "new_failure": bool(ok_a) and not ok_b, "note": "",
@@ -115,7 +111,7 @@ def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alph
             res["memory_ratio"] = res["peak_b_bytes"] / res["peak_a_bytes"]
         if not ok_a or not ok_b:
             res["status"] = "failed in both" if not ok_a and not ok_b else "failed in A" if not ok_a else "failed in B"
-            kinds = {r.get("failure_kind") for r in (ra if not ok_a else rb) if row_status(r) != "ok"}
+            kinds = {r.outcome.failure_kind for r in (ra if not ok_a else rb) if row_status(r) != "ok"}
             res["note"] = "failure kind: " + ", ".join(sorted(str(k) for k in kinds))
             out.append(res)
             continue
@@ -143,9 +139,10 @@ def compare_runs(run_a_rows: Any, run_b_rows: Any, threshold: float = 0.05, alph
     return out
 
 
-def _as_rows(x: Any) -> list[dict]:
-    if isinstance(x, list) and all(isinstance(r, dict) for r in x):
-        return x
+def _as_rows(x: Any) -> list[Row]:
+    """Typed rows through the one loader, whether given rows, paths or run ids."""
+    if isinstance(x, list) and all(isinstance(r, Mapping) for r in x):
+        return [parse_row(r) for r in x]
     return load_rows(x)
 
 

@@ -47,7 +47,7 @@ def test_injected_leak_in_a_main_command_sized_cell_is_confirmed(tmp_path):
 
 
 def test_injected_leak_without_confirmation_is_not_confirmed(tmp_path):
-    row = run_cell(tmp_path, "NumpyVAE", 3, 32, 60, inject_leak_bytes=256 * KIB, extra={"confirm": "off"})
+    row = run_cell(tmp_path, "NumpyVAE", 3, 32, 60, inject_leak_bytes=256 * KIB, confirm="off")
     leak = row["leak"]
     assert leak["verdict"] == "leak" and leak["confirmed"] is None and leak["confirmation"] is None
     assert leak["label"] == "leak (not confirmed)"
@@ -66,7 +66,7 @@ def test_plugin_keeping_a_numpy_copy_is_never_no_leak(tmp_path, steps):
 
 @pytest.mark.parametrize("kmer, batch", [(3, 32), (7, 512)])
 def test_clean_adapter_is_never_a_confirmed_leak(tmp_path, kmer, batch):
-    row = run_cell(tmp_path, "NumpyVAE", kmer, batch, 30, extra={"confirm": "on"}, time_budget_s=10.0)
+    row = run_cell(tmp_path, "NumpyVAE", kmer, batch, 30, confirm="on", time_budget_s=10.0)
     leak = row["leak"]
     assert leak["label"] != "leak (confirmed)", leak["reason"]
     assert leak["confirmation"] is not None and leak["confirmation"]["signals"] == []
@@ -91,6 +91,6 @@ def test_confirm_flag_on_the_command_line_reaches_the_row(tmp_path):
 def test_the_time_cap_never_cuts_a_confirmation_below_its_floor(tmp_path):
     from harness.run.confirm import MIN_STEPS_BEFORE_CAP
 
-    row = run_cell(tmp_path, "NumpyVAE", 3, 32, 60, inject_leak_bytes=256 * KIB, extra={"confirm_max_s": 0.0})
+    row = run_cell(tmp_path, "NumpyVAE", 3, 32, 60, inject_leak_bytes=256 * KIB, confirm_max_s=0.0)
     conf = row["leak"]["confirmation"]
     assert conf["steps"] == MIN_STEPS_BEFORE_CAP and conf["stopped_by"], conf

@@ -72,7 +72,7 @@ def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
     extra = {"confirm_max_s": CONFIRM_MAX_S_BY_SCENARIO.get(name, CONFIRM_MAX_S)}
     if SCENARIOS[name].expected_cause == "compilation":
         extra["heap_steps"] = HEAP_STEPS_WHEN_COMPILING
-    row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400, extra=extra), {})
+    row = run_one(Cell(impl, spec, k, batch, steps=steps, scenario=name, timeout_s=400, **extra), {})
     assert row["status"] == "ok", (row["failure_kind"], row["failure_message"], row["stderr_tail"][-5:])
     leak = row["leak"]
     sc = SCENARIOS[name]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from harness.diagnose.evidence import leak_label
 from harness.diagnose.failures import Failure, classify
 from harness.measure.fingerprint import machine_fingerprint
 from harness.measure.peak import mfu_fields
+from harness.row import DEFAULT_LAUNCHER, DEFAULT_PRECISION
 from harness.run.compile_cache import cache_dir, compile_cache_env
 from harness.run.launch import run_worker
 from harness.run.peak import measured_peak
@@ -34,6 +35,12 @@ from harness.store import DONE_STATUSES, ResultStore, cell_key
 DEFAULT_TIMEOUT_S = 900.0
 #: a matrix budget never gives a cell less than this
 MIN_CELL_BUDGET_S = 5.0
+
+
+#: the worker's schedule and loop options a cell may set; each is part of the cell's identity when set
+#: (None leaves the worker's default, and the key as it was before the option existed)
+TASK_OPTIONS = ("warmup_steps", "steps_per_window", "heap_steps", "shared_init", "sweep", "loop", "confirm",
+                "confirm_steps", "confirm_max_s")
 
 
 @dataclass
@@ -50,17 +57,37 @@ class Cell:
     columns: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     heap: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the numeric precision the cell trains in (``harness.row.PRECISIONS``); float32 is the only one
+    #: the builds train in today, so it joins the key only when it is another (old keys stay valid)
+    precision: str = DEFAULT_PRECISION
+    #: the worker's schedule overrides (``CellTask``): a max-batch sweep probe sets the first five
+    warmup_steps: int | None = None
+    steps_per_window: int | None = None
+    heap_steps: int | None = None
+    shared_init: bool | None = None
+    sweep: bool | None = None
+    #: the training loop to time (Keras: "fit" or "train_on_batch"); None is the build's default
+    loop: str | None = None
+    #: the leak confirmation (``harness.run.confirm``): its mode, steps and time cap; None is the default
+    confirm: str | None = None
+    confirm_steps: int | None = None
+    confirm_max_s: float | None = None
     #: seconds this cell may spend (set by ``run_matrix`` from a matrix budget); not part of its identity
     time_budget_s: float | None = None
     #: the run's shared compilation cache (set by ``run_matrix``); not part of the cell's identity
     compile_cache: Path | None = None
 
+    def options(self) -> dict[str, Any]:
+        """The task options this cell sets (not None), by name."""
+        return {name: getattr(self, name) for name in TASK_OPTIONS if getattr(self, name) is not None}
+
     @property
     def key(self) -> str:
-        return cell_key(self.impl, self.spec.hash, self.batch, self.repeat, self.steps,
-                        {"scenario": self.scenario, "leak": self.inject_leak_bytes, "data": self.data,
-                         "columns": self.columns, **self.extra})
+        ident = {"scenario": self.scenario, "leak": self.inject_leak_bytes, "data": self.data,
+                 "columns": self.columns, **self.options()}
+        if self.precision != DEFAULT_PRECISION:
+            ident["precision"] = self.precision
+        return cell_key(self.impl, self.spec.hash, self.batch, self.repeat, self.steps, ident)
 
     @property
     def label(self) -> str:
@@ -68,10 +95,10 @@ class Cell:
         return f"{impl_label(self.impl)} {self.spec.name} k={self.kmer} b={self.batch} r{self.repeat}{extra}"
 
     def task(self) -> CellTask:
-        """The worker's task; ``extra`` holds further ``CellTask`` fields (an unknown one is a TypeError)."""
+        """The worker's task: the cell's fields, and the options it sets."""
         return CellTask(spec=self.spec.to_dict(), kmer=self.kmer, batch=self.batch, steps=self.steps,
                         scenario=self.scenario, inject_leak_bytes=self.inject_leak_bytes, data=self.data,
-                        columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s, **self.extra)
+                        columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s, **self.options())
 
 
 def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int | None, batches: list[int], repeats: int = 1,
@@ -176,6 +203,7 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
         "cell_key": cell.key, "impl": cell.impl, "row": impl_label(cell.impl), "spec_name": cell.spec.name,
         "spec_hash": cell.spec.hash, "kmer": cell.kmer, "input_length": cell.spec.input_length,
         "batch": cell.batch, "repeat": cell.repeat, "steps": cell.steps, "scenario": cell.scenario,
+        "precision": cell.precision, "launcher": DEFAULT_LAUNCHER,
         "inject_leak_bytes": cell.inject_leak_bytes, "data": cell.data, "columns": cell.columns,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
         "settings": cell.spec.to_dict()["settings"],

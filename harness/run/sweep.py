@@ -97,7 +97,7 @@ def sweep_impl(impl: str, spec, kmer: int, store: ResultStore, fingerprint: dict
 
     def probe(batch: int) -> str:
         cell = Cell(impl, spec, kmer, batch, steps=PROBE_STEPS, timeout_s=timeout_s, heap="off",
-                    extra={"warmup_steps": 1, "steps_per_window": 1, "shared_init": False, "sweep": True})
+                    warmup_steps=1, steps_per_window=1, shared_init=False, sweep=True)
         row = run_one(cell, fingerprint, preflight, memory_limit_bytes)
         outcome = "ok" if row["status"] == "ok" else row["failure_kind"]
         row["sweep"] = {"impl": impl, "probe_batch": batch, "outcome": outcome}

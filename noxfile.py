@@ -1,6 +1,7 @@
 """nox sessions: the only entry points a fresh machine needs (Python and nox).
 
-* ``nox -s tests``             - the test suite, CPU builds of every framework.
+* ``nox -s tests``             - the test suite, CPU builds of every framework
+                                 (``-- --cuda`` on a GPU machine: CUDA builds, GPU tests run).
 * ``nox -s bench -- --kmer 7`` - the default matrix and its report.
 * ``nox -s report``            - rebuild reports from stored results.
 * ``nox -s lint``              - ruff and the import-linter layering contract (``tests`` runs both first).
@@ -65,17 +66,25 @@ def run_linters(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    install(session, cuda=False)
+    """The suite on CPU builds; ``nox -s tests -- --cuda`` installs the CUDA builds and leaves the GPU visible,
+    so the GPU tests (skipped on a CPU) run on a GPU machine. Other arguments go to pytest."""
+    args = list(session.posargs)
+    cuda = "--cuda" in args
+    args = [a for a in args if a != "--cuda"]
+    if cuda and not has_nvidia_gpu():
+        session.error("--cuda: no NVIDIA GPU answers nvidia-smi here; run the CPU suite without it")
+    install(session, cuda=cuda)
     session.install(*LINTERS)
     run_linters(session)
-    if session.posargs:
-        session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env=TEST_ENV)
+    env = {k: v for k, v in TEST_ENV.items() if not (cuda and k == "CUDA_VISIBLE_DEVICES")}
+    if args:
+        session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, env=env)
         return
     # two workers: most tests wait on worker processes that import a framework; the tests that compare
     # two step times run afterwards, alone, so that the other worker's test does not load the cores
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--durations=12",
-                "-m", "not timing", env=TEST_ENV)
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "timing", env=TEST_ENV)
+                "-m", "not timing", env=env)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "timing", env=env)
 
 
 @nox.session(python=PYTHON)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.browser import INSTALL_HINT, find_chromium
 
 from harness.measure.stats import summarize_steps
 from harness.store import load_rows
@@ -366,9 +367,9 @@ def test_compare_matches_cells_and_flags_new_failures():
 
 
 def test_html_renders_in_headless_chromium(built, tmp_path):
-    browser = "/usr/bin/chromium"
-    if not Path(browser).exists():
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium): HTML not rendered in a browser")
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip(f"{INSTALL_HINT}: HTML not rendered in a browser")
     page = built / "report.html"
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",

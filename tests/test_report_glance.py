@@ -11,12 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures.browser import INSTALL_HINT, find_chromium
 from test_report import failed_row, ok_row, write_jsonl
 
 from reports.build import build_report
 from reports.plots import IMPL_PALETTE, impl_colors
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = find_chromium()
 SKIP_MESSAGE = "would need 30.2 GB of 24.5 GB cpu memory"
 
 #: appended to a copy of the page: writes where the answer and the summary figure start, and how wide the page
@@ -58,7 +59,7 @@ def all_skip_one_preset_run() -> list[dict]:
 def _chromium_layout(page: Path, tmp: Path) -> dict:
     probe_page = tmp / "probe.html"
     probe_page.write_text(page.read_text().replace("</body>", _PROBE + "\n</body>"))
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}",
            "--window-size=1280,800", "--virtual-time-budget=5000", "--dump-dom", probe_page.as_uri()]
@@ -70,8 +71,8 @@ def _chromium_layout(page: Path, tmp: Path) -> dict:
 
 
 def test_answer_and_summary_figure_on_the_first_screen_without_horizontal_scroll(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium): layout not checked")
+    if CHROMIUM is None:
+        pytest.skip(f"{INSTALL_HINT}: layout not checked")
     results = write_jsonl(tmp_path / "20261123-170000-abcdef.jsonl", multi_batch_run())
     out = build_report([results], out_root=tmp_path / "out")
     md = (out / "report.md").read_text()

@@ -100,10 +100,10 @@ def _store(args: argparse.Namespace):
 
 def _exit_status(store, keys: set[str]) -> int:
     """1 when any of this invocation's cells (``keys``) ended failed (its latest row), else 0."""
-    failed = [r for r in store.latest_rows() if r.get("cell_key") in keys and r.get("status") == "failed"]
+    failed = [r for r in store.latest_rows() if r.identity.cell_key in keys and r.status == "failed"]
     if not failed:
         return 0
-    kinds = sorted({str(r.get("failure_kind")) for r in failed})
+    kinds = sorted({str(r.outcome.failure_kind) for r in failed})
     print(f"vaebench: {len(failed)} of {len(keys)} cells failed ({', '.join(kinds)}); "
           f"rerun them with --resume --run-id {store.run_id}", file=sys.stderr)
     return 1

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.diagnose.evidence import leak_label
+from harness.row import parse_row
 from harness.spec.schema import canonical_kmer_count
 
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -73,25 +74,28 @@ def print_parity(reports) -> None:
 
 
 def print_rows(rows) -> None:
-    """The run's rows as one table: what a user reads right after ``bench run``."""
+    """The run's rows as one table: what a user reads right after ``bench run``. Rows are read typed
+    (``harness.row``), so a failed row, which has no step statistics, cannot be misread as an ok one."""
     table = Table(title="results")
     for col in ("impl", "spec", "batch", "r", "status", "compile s", "median step ms", "IQR ms", "samples/s",
-                "peak mem MiB", "anon slope B/batch", "leak"):
+                "peak mem MiB", "anon slope B/batch", "leak", "J/step"):
         table.add_column(col)
-    for r in rows:
-        if r.get("status") != "ok":
-            table.add_row(r["row"], r["spec_name"], str(r["batch"]), str(r["repeat"]),
-                          f"[red]{r['failure_kind']}[/red]", "", "", "", "", "", "", r.get("failure_message", "")[:60])
+    typed = [parse_row(r) for r in rows]
+    for r in typed:
+        ident = r.identity
+        head = (r.label, str(ident.spec_name), str(ident.batch), str(ident.repeat))
+        st, mem, leak = r.timing.step_stats, r.memory, r.leak
+        if not r.ok or st is None or mem is None or leak is None:
+            table.add_row(*head, f"[red]{r.outcome.failure_kind or r.status}[/red]", "", "", "", "", "", "",
+                          str(r.outcome.failure_message or "")[:60], "")
             continue
-        st = r["step_stats"]
-        lk = r["leak"]
-        mem = r["memory"]["peak_bytes"]
-        mem_txt = f"{mem / 2**20:.0f}" + ("*" if r["memory"].get("cpu_standin") else "")
-        table.add_row(r["row"], r["spec_name"], str(r["batch"]), str(r["repeat"]), "ok",
-                      f"{r['compile_s']:.2f}", f"{st['median_s'] * 1e3:.2f}", f"{st['iqr_s'] * 1e3:.2f}",
-                      f"{st['samples_per_s']:.0f}", mem_txt, f"{lk['slope_bytes_per_batch']:,.0f}", leak_label(lk))
+        mem_txt = f"{mem.peak_bytes / 2**20:.0f}" + ("*" if mem.cpu_standin else "") if mem.peak_bytes else "-"
+        energy = f"{r.energy.joules_per_step:.3g}" if r.energy and r.energy.joules_per_step is not None else "-"
+        table.add_row(*head, "ok", f"{r.compile.compile_s:.2f}", f"{st.median_s * 1e3:.2f}", f"{st.iqr_s * 1e3:.2f}",
+                      f"{st.samples_per_s:.0f}", mem_txt, f"{leak.slope_bytes_per_batch or 0:,.0f}",
+                      leak_label(r["leak"]), energy)
     console.print(table)
-    if any(r.get("status") == "ok" and r["memory"].get("cpu_standin") for r in rows):
+    if any(r.ok and r.memory and r.memory.cpu_standin for r in typed):
         console.print("* peak RSS (VmHWM) stands in for device memory on CPU")
 
 

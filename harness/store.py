@@ -242,8 +242,8 @@ class ResultStore:
     def done_keys(self, keep_failed: bool = False) -> set[str]:
         """Cell keys ``--resume`` skips: those whose latest row is ok or skipped; with
         ``keep_failed``, every cell that has a row (failed cells are not run again)."""
-        return {r["cell_key"] for r in self.latest_rows()
-                if "cell_key" in r and (keep_failed or r.get("status") in DONE_STATUSES)}
+        return {r.identity.cell_key for r in self.latest_rows()
+                if r.identity.cell_key and (keep_failed or r.status in DONE_STATUSES)}
 
 
 def _holder_pid(fd: int) -> int | None:

@@ -123,6 +123,12 @@ class ImplCell:
     train_loop: str | None = None
     #: whether every ok repeat's compile step loaded its executable from the run's cache (None: cannot tell)
     compile_cached: bool | None = None
+    #: energy over the steady phase (``harness.measure.energy``): joules a step and samples a joule, the median
+    #: over repeats; None with ``energy_absent`` saying why where nothing measured it (no NVML, no RAPL, old rows)
+    joules_per_step: float | None = None
+    samples_per_joule: float | None = None
+    energy_source: str | None = None
+    energy_absent: str = ""
 
     @property
     def eligible(self) -> bool:
@@ -165,6 +171,7 @@ def summarize_impl(rows: list[Row | dict[str, Any]]) -> ImplCell:
     if ok:
         _timing(cell, ok)
         _memory_and_leak(cell, ok)
+        _energy(cell, ok)
     cell.preflight_estimate = median_of((r.preflight or {}).get("estimate_bytes") for r in typed)
     return cell
 
@@ -208,6 +215,18 @@ def _memory_and_leak(cell: ImplCell, ok: list[Row]) -> None:
     cell.slope_ci_high = num(leak.get("slope_ci_high"))
     cell.leak_reason = str(leak.get("reason") or "")
     cell.leak_cause = leak.get("cause") or {}
+
+
+def _energy(cell: ImplCell, ok: list[Row]) -> None:
+    """Joules a step where every ok repeat measured them; else the first repeat's reason there is none."""
+    energies = [r.energy for r in ok]
+    if energies and all(e is not None and e.joules_per_step is not None for e in energies):
+        cell.joules_per_step = median_of(e.joules_per_step for e in energies)
+        cell.samples_per_joule = median_of(e.samples_per_joule for e in energies)
+        cell.energy_source = energies[0].source
+    else:
+        cell.energy_absent = next((e.absent_reason for e in energies if e is not None and e.absent_reason),
+                                  "not measured")
 
 
 def _row_mfu(row: Row) -> float | None:

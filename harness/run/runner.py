@@ -136,7 +136,7 @@ class ResumePlan:
 def plan_resume(cells: list[Cell], store: ResultStore, keep_failed: bool = False) -> ResumePlan:
     """Split ``cells`` by their latest row in ``store``: ok or skipped is done; failed runs again
     (or counts as done with ``keep_failed``); no row yet runs."""
-    latest = {r["cell_key"]: r.get("status") for r in store.latest_rows() if "cell_key" in r}
+    latest = {r.identity.cell_key: r.status for r in store.latest_rows() if r.identity.cell_key}
     done = store.done_keys(keep_failed=keep_failed)
     todo = [c for c in cells if c.key not in done]
     failed = [c for c in cells if c.key in latest and latest[c.key] not in DONE_STATUSES]

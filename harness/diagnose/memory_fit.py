@@ -39,6 +39,7 @@ import numpy as np
 from harness.diagnose.memory import MODEL, estimate_memory, fitted_bytes
 from harness.diagnose.preflight import tensor_table
 from harness.measure.host_peak import STANDIN_METHOD, held_bytes
+from harness.row import Memory, Row, parse_row
 from harness.spec.presets import resolve_spec
 from harness.spec.schema import canonical_kmer_count
 
@@ -50,54 +51,59 @@ class FitError(ValueError):
     """The rows cannot be fitted; the message is one line for the user."""
 
 
-def measured_peak(row: dict[str, Any]) -> tuple[int | None, str]:
+def measured_peak(row: Row | dict[str, Any]) -> tuple[int | None, str]:
     """(bytes, how) for one row; (None, why not) where the row has no usable measured peak."""
-    m = row.get("memory") or {}
-    dev = m.get("device") or {}
-    if dev.get("peak_bytes"):
-        return int(dev["peak_bytes"]), "allocator peak"
-    if m.get("standin_method", 1) >= STANDIN_METHOD:
-        if m.get("peak_floor_applied"):
+    row = parse_row(row)
+    m = row.memory or Memory()
+    extra = m.rest
+    if (m.device or {}).get("peak_bytes"):
+        return int(m.device["peak_bytes"]), "allocator peak"
+    if extra.get("standin_method", 1) >= STANDIN_METHOD:
+        if extra.get("peak_floor_applied"):
             return None, "the floor applied: a bound, not a measurement"
-        v = m.get("peak_bytes")
+        v = m.peak_bytes
         return (int(v), "CPU stand-in peak RSS") if isinstance(v, (int, float)) and v > 0 else (None, "no peak")
-    files = (row.get("host") or {}).get("rss_file") or []
-    need = ("peak_rss_bytes", "import_anon_bytes")
-    if not files or any(not isinstance(m.get(k), (int, float)) for k in need) or not row.get("kmer"):
+    files = (row.host.rss_file if row.host else None) or []
+    ident = row.identity
+    if not files or not isinstance(m.peak_rss_bytes, (int, float)) or not isinstance(m.import_anon_bytes, (int, float)) \
+            or not ident.kmer:
         return None, "no peak fields"
     # every CPU row so far ran the memory phase (one batch in hand); without it, a window of one is assumed
-    held = held_bytes(int(row["batch"]), canonical_kmer_count(int(row["kmer"])), int(m.get("memory_phase_steps") or 0),
-                      1, memmap=bool(row.get("data")))
-    v = int(m["peak_rss_bytes"]) - int(m["import_anon_bytes"]) - int(files[-1]) - held
+    held = held_bytes(int(ident.batch), canonical_kmer_count(int(ident.kmer)), int(extra.get("memory_phase_steps") or 0),
+                      1, memmap=bool(ident.data))
+    v = int(m.peak_rss_bytes) - int(m.import_anon_bytes) - int(files[-1]) - held
     return (v, "CPU stand-in recomputed from a method-1 row") if v > 0 else (None, "recomputed peak not positive")
 
 
-def framework_free_terms(row: dict[str, Any]) -> tuple[int, int] | None:
+def framework_free_terms(row: Row | dict[str, Any]) -> tuple[int, int] | None:
     """(state_bytes, activation_bytes) of the row's cell from the current arithmetic, else from the row."""
+    row = parse_row(row)
+    ident = row.identity
     try:
-        spec = resolve_spec(str(row["spec_name"]), kmer=int(row["kmer"]))
-        if not row.get("spec_hash") or spec.hash == row["spec_hash"]:
-            est = estimate_memory(tensor_table(spec, int(row["batch"])))
+        spec = resolve_spec(str(ident.spec_name), kmer=int(ident.kmer))
+        if not ident.spec_hash or spec.hash == ident.spec_hash:
+            est = estimate_memory(tensor_table(spec, int(ident.batch)))
             return est.state_bytes, est.activation_bytes
     except Exception:  # noqa: BLE001 - a spec file no longer at hand: fall back to the row's figures
         pass
-    e = (row.get("preflight") or {}).get("estimate") or {}
+    e = (row.preflight or {}).get("estimate") or {}
     if isinstance(e.get("state_bytes"), (int, float)) and isinstance(e.get("activation_bytes"), (int, float)):
         return int(e["state_bytes"]), int(e["activation_bytes"])
     return None
 
 
-def cells_from_rows(rows: Iterable[dict[str, Any]], run_id: str | None = None,
+def cells_from_rows(rows: Iterable[Row | dict[str, Any]], run_id: str | None = None,
                     device: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The fit's cells, and one line for each row left out."""
+    """The fit's cells, and one line for each row left out; rows are read typed (``harness.row``)."""
     cells, skipped = [], []
-    for r in rows:
-        if run_id and r.get("run_id") != run_id:
+    for r in map(parse_row, rows):
+        ident, kind = r.identity, r.build.device_kind
+        if run_id and ident.run_id != run_id:
             continue
-        if device and r.get("device_kind") != device:
+        if device and kind != device:
             continue
-        label = f"{r.get('impl')} {r.get('spec_name')} k={r.get('kmer')} b={r.get('batch')}"
-        if r.get("status") != "ok" or r.get("scenario") or r.get("inject_leak_bytes"):
+        label = f"{ident.impl} {ident.spec_name} k={ident.kmer} b={ident.batch}"
+        if not r.ok or ident.scenario or ident.inject_leak_bytes:
             skipped.append(f"{label}: not a plain ok training cell")
             continue
         meas, how = measured_peak(r)
@@ -105,14 +111,14 @@ def cells_from_rows(rows: Iterable[dict[str, Any]], run_id: str | None = None,
         if meas is None or terms is None:
             skipped.append(f"{label}: {how if meas is None else 'no estimate terms'}")
             continue
-        fp = r.get("fingerprint") or {}
+        fp = r.fingerprint or {}
         gpus = fp.get("gpus") or []
         cells.append({
-            "impl": r["impl"], "device": r.get("device_kind") or ("gpu" if gpus else "cpu"),
-            "device_name": gpus[0].get("name") if gpus and r.get("device_kind") == "gpu" else fp.get("cpu_model"),
-            "spec": r.get("spec_name"), "kmer": r.get("kmer"), "batch": r.get("batch"), "run_id": r.get("run_id"),
+            "impl": ident.impl, "device": kind or ("gpu" if gpus else "cpu"),
+            "device_name": gpus[0].get("name") if gpus and kind == "gpu" else fp.get("cpu_model"),
+            "spec": ident.spec_name, "kmer": ident.kmer, "batch": ident.batch, "run_id": ident.run_id,
             "measured_bytes": meas, "measured_source": how, "state_bytes": terms[0], "activation_bytes": terms[1],
-            "versions": r.get("versions") or {}, "git_commit": fp.get("git_commit"),
+            "versions": r.build.versions or {}, "git_commit": fp.get("git_commit"),
         })
     return cells, skipped
 

@@ -358,6 +358,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="the untimed leak confirmation phase: where the steady verdict is pending (auto, the "
                         "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
     p.add_argument("--no-peak", action="store_true",
-                   help="skip measuring the matmul peak (a few seconds, cached per results dir): rows get no MFU")
+                   help="skip the matmul peak (each installed framework timed once per machine, then cached): rows get no MFU")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the new rows as JSON")

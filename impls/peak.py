@@ -1,8 +1,9 @@
-"""The float32 matmul rate of the cells' device, measured in a worker (``PeakTask``).
+"""The float32 matmul rate of one framework on the cells' device, measured in a worker (``PeakTask``).
 
-``harness.run.worker`` imports this module by name for a ``PeakTask``; the method, the cache and
-MFU are described in ``harness.measure.peak``. PyTorch measures where it is installed, JAX
-otherwise; each framework is imported inside its function, so a worker loads only the one it uses.
+``harness.run.worker`` imports this module by name for a ``PeakTask``; the parent starts one worker
+per installed framework (``task.framework``: torch, jax or tensorflow) and keeps the best rate as the
+MFU peak; the method, the cache and MFU are described in ``harness.measure.peak``. Each framework is
+imported inside its own class, so a worker loads only the one it times.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import statistics
 import time
 from typing import Any, Callable
 
-from harness.measure.peak import CPU_REPEATS, CPU_SIZE, CPU_TARGET_S, GPU_REPEATS, GPU_SIZE, cpu_model
+from harness.measure.peak import CPU_REPEATS, CPU_SIZE, CPU_TARGET_S, DTYPE, GPU_REPEATS, GPU_SIZE, cpu_model
 from harness.run.task import PeakTask
 
 WARMUP = 3
@@ -27,12 +28,12 @@ def measure_matmul_peak(task: PeakTask) -> dict[str, Any]:
         raise ValueError(f"device must be gpu, cpu or auto, got {task.device!r}")
     if (task.size is not None and task.size <= 0) or (task.repeats is not None and task.repeats <= 0):
         raise ValueError(f"size and repeats must be positive, got {task.size!r} and {task.repeats!r}")
-    if importlib.util.find_spec("torch") is not None:
-        bench = _TorchMatmul(task.device)
-    elif importlib.util.find_spec("jax") is not None:
-        bench = _JaxMatmul(task.device)
-    else:
-        raise ModuleNotFoundError("measuring the matmul peak needs torch or jax; neither is installed")
+    name = task.framework or next((n for n in BENCHES if importlib.util.find_spec(n) is not None), None)
+    if name is None:
+        raise ModuleNotFoundError(f"measuring the matmul peak needs one of {', '.join(BENCHES)}; none is installed")
+    if name not in BENCHES:
+        raise ValueError(f"framework must be one of {', '.join(BENCHES)}, got {name!r}")
+    bench = BENCHES[name](task.device)
     note = None
     if task.device == "gpu" and not bench.on_gpu:
         note = f"a GPU was asked for but {bench.framework.split()[0]} sees none; measured on the CPU"
@@ -45,12 +46,12 @@ def measure_matmul_peak(task: PeakTask) -> dict[str, Any]:
         **_rate(size, seconds),
         "device": bench.device_name,
         "device_kind": "gpu" if on_gpu else "cpu",
-        "dtype": "float32",
+        "dtype": DTYPE,
         "tf32": tf32,
         "size": size,
         "framework": bench.framework,
         "threads": bench.threads,
-        "method": (f"{bench.framework.split()[0]} {size}x{size} float32 A@B, 2n^3 FLOPs over the median of "
+        "method": (f"{bench.framework.split()[0]} {size}x{size} {DTYPE} A@B, 2n^3 FLOPs over the median of "
                    f"{repeats} synchronised wall-clock timings after {WARMUP} warm-up products, TF32 "
                    f"{'on' if tf32 else 'off'}"),
     }
@@ -151,3 +152,39 @@ class _JaxMatmul(_Matmul):
         b = jax.device_put(jax.random.normal(k2, (size, size), jnp.float32), self.dev)
         f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
         return (lambda: f(a, b)), (lambda out: out.block_until_ready())
+
+
+class _TensorFlowMatmul(_Matmul):
+    def __init__(self, device: str) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        gpus = [] if device == "cpu" else tf.config.list_logical_devices("GPU")
+        self.on_gpu = bool(gpus)
+        self.dev = gpus[0].name if gpus else "/CPU:0"
+        self.framework = f"tensorflow {tf.__version__}"
+        self.device_name = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+                            .get("device_name", "GPU") if self.on_gpu else f"CPU: {cpu_model()}")
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        self.threads = None if self.on_gpu else (intra or len(os.sched_getaffinity(0)))
+
+    def product(self, size: int, tf32: bool):
+        tf = self.tf
+        # the switch the keras-tensorflow cell sets (impls/keras_backend.py); NVIDIA_TF32_OVERRIDE=0 as well
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        with tf.device(self.dev):
+            g = tf.random.Generator.from_seed(0)
+            a = g.normal((size, size), dtype=tf.float32)
+            b = g.normal((size, size), dtype=tf.float32)
+        f = tf.function(lambda x, y: tf.linalg.matmul(x, y))  # a traced graph, not an op dispatched eagerly
+
+        def run():
+            with tf.device(self.dev):
+                return f(a, b)
+
+        # reading one element back waits for the product without copying it to the host
+        return run, lambda out: out[0, 0].numpy()
+
+
+#: the framework each ``PeakTask.framework`` names, in the order a task without one tries them
+BENCHES: dict[str, type[_Matmul]] = {"torch": _TorchMatmul, "jax": _JaxMatmul, "tensorflow": _TensorFlowMatmul}

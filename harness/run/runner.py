@@ -158,15 +158,15 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
     left divided by the runnable cells still to come, so time a fast cell leaves over
     goes to the slow ones after it.
 
-    ``peak``: measure the device's matmul peak once for the run (cached in the results dir,
-    ``harness.run.peak``) and put it in the fingerprint, so every row carries its MFU.
+    ``peak``: the device's matmul peak, the best among the installed frameworks (measured once per
+    machine and cached, ``harness.run.peak``), put in the fingerprint, so every row carries its MFU.
     Every cell shares the run's compilation cache (``harness.run.compile_cache``).
     """
     with store.writing():
         todo = plan_resume(cells, store, keep_failed).todo if resume else list(cells)
         fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
         if peak and cells and todo:
-            fingerprint["matmul_peak"] = measured_peak(store.root, cells[0].spec.settings,
+            fingerprint["matmul_peak"] = measured_peak(cells[0].spec.settings,
                                                        "gpu" if fingerprint.get("gpus") else "cpu")
         shared_cache = cache_dir(store.root, store.run_id)
         for cell in todo:

@@ -135,6 +135,8 @@ class PeakTask(Task):
     tf32: bool = False
     #: "gpu", "cpu" or "auto" (a GPU when the framework sees one, as the cells do)
     device: str = "auto"
+    #: the framework whose matmul to time ("torch", "jax", "tensorflow"); None: the first one installed
+    framework: str | None = None
 
 
 @dataclass(kw_only=True)

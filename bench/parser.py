@@ -40,7 +40,7 @@ def checked_impls(text: str | None) -> list[str]:
     importing a framework: a bad one is one line and exit 2, not a worker and a failed row."""
     from pathlib import Path
 
-    from harness.adapter import check_plugin
+    from harness.plugin_check import check_plugin
 
     impls = split_list(text, "--impl") if text is not None else list(DEFAULT_IMPLS)
     out: list[str] = []
@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("baseline", help="benchmark: the harness's step times against each framework's textbook loop")
-    p.add_argument("--impl", default="torch", help="comma-separated: torch, flax, keras-jax, keras-torch, keras-tensorflow")
+    p.add_argument("--impl", default="torch",
+                   help=f"comma-separated: {', '.join(n for n, b in BUILTIN.items() if b.baseline)}")
     p.add_argument("--spec", default="dense", help="a fully connected spec (the textbook loops build dense only)")
     p.add_argument("--kmer", type=kmer_arg, default=5)
     p.add_argument("--batch", type=positive_int, default=64)

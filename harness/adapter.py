@@ -3,7 +3,9 @@
 Modelled on AlgoPerf's Workload: the harness only ever talks to this class, so a
 timing loop, a memory probe or a parity check is written once and means the
 same thing for every framework. A user's own VAE plugs in by subclassing
-``VAEAdapter`` and passing ``--impl path/to/file.py:ClassName``.
+``VAEAdapter`` and passing ``--impl path/to/file.py:ClassName``; ``harness.plugin_check``
+judges such a file in the parent, before any worker starts. The built-in impls' records
+live in ``harness.impls_registry`` (``docs/adding-a-framework.md`` adds one).
 
 Contract, in the order the harness calls it:
 
@@ -38,13 +40,13 @@ import importlib
 import importlib.util
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from harness.impls_registry import BUILTIN, BuiltinImpl, impl_env, is_installed, not_installed_message
 from harness.spec.params import ParamCounts
 from harness.spec.schema import VAESpec
 
@@ -185,52 +187,14 @@ def staged_loop(step: Callable[[Any], Any], to_device: Callable[[Any], Any], fee
 
 
 # ------------------------------------------------------------------------- registry
+#
+# The built-in impls' records (``BUILTIN``) live in harness.impls_registry, below this module, so that
+# every layer and the textbook baselines can read them; they are re-exported here, where workers and
+# the command line have always found them.
 
-@dataclass(frozen=True)
-class BuiltinImpl:
-    """One built-in row: where its class lives and what it needs before and at import."""
-
-    name: str
-    module: str
-    cls: str
-    #: the modules it imports; tells "not installed" from other errors without importing them
-    frameworks: tuple[str, ...]
-    #: what to pip install, for the "not installed" message
-    requirement: str
-    #: environment the worker must set before importing anything
-    env: dict[str, str] = field(default_factory=dict)
-
-    def missing(self) -> list[str]:
-        """Framework modules that cannot be found (checked without importing them)."""
-        return [m for m in self.frameworks if importlib.util.find_spec(m) is None]
-
-
-BUILTIN: dict[str, BuiltinImpl] = {b.name: b for b in (
-    BuiltinImpl("torch", "impls.torch_vae", "TorchVAE", ("torch",), "torch==2.13.0"),
-    BuiltinImpl("flax", "impls.flax_vae", "FlaxVAE", ("jax", "flax", "optax"), "jax flax optax"),
-    BuiltinImpl("keras-jax", "impls.keras_vae", "KerasVAE", ("keras", "jax"), "keras jax", {"KERAS_BACKEND": "jax"}),
-    BuiltinImpl("keras-torch", "impls.keras_vae", "KerasVAE", ("keras", "torch"), "keras torch==2.13.0",
-                {"KERAS_BACKEND": "torch"}),
-    BuiltinImpl("keras-tensorflow", "impls.keras_vae", "KerasVAE", ("keras", "tensorflow"),
-                "keras tensorflow-cpu (or tensorflow on a GPU machine)", {"KERAS_BACKEND": "tensorflow"}),
-)}
-
-
-def impl_env(impl: str) -> dict[str, str]:
-    """Environment a worker must set before importing anything for this impl."""
-    return dict(BUILTIN[impl].env) if impl in BUILTIN else {}
-
-
-def is_installed(impl: str) -> bool:
-    """True when every framework module of a built-in row can be found, without importing it."""
-    return impl not in BUILTIN or not BUILTIN[impl].missing()
-
-
-def not_installed_message(impl: str) -> str:
-    builtin = BUILTIN[impl]
-    missing = builtin.missing() or list(builtin.frameworks)
-    return (f"impl {impl!r} needs {', '.join(missing)}, which is not installed; "
-            f"install it with: pip install {builtin.requirement}")
+__all__ = ["BUILTIN", "REPO_ROOT", "BuiltinImpl", "FrameworkMissing", "PluginError", "VAEAdapter", "impl_env",
+           "impl_label", "import_file", "is_installed", "load_adapter_class", "module_bindings",
+           "not_installed_message", "parse_file", "plugin_label", "row_label", "staged_loop"]
 
 
 def import_file(path: Path, prefix: str) -> Any:
@@ -279,110 +243,23 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
     return cls
 
 
-# ------------------------------------------------------------------------- plug-ins
+# ------------------------------------------------------------------------- reading a plug-in's source
 #
-# The parent process imports no framework, yet a bad --impl must fail there, as one line,
-# before any worker starts. A .py file is read and parsed: its syntax tree says whether the
-# name exists and whether a class defined there derives from VAEAdapter. Only what the tree
-# cannot decide (a class imported from elsewhere, a base class from another module, the
-# module:attr form) is imported, in a throwaway interpreter, as a worker would import it.
+# The parent process imports no framework, so what it needs to know about a plug-in file before any
+# worker starts (its row label here, its class and base classes in harness.plugin_check) is read off
+# the file's syntax tree.
 
-#: seconds the throwaway import check may take (a plug-in that imports a framework needs a few);
-#: past it the check gives up and leaves the verdict to the workers
-PLUGIN_CHECK_TIMEOUT_S = 120.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_ABSTRACT = frozenset(VAEAdapter.__abstractmethods__)
-
-_IMPORT_CHECK = r"""
-import sys
-def say(kind, text=""):
-    sys.stdout.write("\nvaebench-check " + kind + " " + " ".join(str(text).split())[:400] + "\n")
-try:
-    from harness.adapter import PluginError, load_adapter_class
-    cls = load_adapter_class(sys.argv[1])
-except PluginError as exc:
-    say("plugin", exc)
-except BaseException as exc:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    say("import", type(exc).__name__ + (": " + first if first else ""))
-else:
-    missing = sorted(getattr(cls, "__abstractmethods__", ()))
-    say("abstract", f"class {cls.__name__} does not implement {', '.join(missing)}") if missing else say("ok")
-"""
-
-
-def check_plugin(impl: str, timeout_s: float = PLUGIN_CHECK_TIMEOUT_S) -> str | None:
-    """None when ``impl`` is a built-in row or names a usable ``VAEAdapter`` subclass, else the
-    one-line error that says what is wrong and how to fix it. Imports no framework."""
-    if impl in BUILTIN:
-        return None
-    if ":" not in impl:
-        return (f"unknown impl {impl!r}; built-in impls are {', '.join(BUILTIN)}, "
-                "or pass path/to/file.py:Class or module:attr")
-    target, attr = impl.rsplit(":", 1)
-    if not target or not attr.isidentifier():
-        return f"--impl {impl!r} is not of the form path/to/file.py:Class or module:attr (Class a Python name)"
-    if target.endswith(".py"):
-        path = Path(target)
-        verdict = _check_file(path, attr, impl)
-        if verdict != "unsure":
-            return verdict
-        return _import_check(f"{path.resolve()}:{attr}", impl, timeout_s)
-    if not all(part.isidentifier() for part in target.split(".")):
-        return (f"--impl {impl!r}: {target!r} is neither a .py file nor a module name such as package.module; "
-                "pass path/to/file.py:Class or module:attr")
-    return _import_check(impl, impl, timeout_s)
-
-
-def _check_file(path: Path, attr: str, impl: str) -> str | None:
-    """The syntax tree's verdict on ``path:attr``: an error line, None (fine) or "unsure"."""
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        return f"impl file {path} {what}; --impl takes path/to/file.py:Class"
-    try:
-        tree = _parse(str(path.resolve()), path.stat().st_mtime_ns)
-    except SyntaxError as exc:
-        return f"impl file {path} does not parse: {exc.msg} at line {exc.lineno}; fix the file"
-    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, null bytes
-        return f"impl file {path} cannot be read as Python source ({exc}); pass a .py file"
-    names = _bindings(tree)
-    if attr not in names:
-        if "*" in names or "__getattr__" in names:
-            return "unsure"  # bound in a way the tree cannot follow
-        classes = [n for n, (node, _) in names.items() if isinstance(node, ast.ClassDef)]
-        listing = f"; it defines {', '.join(classes[:8])}" if classes else "; it defines no class"
-        return f"impl {impl!r}: {path} has no {attr!r} at module level{listing}"
-    node, conditional = names[attr]
-    if conditional or not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign,
-                                            ast.AnnAssign)):
-        return "unsure"  # an import, or a definition under if/try: import it to see
-    if not isinstance(node, ast.ClassDef):
-        value = getattr(node, "value", None)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or isinstance(
-                value, (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set, ast.Lambda, ast.JoinedStr)):
-            return (f"impl {impl!r}: {attr} in {path} is not a class; it must be a subclass of "
-                    "harness.adapter.VAEAdapter")
-        return "unsure"  # an alias or a factory call
-    derives, methods = _derives(node, names, set())
-    if derives == "no":
-        return (f"impl {impl!r}: class {attr} does not derive from harness.adapter.VAEAdapter; "
-                f"write class {attr}(VAEAdapter) with from harness.adapter import VAEAdapter")
-    if derives == "unsure" or not _imports_found(tree):
-        return "unsure"
-    missing = sorted(_ABSTRACT - methods)
-    if missing:
-        return (f"impl {impl!r}: class {attr} does not implement {', '.join(missing)}; "
-                "see the adapter contract in README.md")
-    return None
 
 
 @lru_cache(maxsize=32)
-def _parse(path: str, mtime_ns: int) -> ast.Module:
+def parse_file(path: str, mtime_ns: int) -> ast.Module:
+    """The file's syntax tree, parsed once per path and modification time (checked, then labelled)."""
     with open(path, "rb") as f:
         return ast.parse(f.read(), filename=path)
 
 
-def _bindings(tree: ast.Module) -> dict[str, tuple[ast.AST, bool]]:
+def module_bindings(tree: ast.Module) -> dict[str, tuple[ast.AST, bool]]:
     """Module-level name -> (the statement that binds it last, whether it sits under if/try/with/for)."""
     out: dict[str, tuple[ast.AST, bool]] = {}
 
@@ -408,96 +285,6 @@ def _bindings(tree: ast.Module) -> dict[str, tuple[ast.AST, bool]]:
                     visit(handler.body, True)
     visit(tree.body, False)
     return out
-
-
-def _derives(node: ast.ClassDef, names: dict, seen: set[str]) -> tuple[str, set[str]]:
-    """Whether a class defined in the file derives from VAEAdapter ("yes", "no" or "unsure"), and
-    the names its own body and its in-file base classes define (the methods it implements)."""
-    methods = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    methods |= {t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
-    if node.decorator_list or node.name in seen:
-        return "unsure", methods
-    seen = seen | {node.name}
-    verdicts = []
-    for base in node.bases:
-        if isinstance(base, ast.Name) and base.id == "object" and "object" not in names:
-            verdicts.append("no")
-        elif _names_adapter(base, names):
-            verdicts.append("yes")
-        elif isinstance(base, ast.Name) and isinstance(names.get(base.id, (None,))[0], ast.ClassDef) \
-                and not names[base.id][1]:
-            verdict, inherited = _derives(names[base.id][0], names, seen)
-            verdicts.append(verdict)
-            methods |= inherited
-        else:
-            verdicts.append("unsure")
-    if "yes" in verdicts and "unsure" not in verdicts:
-        return "yes", methods
-    if all(v == "no" for v in verdicts):  # also a class with no base at all
-        return "no", methods
-    return "unsure", methods
-
-
-def _names_adapter(base: ast.expr, names: dict) -> bool:
-    """``VAEAdapter`` imported from harness.adapter, or ``harness.adapter.VAEAdapter`` / ``adapter.VAEAdapter``."""
-    if isinstance(base, ast.Name):
-        node = names.get(base.id, (None,))[0]
-        return isinstance(node, ast.ImportFrom) and node.module == "harness.adapter" and node.level == 0 and any(
-            a.name == "VAEAdapter" and (a.asname or a.name) == base.id for a in node.names)
-    if isinstance(base, ast.Attribute) and base.attr == "VAEAdapter":
-        return ast.unparse(base.value) in ("harness.adapter", "adapter")
-    return False
-
-
-def _imports_found(tree: ast.Module) -> bool:
-    """Every module-level absolute import can be found (without importing it); a relative import
-    cannot work in a file loaded by path, so the import check must judge it."""
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level:
-            return False
-        roots = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-        for root in roots:
-            top = root.split(".")[0]
-            try:
-                if top not in sys.builtin_module_names and importlib.util.find_spec(top) is None:
-                    return False
-            except (ImportError, ValueError):
-                return False
-    return True
-
-
-def _import_check(impl: str, shown: str, timeout_s: float) -> str | None:
-    """Import ``impl`` in a throwaway interpreter started as a worker is (repo root on the path)."""
-    import os
-    import signal
-    import subprocess
-
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, impl], cwd=REPO_ROOT, env=env, text=True,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, errors="replace")
-    except subprocess.TimeoutExpired:
-        return None  # slow, not wrong: the workers will say
-    verdicts = [line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("vaebench-check ")]
-    kind, text = (verdicts[-1] + [""])[:2] if verdicts else ("", "")
-    if kind == "ok":
-        return None
-    if kind == "plugin":  # load_adapter_class's own verdict, about the absolute path handed to it
-        return text.replace(repr(impl), repr(shown)).replace(impl.rsplit(":", 1)[0], shown.rsplit(":", 1)[0])
-    if kind == "import":
-        return f"impl {shown!r} cannot be imported: {text}; fix the module or install what it imports"
-    if kind == "abstract":
-        return f"impl {shown!r}: {text}; see the adapter contract in README.md"
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return f"impl {shown!r} crashed while being imported ({name}); import it in python to see why"
-    return None  # no verdict and no crash (the module exited the interpreter): leave it to the workers
 
 
 # ------------------------------------------------------------------------- row labels
@@ -526,7 +313,7 @@ def impl_label(impl: str) -> str:
     path = Path(target) if target.endswith(".py") else _module_file(target)
     if path is not None:
         try:
-            node = _bindings(_parse(str(path.resolve()), path.stat().st_mtime_ns)).get(attr, (None,))[0]
+            node = module_bindings(parse_file(str(path.resolve()), path.stat().st_mtime_ns)).get(attr, (None,))[0]
         except (OSError, SyntaxError, ValueError):
             node = None
         if isinstance(node, ast.ClassDef):

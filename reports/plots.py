@@ -11,18 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.impls_registry import RecordField
 from reports.cells import ImplCell, nested, row_status
 
 __all__ = ["IMPL_PALETTE", "OUTCOME_COLORS", "impl_colors", "plot_curves", "plot_memory", "plot_rss", "plot_step_times",
            "plot_summary", "plot_sweep"]
 
-#: The one palette of the reports: each built-in impl (``harness.adapter.BUILTIN``) has its colour forever, in
-#: every plot of every run; any other label (a plug-in, "torch (1 ulp)") takes the next free colour of
-#: ``EXTRA_COLORS``, in sorted order of the labels that need one.
-IMPL_PALETTE = {
-    "torch": "#d62728", "flax": "#1f77b4", "keras-jax": "#2ca02c", "keras-torch": "#9467bd",
-    "keras-tensorflow": "#ff7f0e",
-}
+#: The one palette of the reports: each built-in impl has its colour (its record's ``colour``,
+#: ``harness.impls_registry``) forever, in every plot of every run; any other label (a plug-in, "torch (1 ulp)")
+#: takes the next free colour of ``EXTRA_COLORS``, in sorted order of the labels that need one.
+IMPL_PALETTE = RecordField("colour")
 EXTRA_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31",
                 "#843c39", "#7b4173", "#3182bd", "#e6550d")
 

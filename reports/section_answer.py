@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.impls_registry import impl_rank
 from reports.cells import ImplCell
 from reports.document import Doc
 from reports.formatting import join_and, short, slugify
@@ -228,7 +229,7 @@ def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: C
                 "failed and skipped cells marked on the axis by kind; the recommended point ringed",
                 anchor="summary-figure")
     swatches = " ".join(f'<span class="swatch" style="background:{colors[i]}">{i}</span>'
-                        for i in sorted(colors, key=lambda i: (i not in _BUILTIN_ORDER, _order(i), i)))
+                        for i in sorted(colors, key=lambda i: (impl_rank(i), i)))
     if swatches:
         doc.raw_html(f'<p class="note" id="colors">Colours: {swatches}</p>', "")
     if plots:
@@ -237,13 +238,6 @@ def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: C
             if plot_sweep(f"{spec}: outcome per impl and batch", grid, out_dir / rel):
                 doc.img(rel, f"failure map for {spec}: outcome of each sweep probe, impl × batch")
     return [_plain(s) for s in sentences]
-
-
-_BUILTIN_ORDER = ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow")
-
-
-def _order(impl: str) -> int:
-    return _BUILTIN_ORDER.index(impl) if impl in _BUILTIN_ORDER else len(_BUILTIN_ORDER)
 
 
 def _plain(text: str) -> str:

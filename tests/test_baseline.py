@@ -10,13 +10,14 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
 from bench.baselines import BASELINES
 from bench.baselines.common import UnsupportedSpec, check_output, schedule
 from bench.overhead import BaselineError, measure_baseline
-from harness.adapter import is_installed
+from harness.adapter import BUILTIN, is_installed
 from harness.run.launch import run_worker
 from harness.run.schedule import steps_per_window, warmup_steps
 from harness.run.task import BaselineTask, task_from_json
@@ -45,7 +46,7 @@ def test_a_baseline_that_builds_another_model_fails_loudly(tmp_path, monkeypatch
             return {"median_s": 0.001, "window_times_s": [0.001], "params": 12345}
     """))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the worker's path: the repo root, then this
-    monkeypatch.setitem(BASELINES, "torch", "vaebench_wrong_baseline")
+    monkeypatch.setitem(BUILTIN, "torch", replace(BUILTIN["torch"], baseline="vaebench_wrong_baseline"))
     with pytest.raises(BaselineError, match="12,345 trainable parameters.*not the same model"):
         measure_baseline("torch", resolve_spec("dense", kmer=3), 3, 8, steps=4, repeats=1, timeout_s=120)
 

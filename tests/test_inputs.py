@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from bench.parser import UsageError, columns_arg, int_list, split_list
-from harness.adapter import VAEAdapter, check_plugin, impl_label, plugin_label, row_label
+from harness.adapter import VAEAdapter, impl_label, plugin_label, row_label
 from harness.data import BatchSource, DataError, check_rows, parse_columns
 from harness.diagnose.failures import classify, crash_detail
+from harness.plugin_check import check_plugin
 from reports.compare import cells_summary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def test_check_plugin_accepts_every_planted_adapter_without_importing():
 def test_check_plugin_imports_no_framework_in_the_parent(tmp_path):
     """Judging a plug-in that derives from a framework build imports that framework only in a throwaway child."""
     f = write(tmp_path / "m.py", "from impls.torch_vae import TorchVAE\n\nclass Mine(TorchVAE):\n    pass\n")
-    code = ("import sys; from harness.adapter import check_plugin; check_plugin(sys.argv[1]); "
+    code = ("import sys; from harness.plugin_check import check_plugin; check_plugin(sys.argv[1]); "
             "print(sorted(m for m in ('torch', 'jax', 'keras', 'tensorflow', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, f"{f}:Mine"], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)

@@ -15,11 +15,9 @@ Each exposes ``run(spec, kmer, batch, steps, warmup, steps_per_window) -> dict``
 (``harness.run.task.BaselineTask``), in the environment a cell gets.
 """
 
-#: the harness's impl -> the baseline module that trains the same model the textbook way
-BASELINES: dict[str, str] = {
-    "torch": "bench.baselines.torch_loop",
-    "flax": "bench.baselines.jax_loop",
-    "keras-jax": "bench.baselines.keras_fit",
-    "keras-torch": "bench.baselines.keras_fit",
-    "keras-tensorflow": "bench.baselines.keras_fit",
-}
+from harness.impls_registry import RecordField
+
+#: the harness's impl -> the baseline module that trains the same model the textbook way: the ``baseline``
+#: of each impl's record (``harness.impls_registry``). The records are plain data, the one thing about
+#: the builds this package reads; the contract in pyproject.toml keeps the builds themselves away.
+BASELINES = RecordField("baseline")

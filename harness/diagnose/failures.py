@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+from harness.impls_registry import framework_modules, oom_patterns
 
 KINDS = (
     "ok", "device_oom", "host_oom", "int32_overflow", "nan_loss", "compile_error", "timeout",
@@ -37,21 +40,31 @@ _INT32 = re.compile(
     r"illegal memory access|integer overflow|exceeds 2\^31|2147483647",
     re.IGNORECASE,
 )
-_DEVICE_OOM = re.compile(
-    r"CUDA out of memory|OutOfMemoryError|RESOURCE_EXHAUSTED|OOM when allocating|out of memory while trying|"
-    r"CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation|Out of memory allocating",
-    re.IGNORECASE,
-)
-_HOST_OOM = re.compile(
-    r"MemoryError|std::bad_alloc|Cannot allocate memory|DefaultCPUAllocator: can't allocate memory|"
-    r"Unable to allocate|failed to allocate memory",
-    re.IGNORECASE,
-)
+#: out-of-memory messages of no one framework: CUDA's own error names, which any framework on CUDA passes
+#: on, and Python's, the C++ runtime's, the C library's and numpy's; each framework's own are on its impl's
+#: record (``harness.impls_registry``)
+CUDA_OOM = (r"CUDA_ERROR_OUT_OF_MEMORY", r"cudaErrorMemoryAllocation")
+HOST_OOM = (r"MemoryError", r"std::bad_alloc", r"Cannot allocate memory", r"Unable to allocate",
+            r"failed to allocate memory")
+
+
+@lru_cache(maxsize=8)
+def _either(patterns: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(patterns), re.IGNORECASE)
+
+
+def _device_oom() -> re.Pattern:
+    """Device memory exhausted, in the words of CUDA or of any built-in impl's framework."""
+    return _either(oom_patterns("device") + CUDA_OOM)
+
+
+def _host_oom() -> re.Pattern:
+    return _either(HOST_OOM + oom_patterns("host"))
 
 
 def says_out_of_memory(text: str) -> bool:
     """True where an error message reports device or host memory exhausted (probe-int32's ``oom``)."""
-    return bool(_DEVICE_OOM.search(text) or _HOST_OOM.search(text))
+    return bool(_device_oom().search(text) or _host_oom().search(text))
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ def classify(result: dict | None, returncode: int | None, stderr_tail: list[str]
 def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str], timed_out: bool,
               memory_limit_hit: bool, phase: str | None) -> Failure:
     stderr = "\n".join(stderr_tail)
+    device_oom, host_oom = _device_oom(), _host_oom()
     if result is not None and result.get("status") == "ok":
         return Failure("ok", "")  # measured in full, even if the interpreter then hung on exit
     if timed_out:
@@ -99,9 +113,9 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
             return Failure("skipped", message)
         if _INT32.search(text) or _INT32.search(tb):
             return Failure("int32_overflow", text)
-        if _DEVICE_OOM.search(text) or _DEVICE_OOM.search(tb):
+        if device_oom.search(text) or device_oom.search(tb):
             return Failure("device_oom", text)
-        if _HOST_OOM.search(text) or etype == "MemoryError":
+        if host_oom.search(text) or etype == "MemoryError":
             return Failure("host_oom", text)
         if phase in ("build", "compile"):
             return Failure("compile_error", text)
@@ -110,10 +124,10 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
     last = _last_meaningful(stderr_tail)
     if _INT32.search(stderr):
         return Failure("int32_overflow", _matching_line(stderr_tail, _INT32) or last)
-    if _DEVICE_OOM.search(stderr):
-        return Failure("device_oom", _matching_line(stderr_tail, _DEVICE_OOM) or last)
-    if _HOST_OOM.search(stderr):
-        return Failure("host_oom", _matching_line(stderr_tail, _HOST_OOM) or last)
+    if device_oom.search(stderr):
+        return Failure("device_oom", _matching_line(stderr_tail, device_oom) or last)
+    if host_oom.search(stderr):
+        return Failure("host_oom", _matching_line(stderr_tail, host_oom) or last)
     if returncode is not None and returncode < 0:
         import signal
 
@@ -130,7 +144,8 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
 
 
 def _is_framework(message: str) -> bool:
-    return any(f"'{m}" in message for m in ("torch", "jax", "flax", "optax", "keras", "tensorflow"))
+    """A ``No module named 'X...'`` about a module some built-in impl imports (its record's ``frameworks``)."""
+    return any(f"'{m}" in message for m in framework_modules())
 
 
 #: faulthandler's dump around a crash: headers, frames and the loaded-modules trailer, none of which says why

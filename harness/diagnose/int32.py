@@ -25,13 +25,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.impls_registry import RecordField
 from harness.measure.int32_check import OPS as PROBED_OPS
 
-#: the framework whose kernels each built-in impl runs
-IMPL_FRAMEWORK = {"torch": "torch", "flax": "jax", "keras-jax": "jax", "keras-torch": "torch",
-                  "keras-tensorflow": "tensorflow"}
-#: distributions whose metadata holds each framework's version (the first installed wins)
-DISTRIBUTIONS = {"torch": ("torch",), "jax": ("jax",), "tensorflow": ("tensorflow", "tensorflow-cpu")}
+#: the framework whose kernels each built-in impl runs (its record's ``family``)
+IMPL_FRAMEWORK = RecordField("family")
+#: distributions whose metadata holds a framework's version, where not the framework's own name (the
+#: first installed wins)
+DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu")}
 BEHAVIOURS = ("ok", "raises", "aborts", "wrong", "unknown")
 FAILING = ("aborts", "wrong", "raises")  # worst first
 FACTS_PATH = Path(__file__).with_name("int32_facts.json")
@@ -70,7 +71,9 @@ def shipped_facts() -> tuple[Fact, ...]:
 
 
 def installed_version(framework: str | None) -> str | None:
-    for dist in DISTRIBUTIONS.get(framework or "", ()):
+    if not framework:
+        return None
+    for dist in DISTRIBUTIONS.get(framework, (framework,)):
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -7,13 +7,18 @@ name its cause from its counters, and clear the twin: that is the test of
 the leak detector on real failures rather than on the injected control.
 
 The framework code lives in ``impls/scenarios.py``; this module is the
-framework-free catalogue the command line and the report read.
+framework-free catalogue the command line and the report read. Which impls can run a
+scenario is not written here: each impl's record (``harness.impls_registry``) names the
+scenarios it runs, so a new framework declares its own in one place.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
+
+from harness.impls_registry import impls_for_scenario
 
 #: where the scenarios' framework code lives
 SCENARIO_STEPS_MODULE = "impls.scenarios"
@@ -26,7 +31,7 @@ class ScenarioError(ValueError):
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    impls: tuple[str, ...]
+    impls: tuple[str, ...]  # the built-in impls whose records name it (a twin: its anti-pattern)
     what: str
     expected_cause: str  # what attribution should find: compilation, python heap, native
     fix: str
@@ -34,28 +39,46 @@ class Scenario:
     anti: str | None = None  # for a twin: the scenario it fixes
 
 
+#: the anti-patterns, each with its twin; ``impls`` stays empty here and is filled from the records when read
 _ANTI = [
-    Scenario("torch-loss-total", ("torch",),
+    Scenario("torch-loss-total", (),
              "adds a monitoring loss tensor, never backpropagated, into a running total: every step's graph and saved "
              "activations stay alive",
              "native", "accumulate loss.item() or loss.detach(), never the loss tensor itself",
              twin="torch-loss-total-fixed"),
-    Scenario("jax-jit-per-step", ("flax", "keras-jax"),
+    Scenario("jax-jit-per-step", (),
              "wraps a function in jax.jit inside the loop, so every step traces and compiles anew",
              "compilation", "create the jitted function once, outside the training loop",
              twin="jax-jit-per-step-fixed"),
-    Scenario("partial-last-batch", ("flax", "keras-jax", "keras-tensorflow"),
+    Scenario("partial-last-batch", (),
              "ends every epoch with a partial batch of a new size, so jit/tf.function compile or trace again",
              "compilation", "drop the remainder (or pad the last batch) so every step sees one shape",
              twin="partial-last-batch-fixed"),
-    Scenario("keras-tf-varying-batch", ("keras-tensorflow",),
+    Scenario("keras-tf-varying-batch", (),
              "feeds numpy batches of varying length to a hand-written @tf.function step over a Keras model",
              "compilation", "feed fixed-size batches (drop the remainder, as tf.data's batch(drop_remainder=True) does)",
              twin="keras-tf-varying-batch-fixed"),
 ]
-_TWINS = [Scenario(s.twin, s.impls, f"the clean twin of {s.name}: {s.fix}", "none", s.fix, anti=s.name)
+_TWINS = [Scenario(s.twin, (), f"the clean twin of {s.name}: {s.fix}", "none", s.fix, anti=s.name)
           for s in _ANTI if s.twin]
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in _ANTI + _TWINS}
+_CATALOGUE: dict[str, Scenario] = {s.name: s for s in _ANTI + _TWINS}
+
+
+class _Scenarios(Mapping[str, Scenario]):
+    """The catalogue with each scenario's impls filled in from the records, when it is read."""
+
+    def __getitem__(self, name: str) -> Scenario:
+        sc = _CATALOGUE[name]
+        return replace(sc, impls=impls_for_scenario(sc.anti or sc.name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_CATALOGUE)
+
+    def __len__(self) -> int:
+        return len(_CATALOGUE)
+
+
+SCENARIOS: Mapping[str, Scenario] = _Scenarios()
 
 
 def check_scenario(name: str, impl: str) -> Scenario:
@@ -63,7 +86,7 @@ def check_scenario(name: str, impl: str) -> Scenario:
         raise ScenarioError(f"unknown scenario {name!r}; scenarios are {', '.join(SCENARIOS)}")
     sc = SCENARIOS[name]
     if impl not in sc.impls:
-        raise ScenarioError(f"scenario {name!r} applies to {', '.join(sc.impls)}, not {impl!r}")
+        raise ScenarioError(f"scenario {name!r} applies to {', '.join(sc.impls) or 'no built-in impl'}, not {impl!r}")
     return sc
 
 

@@ -170,5 +170,8 @@ def gpu_inventory() -> list[dict[str, str | int]]:
 
 
 def frameworks_loaded() -> list[str]:
-    """Which frameworks this process has imported (a worker must have exactly one)."""
-    return sorted(m for m in ("torch", "jax", "keras", "tensorflow") if m in sys.modules)
+    """Which frameworks this process has imported (a worker must have only its own impl's): the modules
+    the built-in impls' records name (``harness.impls_registry``)."""
+    from harness.impls_registry import framework_modules
+
+    return sorted(m for m in framework_modules() if m in sys.modules)

@@ -24,15 +24,15 @@ from typing import Any, Callable
 from harness.adapter import BUILTIN, is_installed, not_installed_message
 from harness.diagnose.failures import crash_detail, says_out_of_memory
 from harness.diagnose.int32 import IMPL_FRAMEWORK, PROBE_CACHE
+from harness.impls_registry import RecordField
 from harness.measure.int32_check import BOUNDARY_ENV, OPS, PASSES, SIZES, boundary, geometry, probe_bytes
 from harness.run.launch import WorkerOutcome, run_worker
 from harness.run.task import Int32ProbeTask
 from harness.spec.schema import Settings
 
-#: the framework code each built-in impl's probes run (Keras rows run their backend's kernels)
-PROBE_MODULES = {"torch": "impls.int32_probe_torch", "keras-torch": "impls.int32_probe_torch",
-                 "flax": "impls.int32_probe_jax", "keras-jax": "impls.int32_probe_jax",
-                 "keras-tensorflow": "impls.int32_probe_tf"}
+#: the framework code each built-in impl's probes run (its record's ``int32_probe``: a Keras row runs
+#: its backend's kernels, so its backend's probes)
+PROBE_MODULES = RecordField("int32_probe")
 #: a CPU probe runs only where it needs less than this share of the available host RAM
 HOST_SHARE = 0.6
 

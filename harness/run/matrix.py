@@ -64,9 +64,10 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
     length = canonical_kmer_count(kmer)
     chosen = list(impls or DEFAULT_IMPLS)
     omitted = []
-    if impls is None and not is_installed("keras-tensorflow"):
-        chosen.remove("keras-tensorflow")
-        omitted.append(("keras-tensorflow", "TensorFlow is not installed (an extra row; pip install tensorflow-cpu)"))
+    for name in [n for n in chosen if impls is None and BUILTIN[n].optional and not is_installed(n)]:
+        chosen.remove(name)  # an extra row (its record's ``optional``)
+        omitted.append((name, f"{', '.join(BUILTIN[name].missing())} is not installed (an extra row; "
+                              f"pip install {BUILTIN[name].requirement})"))
     plan = MatrixPlan(device, chosen, [], omitted_impls=omitted)
     for name in specs or list(ALL_PRESETS):
         try:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from harness.measure.tracker import Tracking
 
 _FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
 
@@ -36,8 +39,17 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-class RssSampler:
-    """Cheap per-step sampler of RssAnon and RssFile: one read of /proc/self/status.
+@dataclass
+class RssSeries:
+    """RssAnon and RssFile in bytes, one of each per ``RssSampler.sample()``."""
+
+    anon: list[int]
+    file: list[int]
+
+
+class RssSampler(Tracking[RssSeries]):
+    """Cheap per-step sampler of RssAnon and RssFile: one read of /proc/self/status (a tracker:
+    ``start()`` opens the file, ``sample()`` after each step, ``stop()`` closes it, ``result()``).
 
     Keeps the file open and re-reads it, which costs tens of microseconds.
     """
@@ -45,7 +57,11 @@ class RssSampler:
     def __init__(self) -> None:
         self.anon: list[int] = []
         self.file: list[int] = []
-        self._fh = open("/proc/self/status", "rb", buffering=0) if Path("/proc/self/status").exists() else None
+        self._fh = None
+
+    def start(self) -> None:
+        if self._fh is None and Path("/proc/self/status").exists():
+            self._fh = open("/proc/self/status", "rb", buffering=0)  # noqa: SIM115 - held open until stop()
 
     def sample(self) -> None:
         if self._fh is None:
@@ -65,9 +81,15 @@ class RssSampler:
         self.anon.append(anon)
         self.file.append(file_)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self._fh:
             self._fh.close()
+            self._fh = None
+
+    close = stop
+
+    def result(self) -> RssSeries:
+        return RssSeries(self.anon, self.file)
 
 
 def reset_peak_rss() -> bool:
@@ -140,6 +162,23 @@ def nvml_process_memory(pid: int | None = None) -> dict[str, int] | None:
             pynvml.nvmlShutdown()
         except Exception:  # noqa: BLE001
             pass
+
+
+class NvmlMemory(Tracking["dict[str, int] | None"]):
+    """This process's GPU memory according to the driver, read when the stretch stops
+    (``nvml_process_memory``: None where NVML or a GPU is absent)."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, int] | None = None
+
+    def start(self) -> None:
+        self._used = None
+
+    def stop(self) -> None:
+        self._used = nvml_process_memory()
+
+    def result(self) -> dict[str, int] | None:
+        return self._used
 
 
 def gpu_inventory() -> list[dict[str, str | int]]:

@@ -13,11 +13,11 @@ would in a longer run.
 from __future__ import annotations
 
 import time
-import tracemalloc
 from typing import Any, Callable
 
 from harness.diagnose.evidence import confirmation_plan, judge_confirmation, settle
 from harness.measure.probes import RssSampler
+from harness.measure.tracker import HeapTracker
 from harness.run.events import emit
 
 __all__ = ["COUNTERS_FROM_STEP", "MIN_STEPS_BEFORE_CAP", "confirm_leak", "wants_confirmation"]
@@ -37,14 +37,15 @@ def wants_confirmation(leak: dict[str, Any], mode: str) -> bool:
     return mode == "on" or bool(leak.get("pending_confirmation"))
 
 
-def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model: Any, after_step: Callable[[], None],
-                 check_loss: Callable[[Any, int], Any], steady_steps: int, min_steps: int | None = None,
-                 max_s: float | None = None) -> dict[str, Any]:
+def confirm_leak(leak: dict[str, Any], *, mode: str, step: Callable[[], Any], model: Any,
+                 after_step: Callable[[], None], check_loss: Callable[[Any, int], Any], steady_steps: int,
+                 min_steps: int | None = None, max_s: float | None = None) -> dict[str, Any]:
     """Run the confirmation if ``leak`` (the steady verdict) wants one, and return the settled ``leak`` fields.
 
     ``step()`` runs one training step on a fresh batch and returns its handle; ``after_step()`` is what
     the cell does after each of its steps (the injected leak); ``check_loss(handle, i)`` raises on a
-    non-finite loss."""
+    non-finite loss. ``steady_steps``: the steady window's length, which sizes the plan with ``min_steps``
+    and ``max_s`` (``harness.diagnose.evidence.confirmation_plan``)."""
     if not wants_confirmation(leak, mode):
         return settle(leak, None)
     steps, cap = confirmation_plan(steady_steps, min_steps, max_s)
@@ -52,12 +53,13 @@ def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model
     trace_heap = (leak.get("heap") or {}).get("trend") in ("rising", "unclear")
     emit(phase="confirm", steps=steps, max_s=cap)
     rss = RssSampler()
-    heap: list[int] | None = [] if trace_heap else None
+    rss.start()
+    heap = HeapTracker() if trace_heap else None
     counters_before = model.counters()
     stopped = None
     handle = None
-    if trace_heap:
-        tracemalloc.start()
+    if heap is not None:
+        heap.start()
     t0 = time.perf_counter()
     try:
         for i in range(steps):
@@ -70,17 +72,19 @@ def confirm_leak(leak: dict[str, Any], mode: str, step: Callable[[], Any], model
                 # compiles it once: counted from after that, a rise is a recompile per step, not the first
                 counters_before = model.counters()
             if heap is not None:
-                heap.append(tracemalloc.get_traced_memory()[0])
+                heap.sample()
             if MIN_STEPS_BEFORE_CAP <= i + 1 < steps and time.perf_counter() - t0 > cap:
                 stopped = f"its {cap:g} s cap"
                 break
     finally:
-        if trace_heap:
-            tracemalloc.stop()
-        rss.close()
+        if heap is not None:
+            heap.stop()
+        rss.stop()
     seconds = time.perf_counter() - t0
     if handle is not None:
         check_loss(handle, len(rss.anon))
-    confirmation = judge_confirmation(rss.anon, heap, counters_before, model.counters(),
-                                      float(leak["threshold_bytes_per_batch"]), seconds, stopped)
+    confirmation = judge_confirmation(rss.anon, heap.result() if heap is not None else None,
+                                      counters_before=counters_before, counters_after=model.counters(),
+                                      threshold=float(leak["threshold_bytes_per_batch"]), seconds=seconds,
+                                      stopped_by=stopped)
     return settle(leak, {**confirmation, "max_s": cap})  # the cap it ran under (a budgeted cell's is its budget)

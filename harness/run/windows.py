@@ -22,17 +22,45 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness.measure.tracker import Tracking
 
-class Windows:
-    def __init__(self, steps: int, steps_per_window: int, next_batch: Callable[[], Any],
-                 prepare: Callable[[Any], Any], synchronize: Callable[[], None],
-                 each_step: Callable[[], None], check_loss: Callable[[Any, int], None],
-                 staged: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+
+@dataclass(frozen=True)
+class WindowHooks:
+    """What the windows call: the cell's batches, its device sync and its per-step work."""
+
+    #: the next host batch (``BatchSource.next``)
+    next_batch: Callable[[], Any]
+    #: makes a batch ready for the loop (``host_batch``; ``to_device`` for ``device_step``)
+    prepare: Callable[[Any], Any]
+    synchronize: Callable[[], None]
+    #: after every step, on the window's clock (the injected leak, the RSS sample)
+    each_step: Callable[[], None]
+    #: ``check_loss(handle, done)`` at each window's end, after the sync
+    check_loss: Callable[[Any, int], None]
+
+
+@dataclass
+class WindowTimes:
+    """What a pass measured: each full window's seconds, the last window, and the batches fetched on the clock."""
+
+    times: list[float]
+    last_window: tuple[float, int]
+    fallbacks: int
+
+
+class Windows(Tracking[WindowTimes]):
+    """The timing windows of one pass of ``steps`` steps (a tracker: ``start()`` readies the first window and
+    starts its clock; the loop's ``on_step`` closes each window; ``stop()`` after the loop; ``result()``)."""
+
+    def __init__(self, steps: int, steps_per_window: int, hooks: WindowHooks, *, staged: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> None:
         self.steps, self.spw = steps, steps_per_window
-        self._next_batch, self._prepare, self._sync = next_batch, prepare, synchronize
-        self._each_step, self._check_loss, self._progress = each_step, check_loss, progress
+        self._next_batch, self._prepare, self._sync = hooks.next_batch, hooks.prepare, hooks.synchronize
+        self._each_step, self._check_loss, self._progress = hooks.each_step, hooks.check_loss, progress
         self._staged = staged
         self._buffer: deque[Any] = deque()
         self._lock = threading.Lock()
@@ -43,8 +71,17 @@ class Windows:
         self.done = 0
         self._fed = 0
         self.last_window: tuple[float, int] = (float("nan"), 0)
+        self._t = float("nan")
+
+    def start(self) -> None:
         self._fill(self.spw + 1)  # the loop stages one batch ahead, so the first window needs one more
         self._t = time.perf_counter()
+
+    def stop(self) -> None:
+        """Nothing to close: the last window closed in ``on_step`` at the last step."""
+
+    def result(self) -> WindowTimes:
+        return WindowTimes(self.times, self.last_window, self.fallbacks)
 
     def _fill(self, n: int) -> None:
         with self._lock:

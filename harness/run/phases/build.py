@@ -1,0 +1,70 @@
+"""The ``build`` phase: import the framework, build the model, load the shared initial weights, ready the batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from harness.adapter import load_adapter_class, staged_loop
+from harness.data import make_source
+from harness.diagnose.scenarios import scenario_step
+from harness.measure.probes import RssSampler, proc_status, reset_peak_rss
+from harness.measure.tracker import CompileCounters
+from harness.run.events import emit
+from harness.run.phases.context import CellContext, InjectedLeak
+from harness.run.phases.parts import BuildPart
+from harness.run.task import CellTask
+from harness.spec.params import count_params
+from harness.spec.reference import init_weights
+from harness.spec.schema import VAESpec
+
+
+def build(task: CellTask) -> tuple[CellContext, BuildPart]:
+    """The cell's context and what building it took; the compile step's peak RSS starts after it."""
+    spec = VAESpec.from_dict(task.spec)
+    emit(phase="build")
+    t0 = time.perf_counter()
+    cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
+    import_s = time.perf_counter() - t0
+    import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
+    model = cls(spec)
+    if task.loop:
+        model.use_loop(task.loop)
+    counts, expected = model.param_counts(), count_params(spec)
+    if task.shared_init:
+        model.set_weights(init_weights(spec))
+    build_s = time.perf_counter() - t0
+    source = make_source(task.kmer, task.batch, task.data, task.columns, seed=spec.settings.seed,
+                         width=spec.input_length)
+    reset_peak_rss()  # the compile step's peak starts here, after build and the shared weights
+    step_fn = _step_function(task, model)
+    timed_loop, host_batch = _timed_loop(model, step_fn)
+    ctx = CellContext(task=task, spec=spec, cls=cls, model=model, source=source, step_fn=step_fn,
+                      timed_loop=timed_loop, host_batch=host_batch, leak=InjectedLeak(task.inject_leak_bytes),
+                      rss=RssSampler(), counters=CompileCounters(model.counters), t0=t0)
+    ctx.rss.start()
+    return ctx, BuildPart(import_s=import_s, build_s=build_s, import_anon=import_anon, counts=counts,
+                          expected=expected)
+
+
+def _step_function(task: CellTask, model: Any) -> Callable[[Any], Any]:
+    """The plain train step, or the one a named scenario replaces it with."""
+    if not task.scenario:
+        return model.train_step
+    return scenario_step(task.scenario, model, task.impl)
+
+
+def _timed_loop(model: Any, step_fn: Callable[[Any], Any]) -> tuple[Callable[..., None], Callable[[Any], Any]]:
+    """The loop the steady phase times and how it wants its batches: the framework's own loop
+    (``train_steps``, on ``host_batch``es), or, for a scenario's step, a staged loop on numpy batches."""
+    if step_fn == model.train_step:
+        return model.train_steps, model.host_batch
+
+    def scenario_loop(feed: Callable[[], Any], steps: int, on_step: Callable[[int, Any], None]) -> None:
+        staged_loop(step_fn, _same, feed, steps=steps, on_step=on_step)
+
+    return scenario_loop, _same
+
+
+def _same(batch: Any) -> Any:
+    return batch

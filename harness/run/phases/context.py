@@ -1,0 +1,121 @@
+"""What every phase of a cell works on: the model, its batches, its step and the trackers that run throughout.
+
+The ``build`` phase (``harness.run.phases.build``) makes one :class:`CellContext`;
+each later phase reads it and returns its own part (``harness.run.phases.parts``).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.data import BatchSource
+from harness.measure.probes import RssSampler
+from harness.measure.tracker import CompileCounters
+from harness.run.events import emit
+from harness.run.task import CellTask
+from harness.spec.schema import VAESpec
+
+#: untimed steps on a trimmed heap whose VmHWM is the CPU stand-in for device memory
+MEMORY_STEPS = 3
+#: steps run through the timed loop itself before its clock starts (its first-call setup)
+LOOP_WARMUP_STEPS = 2
+#: batches prefetched for one timing window are capped at this many bytes
+PREFETCH_BYTES = 256 * 2**20
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf: a row of kind ``nan_loss``."""
+
+
+class InjectedLeak:
+    """Positive control: keeps ``bytes_per_step`` of new, touched memory per step.
+
+    Each step maps fresh anonymous pages and writes them, so the kernel commits
+    exactly that much more RssAnon. A ``malloc``'d buffer would not do: below the
+    mmap threshold it reuses heap pages an earlier free left resident (a JAX
+    worker has megabytes of them after compiling), and RSS would not move.
+    """
+
+    def __init__(self, bytes_per_step: int) -> None:
+        self.bytes_per_step = bytes_per_step
+        self.kept: list[mmap.mmap] = []
+
+    def step(self) -> None:
+        if self.bytes_per_step:
+            buf = mmap.mmap(-1, self.bytes_per_step, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            np.frombuffer(buf, np.uint8)[:] = 1  # touch every page
+            self.kept.append(buf)
+
+    @property
+    def held_bytes(self) -> int:
+        return self.bytes_per_step * len(self.kept)
+
+
+def check_loss(loss: float, step: int) -> float:
+    """``loss``, or ``NonFiniteLoss`` naming the step where it is NaN or inf."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss} at step {step}")
+    return loss
+
+
+class Progress:
+    """Progress events for the parent during the timed passes, at most one a second."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """The first event a second from now (the steady phase's start)."""
+        self._next = time.perf_counter() + 1.0
+
+    def __call__(self, done: int, steps: int) -> None:
+        if time.perf_counter() >= self._next:
+            emit(phase="steady", done=done, steps=steps)
+            self._next = time.perf_counter() + 1.0
+
+
+@dataclass
+class CellContext:
+    """One cell's model, batches and step, and the trackers every phase shares."""
+
+    task: CellTask
+    spec: VAESpec
+    #: the adapter class (``harness.adapter.VAEAdapter`` subclass) and its model
+    cls: type
+    model: Any
+    source: BatchSource
+    #: one training step on a host batch: the build's ``train_step``, or a scenario's replacement
+    step_fn: Callable[[Any], Any]
+    #: the loop the steady phase times, ``timed_loop(feed, n, on_step)``, and how it wants its batches
+    timed_loop: Callable[..., None]
+    host_batch: Callable[[Any], Any]
+    leak: InjectedLeak
+    rss: RssSampler
+    counters: CompileCounters
+    #: perf_counter at the build's start: a time budget is the cell's wall time from here
+    t0: float
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def batch(self) -> int:
+        return self.task.batch
+
+    @property
+    def batch_bytes(self) -> int:
+        """float32 bytes of one input batch."""
+        return self.task.batch * self.source.width * 4
+
+    def after_step(self) -> None:
+        """What the cell does after each of its steps: the injected leak, then the RSS sample."""
+        self.leak.step()
+        self.rss.sample()
+
+    def loss(self, handle: Any, step: int) -> float:
+        """The loss of a step's handle, checked finite."""
+        return check_loss(self.model.loss_value(handle), step)

@@ -1,7 +1,10 @@
 """The cell in phases (``harness.run.cell``, ``harness.run.phases``) and the trackers it runs.
 
-* The worker's payload keeps exactly its keys (the stored rows' and the reports').
-* A cell on a (fake) accelerator that stages its batches takes the ``device_step`` phase.
+* The worker's payload keeps exactly its keys (the stored rows' and the reports'), plus ``energy``.
+* A real CPU cell's payload carries ``energy``: RAPL's figure where this machine lets it be read,
+  else the reason, the same one the tracker gives on its own.
+* A cell on a (fake) accelerator that stages its batches takes the ``device_step`` phase and
+  NVML's energy (fake) over its steady phase.
 * Each measurement is a tracker: start, stop, result.
 
 In-process cells on the numpy-only planted adapter: a second or less each.
@@ -13,24 +16,28 @@ import time
 from typing import Any
 
 import pynvml
+import pytest
 
 from harness.adapter import load_adapter_class
+from harness.measure.energy import MeterUnavailable, RaplEnergy
 from harness.measure.probes import NvmlMemory, RssSampler
 from harness.measure.tracker import CompileCounters, DeviceMemory, HeapTracker, Tracker
 from harness.run.cell import run_cell
+from harness.run.runner import plan_cells, run_matrix
 from harness.run.task import CellTask
 from harness.run.windows import WindowHooks, Windows
 from harness.spec.presets import resolve_spec
+from harness.store import ResultStore
 
 PLANTED = "tests/fixtures/planted.py:"
 
-#: the worker's result keys, in order, as before the cell was split into phases
+#: the worker's result keys, in order, as before the cell was split into phases; ``energy`` is the one added
 PAYLOAD_KEYS = [
     "row", "versions", "device_kind", "syncs_every_step", "frameworks_loaded", "pid", "import_s", "build_s",
     "compile_s", "compile_cached", "warmup_step_times_s", "steady_windows_dropped", "train_loop", "loop_details",
     "stages_input", "final_loss", "steps_measured", "steps_requested", "time_budget_s", "param_counts",
     "param_counts_expected", "step_stats", "device_step_stats", "device_step_source", "input_bound_ratio", "flops",
-    "tflops", "memory", "host", "leak", "counters"]
+    "tflops", "memory", "host", "leak", "counters", "energy"]
 MEMORY_KEYS = [
     "device", "device_source", "nvml_bytes", "peak_rss_bytes", "import_anon_bytes", "training_peak_rss_bytes",
     "compile_peak_rss_bytes", "memory_phase_steps", "heap_trimmed", "peak_rss_restarted", "cpu_standin",
@@ -39,6 +46,7 @@ MEMORY_KEYS = [
     "compile_peak_unfloored_bytes"]
 HOST_KEYS = ["rss_anon", "rss_file", "steady_from", "file_growth_bytes", "anon_growth_bytes", "heap_tracking",
              "heap_bytes", "heap_phase_anon_bytes", "heap_growth_bytes"]
+ENERGY_KEYS = ["source", "joules", "joules_per_step", "samples_per_joule", "steps", "absent_reason"]
 
 
 def cell(impl: str = "NumpyVAE", **kw: Any) -> dict[str, Any]:
@@ -47,12 +55,21 @@ def cell(impl: str = "NumpyVAE", **kw: Any) -> dict[str, Any]:
     return run_cell(CellTask(impl=PLANTED + impl, spec=spec.to_dict(), **kw))
 
 
-def test_a_cpu_cell_keeps_its_payload_keys():
+def rapl_here() -> tuple[bool, str | None]:
+    try:
+        RaplEnergy().close()
+        return True, None
+    except MeterUnavailable as exc:
+        return False, str(exc)
+
+
+def test_a_cpu_cell_keeps_its_payload_keys_and_adds_energy():
     row = cell(steps=40, confirm="on")
     assert list(row) == PAYLOAD_KEYS
     assert list(row["memory"]) == MEMORY_KEYS
     assert list(row["host"]) == HOST_KEYS
     assert list(row["counters"]) == ["start", "steady", "end"]
+    assert list(row["energy"]) == ENERGY_KEYS
     # the phases ran in order: 40 timed steps in 20 windows of 2, a heap phase of 10, 3 memory steps
     assert row["steps_measured"] == 40 and len(row["step_stats"]["window_times_s"]) == 20 - row[
         "steady_windows_dropped"]
@@ -60,6 +77,29 @@ def test_a_cpu_cell_keeps_its_payload_keys():
     assert row["host"]["steady_from"] == 1 + len(row["warmup_step_times_s"]) + 2  # compile, warm-up, loop warm-up
     assert len(row["host"]["rss_anon"]) == row["host"]["steady_from"] + 40 + 10
     assert row["leak"]["confirm_mode"] == "on" and row["leak"]["confirmation"] is not None
+
+
+def test_a_cpu_cell_gives_rapl_energy_or_says_why_not():
+    e = cell(steps=40)["energy"]
+    readable, reason = rapl_here()
+    if readable:
+        assert e["source"] == "rapl" and e["steps"] == 40
+        assert e["joules"] > 0 or "did not advance" in e["absent_reason"]
+    else:
+        assert e["source"] is None and e["joules"] is None and e["joules_per_step"] is None
+        assert e["absent_reason"] == reason and reason.startswith("no RAPL: ")
+
+
+def test_energy_reaches_the_stored_row(tmp_path):
+    spec = resolve_spec("dense", kmer=3)
+    cells = plan_cells([PLANTED + "NumpyVAE"], [spec], 3, [32], timeout_s=120.0, steps=20)
+    (row,) = run_matrix(cells, ResultStore(tmp_path, "energy"), progress=False, peak=False)
+    assert row["status"] == "ok", row.get("failure_message")
+    assert list(row["energy"]) == ENERGY_KEYS
+    assert row["energy"]["source"] in ("rapl", None)
+    assert (row["energy"]["joules"] is not None) == (row["energy"]["source"] is not None)
+    if row["energy"]["source"] is None:
+        assert row["energy"]["absent_reason"]
 
 
 class FakeGpuVAE(load_adapter_class(PLANTED + "NumpyVAE")):
@@ -80,9 +120,12 @@ class FakeGpuVAE(load_adapter_class(PLANTED + "NumpyVAE")):
         return {"bytes_in_use": 1000 + 10 * self.steps, "peak_bytes": 5000}
 
 
-def test_a_staging_accelerator_cell_takes_device_step(monkeypatch):
+def test_a_staging_accelerator_cell_takes_device_step_and_nvml_energy(monkeypatch):
+    readings = iter([2_000_000, 2_000_000, 2_600_000])  # mJ: the check, the start and the end of steady
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
     monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", lambda h: next(readings))
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 0)  # the driver's process memory: no GPU listed
     FakeGpuVAE.staged = 0
     spec = resolve_spec("dense", kmer=3)
@@ -91,6 +134,8 @@ def test_a_staging_accelerator_cell_takes_device_step(monkeypatch):
     assert FakeGpuVAE.staged >= 40  # the device_step pass staged its batches
     assert row["memory"]["device_source"] == "allocator" and row["memory"]["peak_bytes"] == 5000
     assert row["memory"]["memory_phase_steps"] == 0  # a device allocator: no CPU stand-in phase
+    assert row["energy"] == {"source": "nvml", "joules": pytest.approx(600.0), "joules_per_step": pytest.approx(15.0),
+                             "samples_per_joule": pytest.approx(40 * 32 / 600.0), "steps": 40, "absent_reason": None}
 
 
 def test_windows_time_full_windows_and_keep_the_last_apart():

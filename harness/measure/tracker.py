@@ -14,7 +14,7 @@ write ``with HeapTracker() as heap: ...``. Trackers that sample per step (RSS,
 the heap) add a ``sample()`` the phase calls after each step; the timing
 windows (``harness.run.windows``) close their windows from the loop's own
 callback. A new measurement is one new tracker, started and stopped by the
-phase it covers.
+phase it covers: energy (``harness.measure.energy``) is the first added so.
 
 The trackers here need no framework: the adapter's own probes (``counters()``,
 ``device_memory()``) are passed in as callables. The probes of /proc and NVML

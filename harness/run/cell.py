@@ -16,6 +16,7 @@ placed, each in its module of ``harness.run.phases``:
                 window's batches made ready between windows, off the clock.
                 This is ``step``, the headline. Leading windows still slow by
                 ``harness.measure.stats.detect_warmup`` are dropped and counted.
+                Its energy is tracked (``harness.measure.energy``).
 ``device_step`` on an accelerator, the same loop on batches staged on the
                 device before each window's clock: the framework's compute alone.
 ``heap``        a few more steps with tracemalloc on, after the timing and

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.measure.energy import EnergyReading
 from harness.measure.host_peak import StandinPeak
 from harness.measure.tracker import DeviceMemoryResult
 from harness.run.windows import WindowTimes
@@ -86,6 +87,7 @@ class SteadyPart:
     rss_from: int
     #: RssAnon after each steady step: the leak verdict's series
     anon: list[int]
+    energy: EnergyReading
     loss: float
 
 

@@ -2,7 +2,7 @@
 
 Its keys are the stored row's (``harness.row`` types them; the reports and the
 committed references read them): a key renamed here is a row that no longer
-reads.
+reads. ``energy`` is the one key added with the trackers (``harness.measure.energy``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def cell_payload(ctx: CellContext, parts: CellParts) -> dict[str, Any]:
         "host": _host(ctx, p),
         "leak": p.leak.fields,
         "counters": ctx.counters.result(),
+        "energy": p.steady.energy.to_dict(),
     }
 
 

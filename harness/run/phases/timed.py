@@ -4,8 +4,9 @@
                  (``adapter.train_steps``), timed in windows by
                  ``harness.run.windows``: one device sync per window, the next
                  window's batches made ready between windows, off the clock.
-                 The trackers around it read the compile counters and the device
-                 allocator at its start and end.
+                 The trackers around it read the compile counters, the device
+                 allocator and the energy counter (``harness.measure.energy``)
+                 at its start and end.
 ``device_step``  on an accelerator, the same loop on batches staged on the
                  device before each window's clock: the framework's compute alone.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.measure.energy import EnergyTracker
 from harness.measure.tracker import DeviceMemory
 from harness.run.events import emit
 from harness.run.phases.context import LOOP_WARMUP_STEPS, CellContext
@@ -39,11 +41,12 @@ def steady(ctx: CellContext, plan: StepPlan) -> SteadyPart:
     device_memory = DeviceMemory(ctx.model.device_memory)
     device_memory.start()
     rss_from = len(ctx.rss.anon)
-    windows, losses = _timed_pass(ctx, plan, staged=False)
+    with EnergyTracker(ctx.cls.device_kind(), steps=plan.steps, batch=ctx.batch) as energy:
+        windows, losses = _timed_pass(ctx, plan, staged=False)
     ctx.counters.stop()
     device_memory.stop()
     return SteadyPart(windows=windows.result(), device_memory=device_memory.result(), rss_from=rss_from,
-                      anon=ctx.rss.anon[rss_from:], loss=losses[-1])
+                      anon=ctx.rss.anon[rss_from:], energy=energy.result(), loss=losses[-1])
 
 
 def device_step(ctx: CellContext, plan: StepPlan) -> DeviceStepPart:

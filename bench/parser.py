@@ -11,7 +11,6 @@ import argparse
 from bench.fit_memory import add_fit_memory_parser
 from harness.adapter import BUILTIN
 
-DEFAULT_IMPLS = list(BUILTIN)
 #: the training loops of the Keras build (``impls.keras_vae.KerasVAE.loops``), its users' first
 KERAS_LOOPS = ("fit", "train_on_batch")
 
@@ -42,7 +41,7 @@ def checked_impls(text: str | None) -> list[str]:
 
     from harness.plugin_check import check_plugin
 
-    impls = split_list(text, "--impl") if text is not None else list(DEFAULT_IMPLS)
+    impls = split_list(text, "--impl") if text is not None else list(BUILTIN)
     out: list[str] = []
     for impl in impls:
         error = check_plugin(impl)
@@ -178,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="trainable and non-trainable counts per impl, and whether they agree")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: all presets)")
-    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(BUILTIN)})")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("parity", help="same weights in every impl: compare outputs, loss, gradients, one Adam step")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--spec", help="preset name(s) or spec file(s) (default: dense,conv-final,conv-revised)")
-    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(BUILTIN)})")
     p.add_argument("--batch", type=positive_int, default=16)
     p.add_argument("--clip-norm", type=positive_float,
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
@@ -193,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="train every impl the same steps from the same weights: do the curves agree?")
     p.add_argument("--spec", default="dense", help="preset name or spec file (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
-    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(BUILTIN)})")
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--every", type=positive_int, default=10,
@@ -230,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
-    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(BUILTIN)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--start", type=positive_int, default=64, help="first batch probed")
@@ -326,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from harness.store import DEFAULT_RESULTS_DIR
 
-    p.add_argument("--impl", help=f"comma-separated impls or path/to/file.py:Class (default: {','.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impl", help=f"comma-separated impls or path/to/file.py:Class (default: {','.join(BUILTIN)})")
     p.add_argument("--spec", help="preset name(s) or spec file(s), comma-separated (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--batch", type=int_list, default=[64], help="comma-separated batch sizes")

@@ -25,9 +25,6 @@ from harness.spec.params import count_params
 from harness.spec.presets import ALL_PRESETS, preset
 from harness.spec.schema import VAESpec, canonical_kmer_count
 
-#: every built-in row; keras-tensorflow drops out where TensorFlow is not installed
-DEFAULT_IMPLS = list(BUILTIN)
-
 #: batches per preset on a CPU: one or two sizes each, so the matrix fits a few minutes
 CPU_BATCHES = {"dense": [64, 512], "conv-final": [32], "conv-revised": [8], "conv-original": [8],
                "masked-multiomics": [64]}
@@ -62,7 +59,7 @@ def plan_default(kmer: int, device: str, budget_s: float | None = None, impls: l
                  specs: list[str] | None = None, batches: list[int] | None = None) -> MatrixPlan:
     canonical_kmer_count(kmer)  # validates k
     length = canonical_kmer_count(kmer)
-    chosen = list(impls or DEFAULT_IMPLS)
+    chosen = list(impls or BUILTIN)
     omitted = []
     for name in [n for n in chosen if impls is None and BUILTIN[n].optional and not is_installed(n)]:
         chosen.remove(name)  # an extra row (its record's ``optional``)

@@ -104,7 +104,7 @@ def _check_file(path: Path, attr: str, impl: str) -> str | None:
     missing = sorted(_ABSTRACT - methods)
     if missing:
         return (f"impl {impl!r}: class {attr} does not implement {', '.join(missing)}; "
-                "see the adapter contract in README.md")
+                "see the adapter contract in docs/design.md")
     return None
 
 
@@ -188,7 +188,7 @@ def _import_check(impl: str, shown: str, timeout_s: float) -> str | None:
     if kind == "import":
         return f"impl {shown!r} cannot be imported: {text}; fix the module or install what it imports"
     if kind == "abstract":
-        return f"impl {shown!r}: {text}; see the adapter contract in README.md"
+        return f"impl {shown!r}: {text}; see the adapter contract in docs/design.md"
     if proc.returncode < 0:
         try:
             name = signal.Signals(-proc.returncode).name

@@ -29,7 +29,7 @@ def test_file_pages_come_from_before_the_peak_not_from_the_end():
 
 
 def test_floor_applies_and_is_recorded():
-    p = cpu_standin_peak(200 * MIB, 150 * MIB, [60 * MIB], 120 * MIB, 10 * MIB, 0, floor_bytes=12 * MIB)
+    p = cpu_standin_peak(200 * MIB, 150 * MIB, [60 * MIB], 120 * MIB, held=10 * MIB, shmem=0, floor_bytes=12 * MIB)
     assert p.training_bytes == 12 * MIB and p.compile_bytes == 12 * MIB
     f = p.fields()
     assert f["peak_floor_applied"] is True

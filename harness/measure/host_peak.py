@@ -1,6 +1,6 @@
 """The CPU stand-in for device memory: a cell's training peak from the process's peak RSS.
 
-Framework-free arithmetic, called at the end of ``harness.run.cell.run_cell``.
+Framework-free arithmetic, called by the cell's ``stats`` phase (``harness.run.phases.stats.memory_figures``).
 
 **What is subtracted.** VmHWM is the peak of the whole resident set: anonymous pages,
 file-backed pages (shared libraries, a memmap'd data file) and shared memory. The stand-in
@@ -70,7 +70,7 @@ class StandinPeak:
         }
 
 
-def cpu_standin_peak(peak_rss: int, compile_hwm: int, file_samples: list[int], import_anon: int,
+def cpu_standin_peak(peak_rss: int, compile_hwm: int, file_samples: list[int], import_anon: int, *,
                      held: int, shmem: int, floor_bytes: int, fallback_file: int = 0) -> StandinPeak:
     """The training and compile peaks of one cell (see the module docstring).
 

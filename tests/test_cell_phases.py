@@ -23,6 +23,7 @@ from harness.measure.energy import MeterUnavailable, RaplEnergy
 from harness.measure.probes import NvmlMemory, RssSampler
 from harness.measure.tracker import CompileCounters, DeviceMemory, HeapTracker, Tracker
 from harness.run.cell import run_cell
+from harness.run.phases import warm
 from harness.run.runner import plan_cells, run_matrix
 from harness.run.task import CellTask
 from harness.run.windows import WindowHooks, Windows
@@ -136,6 +137,25 @@ def test_a_staging_accelerator_cell_takes_device_step_and_nvml_energy(monkeypatc
     assert row["memory"]["memory_phase_steps"] == 0  # a device allocator: no CPU stand-in phase
     assert row["energy"] == {"source": "nvml", "joules": pytest.approx(600.0), "joules_per_step": pytest.approx(15.0),
                              "samples_per_joule": pytest.approx(40 * 32 / 600.0), "steps": 40, "absent_reason": None}
+
+
+def test_a_budget_plans_the_steady_steps_from_the_cells_own_facts(monkeypatch):
+    """The plan hands ``budgeted_steps`` what the cell measured: its time so far, the slower of the warm-up
+    step and the whole warm-up iteration, the untimed steps after the timing, and one timed pass on a CPU."""
+    calls = []
+
+    def budgeted(budget_s, elapsed_s, step_s, requested, **kw):
+        calls.append((budget_s, elapsed_s, step_s, requested, kw))
+        return 7
+
+    monkeypatch.setattr(warm, "budgeted_steps", budgeted)
+    row = cell(steps=40, time_budget_s=30.0)
+    ((budget_s, elapsed_s, step_s, requested, kw),) = calls
+    warm_times = row["warmup_step_times_s"]
+    assert budget_s == 30.0 and requested == 40 and 0 < elapsed_s < 30.0
+    assert step_s >= sorted(warm_times[len(warm_times) // 2:])[0] > 0
+    assert kw == {"timed_passes": 1, "untimed_steps": 2 + 3, "heap": None}  # loop warm-up + memory phase
+    assert row["steps_measured"] == 7 and row["steps_requested"] == 40 and row["time_budget_s"] == 30.0
 
 
 def test_windows_time_full_windows_and_keep_the_last_apart():

@@ -66,10 +66,11 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     ctx.rss.stop()  # the per-step RSS series ends here: the memory phase reads the peak instead
     memory = untimed.memory(ctx, plan, heap)
     emit(phase="stats")
+    timing = stats.timing(ctx, plan, steady, device)
+    leak = stats.leak(ctx, steady, heap)
+    figures = stats.memory_figures(ctx, build=built, compiled=compiled, plan=plan, memory=memory)
     parts = CellParts(build=built, compiled=compiled, warmup=warm, plan=plan, steady=steady, device_step=device,
-                      heap=heap, memory=memory, timing=stats.timing(ctx, plan, steady, device),
-                      leak=stats.leak(ctx, steady, heap),
-                      figures=stats.memory_figures(ctx, build=built, compiled=compiled, plan=plan, memory=memory))
+                      heap=heap, memory=memory, timing=timing, leak=leak, figures=figures)
     payload = cell_payload(ctx, parts)
     payload["leak"] = confirm(ctx, plan, steady, payload["leak"])
     return payload

@@ -222,14 +222,14 @@ def combine_peaks(entries: dict[str, dict[str, Any]], device: str) -> dict[str, 
 
 def slow_frameworks(peak: dict[str, Any] | None, ratio: float = FAR_BELOW) -> list[dict[str, Any]]:
     """The counted frameworks whose own rate is below ``ratio`` x the peak on the same device, slowest first:
-    ``{"framework", "label", "tflops", "ratio", "best", "best_label", "best_tflops", "device", "size"}``
-    (``ratio``: the framework's median rate over the peak's). Empty for a peak with one framework (every
-    stored row before per-framework peaks).
+    ``{"framework", "label", "tflops", "ratio", "best", "best_label", "best_tflops", "device", "size", "rounds"}``
+    (``ratio``: the framework's median rate over the peak's; ``rounds``: each timing round's rate).
+    Empty for a peak with one framework (every stored row before per-framework peaks).
 
     The frameworks are timed one after another, so a neighbour's load can slow one of them alone; on
-    this 2-core machine, with other jobs running, JAX's median once read 0.66x TensorFlow's. To be a
-    finding, a framework's *fastest* product must still be below ``ratio`` x the peak's median rate:
-    a gap that load made is rarely there in every repeat, a slower library's is."""
+    this 2-core machine, with other jobs running, JAX's median once read 0.66x TensorFlow's. So a
+    framework's *fastest* product must still be below ``ratio`` x the peak's median rate, and
+    ``harness.run.peak`` times a suspect and the best a second round before caching them."""
     if not isinstance(peak, dict) or not _finite(peak.get("tflops")) or not isinstance(peak.get("frameworks"), dict):
         return []
     top = float(peak["tflops"])
@@ -241,7 +241,7 @@ def slow_frameworks(peak: dict[str, Any] | None, ratio: float = FAR_BELOW) -> li
             out.append({"framework": name, "label": f.get("framework") or name, "tflops": float(f["tflops"]),
                         "ratio": float(f["tflops"]) / top, "best": peak.get("set_by"),
                         "best_label": peak.get("framework"), "best_tflops": top, "device": peak.get("device"),
-                        "size": f.get("size")})
+                        "size": f.get("size"), "rounds": list(f.get("rounds_tflops") or [f["tflops"]])})
     return sorted(out, key=lambda s: s["ratio"])
 
 

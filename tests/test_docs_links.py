@@ -1,4 +1,5 @@
-"""Every relative link in the README, docs/ and the reference runs' READMEs points at a file that exists.
+"""Every relative link in the README, docs/ and the reference runs' READMEs points at a file that exists,
+and so does every repository path they name in code (`harness/run/cell.py`).
 
 The user guide is split over several files (README.md, docs/*.md, reports/reference/**/README.md); a moved or
 renamed file breaks the links to it silently on GitHub, so the suite checks them. Links to the web and links
@@ -44,6 +45,19 @@ def broken_links(page: Path) -> list[str]:
     return broken
 
 
+#: a repository path in a code span: `harness/run/cell.py`, `tests/fixtures/planted.py:NumpyVAE`, `tests/x.py::test_y`
+CODE_PATH = re.compile(r"`((?:bench|docs|harness|impls|reports|tests)/[^`\s]*)`")
+#: written by a run, not in the repository; or a pattern, not one path
+NOT_A_FILE = ("reports/out/", "{", "<", "*")
+
+
+def named_paths(text: str) -> list[str]:
+    """Repository paths named in code spans, without a trailing ``:attribute`` or ``::test``."""
+    paths = [m.group(1) for m in CODE_PATH.finditer(text)]
+    paths = [p for p in paths if not any(mark in p for mark in NOT_A_FILE)]
+    return [re.split(r"::|:(?=[A-Za-z_])", p)[0] for p in paths]
+
+
 def test_the_guide_has_pages_with_links():
     pages = guide_files()
     assert ROOT / "README.md" in pages
@@ -55,6 +69,19 @@ def test_the_guide_has_pages_with_links():
 def test_every_relative_link_resolves(page: Path):
     broken = broken_links(page)
     assert not broken, f"{page.relative_to(ROOT)}: no file at {', '.join(broken)}"
+
+
+@pytest.mark.parametrize("page", guide_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_the_guide_names_exists(page: Path):
+    """A file moved (a test into its subject's folder, a module split) leaves no stale path in the guide."""
+    missing = [p for p in named_paths(page.read_text(encoding="utf-8")) if not (ROOT / p).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} names {', '.join(missing)}, which do not exist"
+
+
+def test_the_checker_catches_a_stale_path():
+    text = "`harness/run/cell.py` `tests/fixtures/planted.py:NumpyVAE` `harness/nowhere.py:f` `reports/out/<id>/x.md`"
+    assert named_paths(text) == ["harness/run/cell.py", "tests/fixtures/planted.py", "harness/nowhere.py"]
+    assert [p for p in named_paths(text) if not (ROOT / p).exists()] == ["harness/nowhere.py"]
 
 
 def test_the_checker_catches_a_broken_link(tmp_path: Path):

@@ -7,6 +7,8 @@ repeat of the same cell loads it and says so.
 
 from __future__ import annotations
 
+import pytest
+
 from harness.run.compile_cache import cache_dir, compile_cache_env, compile_cached
 from harness.run.runner import plan_cells, run_matrix
 from harness.run.walltime import wall_breakdown
@@ -34,11 +36,15 @@ def test_compile_cached_reads_the_hit_counter():
     assert compile_cached({}, {"compiles": 3}) is None  # a build that cannot tell
 
 
-def test_a_repeat_loads_the_first_cells_executable(tmp_path):
-    """Flax, two repeats of one cell in one run: the first compiles cold, the second is cached."""
+@pytest.mark.parametrize("impl", ["flax", "keras-jax"])
+def test_a_repeat_loads_the_first_cells_executable(tmp_path, impl):
+    """Both JAX builds, two repeats of one cell in one run: the first compiles cold, the second is
+    cached. Each build counts cache hits through ``impls.jax_probes``; a build that did not would read
+    ``compile_cached: None`` on both rows."""
+    pytest.importorskip("keras" if impl.startswith("keras") else "flax")
     spec = resolve_spec("dense", kmer=3)
     store = ResultStore(tmp_path, "cache")
-    rows = run_matrix(plan_cells(["flax"], [spec], 3, [16], repeats=2, steps=10, heap="off"), store, progress=False)
+    rows = run_matrix(plan_cells([impl], [spec], 3, [16], repeats=2, steps=10, heap="off"), store, progress=False)
     assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("failure_message") for r in rows]
     assert [r["compile_cached"] for r in rows] == [False, True]
     assert any((tmp_path / "cache" / "cache" / "jax").iterdir())

@@ -1,0 +1,205 @@
+"""The Keras layers of the VAE: a stock ``keras.layers`` layer for each spec layer, and small ``Layer``
+subclasses where Keras has none, as the keras.io VAE example writes its ``Sampling`` layer.
+
+* ``keras_layer`` maps a spec layer to its stock Keras layer (``Dense``, ``Conv1D``,
+  ``GroupNormalization``, ``Activation("silu")``, ...), with every framework default the spec pins
+  (BatchNorm momentum and epsilon, GroupNorm epsilon, leaky-ReLU slope, GELU form, ``"zeros"``
+  initializers for ``init: zeros``) passed explicitly;
+* ``ResidualBlock`` and ``AttentionBlock`` are the spec's ``residual`` and ``attention1d``;
+* ``Sampling`` draws the reparameterisation noise with ``keras.random.normal`` from a
+  ``keras.random.SeedGenerator``, which ``RandomBlockMasking`` shares to draw the masked block with
+  ``keras.random.randint`` inside the step; ``CropOrPad`` is ``output_length_policy: crop_or_pad``.
+
+The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D ``(k, in, out)``,
+Conv1DTranspose ``(k, out, in)``, channels-last flatten), so each layer's variables are the canonical
+tensors under the same leaf names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from harness.spec.layers import MASK_VALUE, ZERO_INIT, Layer
+from harness.spec.schema import VAESpec
+from harness.spec.shapes import mask_bounds, transpose_trim
+
+
+class Sampling(layers.Layer):
+    """z = z_mean + exp(z_log_var / 2) * eps, as in the keras.io VAE example.
+
+    ``eps`` is drawn on the device from a ``SeedGenerator`` (its state is a non-trainable
+    variable that Keras threads through the jitted step), unless the caller passes it,
+    which parity checks do to fix the noise. ``seed``: an int, or the generator itself
+    when the model shares one stream between its random layers.
+    """
+
+    def __init__(self, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed_generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+
+    def call(self, z_mean, z_log_var, eps=None):
+        if eps is None:
+            eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+
+class RandomBlockMasking(layers.Layer):
+    """The spec's ``masking`` layer (seed 004): one block of input features, drawn uniformly among
+    ``blocks`` with ``keras.random.randint``, set to ``MASK_VALUE`` in every sample of the batch.
+
+    Returns the masked batch and the block, which the masked loss reads. ``block`` fixes the
+    draw (parity does). Like ``Dropout`` it is part of training: ``VAE.call`` skips it at
+    inference unless a block is given.
+    """
+
+    def __init__(self, layer: Layer, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bounds = mask_bounds(layer)  # [start, stop) of each of the spec layer's blocks
+        self.seed_generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+        self.built = True  # no weights (as Keras' own Dropout)
+
+    def block_mask(self, block, length: int):
+        """The (length,) boolean mask of block ``block`` (a scalar int tensor)."""
+        starts, stops = (ops.convert_to_tensor([b[i] for b in self.bounds], dtype="int32") for i in (0, 1))
+        positions = ops.arange(length, dtype="int32")
+        return ops.logical_and(positions >= ops.take(starts, block), positions < ops.take(stops, block))
+
+    def call(self, x, block=None):
+        if block is None:
+            block = keras.random.randint((), 0, len(self.bounds), dtype="int32", seed=self.seed_generator)
+        block = ops.cast(block, "int32")
+        return ops.where(self.block_mask(block, x.shape[-1]), MASK_VALUE, x), block
+
+
+class CropOrPad(layers.Layer):
+    """``output_length_policy: crop_or_pad``: flat logits cropped to ``length``, or padded with trailing zeros."""
+
+    def __init__(self, length: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.length = length
+
+    def call(self, x):
+        n = x.shape[-1]
+        return x[:, : self.length] if n >= self.length else ops.pad(x, [[0, 0], [0, self.length - n]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.length)
+
+
+def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
+    """The stock Keras layer for one spec layer, with every framework default pinned."""
+    t, a, s = layer.type, layer.args, spec.settings
+    # ``init: zeros``: Keras' own zeros initializer for kernel and bias
+    kernel_init, bias_init = ("zeros", "zeros") if a.get("init") == ZERO_INIT else (s.kernel_init, s.bias_init)
+    if t == "dense":
+        return layers.Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
+    if t in ("conv1d", "conv_transpose1d"):
+        conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
+        # A strided conv-transpose is built "valid" and trimmed by a Cropping1D after it
+        # (``build_encoder_decoder``): Keras' torch backend places a strided "same" transpose one
+        # position off the jax and tensorflow backends (it warns so), the full one it places alike.
+        padding = "valid" if t == "conv_transpose1d" and layer.stride > 1 else "same"
+        return conv(a["filters"], a["kernel_size"], strides=layer.stride, padding=padding,
+                    kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
+    if t == "max_pool1d":
+        return layers.MaxPooling1D(a["pool_size"], name=name)
+    if t == "upsample1d":
+        return layers.UpSampling1D(a["size"], name=name)
+    if t == "batch_norm":
+        return layers.BatchNormalization(momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, name=name)
+    if t == "group_norm":
+        return layers.GroupNormalization(a["groups"], epsilon=spec.group_norm_epsilon(layer), name=name)
+    if t == "attention1d":
+        return AttentionBlock(a["groups"], spec.group_norm_epsilon(layer), kernel_init=s.kernel_init,
+                              bias_init=s.bias_init, zero_proj=a.get("init") == ZERO_INIT, name=name)
+    if t == "relu":
+        return layers.ReLU(name=name)
+    if t == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=spec.leaky_slope(layer), name=name)
+    if t == "gelu":
+        # keras.layers.Activation("gelu") would take the activation's default form; pin it
+        return layers.Activation(lambda x: keras.activations.gelu(x, approximate=s.gelu_approximate), name=name)
+    if t in ("sigmoid", "silu", "selu"):
+        return layers.Activation(t, name=name)
+    if t == "flatten":
+        return layers.Flatten(name=name)
+    if t == "reshape":
+        return layers.Reshape(tuple(a["shape"]), name=name)
+    if t == "residual":
+        return ResidualBlock(spec, layer, name=name)
+    raise ValueError(f"unknown layer type {t!r}")
+
+
+def keras_layers(spec: VAESpec, layer: Layer, name: str) -> list[layers.Layer]:
+    """``keras_layer``, and after a strided conv-transpose the ``Cropping1D`` that makes it "same": Keras'
+    torch backend places a strided "same" transpose one position off the jax and tensorflow backends (it
+    warns so), the full ("valid") one it places alike."""
+    out = [keras_layer(spec, layer, name)]
+    if layer.type == "conv_transpose1d" and layer.stride > 1:
+        out.append(layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{name}_trim"))
+    return out
+
+
+class AttentionBlock(layers.Layer):
+    """AutoencoderKL's ``AttnBlock`` over the length axis, the spec's ``attention1d``:
+    ``x + proj(softmax(q k^T / sqrt(C)) v)`` with ``q``, ``k``, ``v`` and ``proj`` 1x1 ``Conv1D`` of a
+    ``GroupNormalization`` of ``x``; one head over all C channels, the softmax over the keys.
+    ``zero_proj`` starts the output projection at zero (``init: zeros``), so the block starts as the
+    identity. ``parts`` maps each canonical sub-name (``norm``, ``q``, ...) to its Keras layer."""
+
+    def __init__(self, groups: int, epsilon: float, kernel_init: str, bias_init: str, zero_proj: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups, self.epsilon, self.zero_proj = groups, epsilon, zero_proj
+        self.kernel_init, self.bias_init = kernel_init, bias_init
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.norm = layers.GroupNormalization(self.groups, epsilon=self.epsilon, name=f"{self.name}_norm")
+        self.norm.build(input_shape)
+        self.parts = {"norm": self.norm}
+        for part in ("q", "k", "v", "proj"):
+            zero = part == "proj" and self.zero_proj
+            conv = layers.Conv1D(channels, 1, kernel_initializer="zeros" if zero else self.kernel_init,
+                                 bias_initializer="zeros" if zero else self.bias_init, name=f"{self.name}_{part}")
+            conv.build(input_shape)
+            setattr(self, part, conv)
+            self.parts[part] = conv
+
+    def call(self, x):
+        h = self.norm(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        scores = ops.matmul(q, ops.transpose(k, (0, 2, 1))) / math.sqrt(x.shape[-1])  # (B, L queries, L keys)
+        return x + self.proj(ops.matmul(ops.softmax(scores, axis=-1), v))
+
+
+class ResidualBlock(layers.Layer):
+    """``activation(inner(x) + skip(x))``, the spec's ``residual``, as a Keras layer subclass: ``inner``
+    its layers, ``skip`` a 1x1 Conv1D / Conv1DTranspose (empty: identity). ``parts`` maps each nested
+    canonical name (``inner.0``, ``skip``) to its Keras layer, for ``build_encoder_decoder``."""
+
+    def __init__(self, spec: VAESpec, layer: Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        a, self.parts = layer.args, {}
+        self.inner, self.skip = [], []
+        for j, sub in enumerate(a["layers"]):
+            self.inner += keras_layers(spec, sub, f"{self.name}_inner_{j}")
+            self.parts[f"inner.{j}"] = self.inner[-2 if sub.type == "conv_transpose1d" and sub.stride > 1 else -1]
+        if a["skip"] != "identity":
+            self.skip = keras_layers(spec, a["skip"], f"{self.name}_skip")
+            self.parts["skip"] = self.skip[0]
+        self.activation = None if a["activation"] is None else keras_layer(spec, Layer(a["activation"]), f"{self.name}_act")
+
+    def call(self, x):
+        h, s = x, x
+        for sub in self.inner:
+            h = sub(h)
+        for sub in self.skip:
+            s = sub(s)
+        h = ops.add(h, s)
+        return h if self.activation is None else self.activation(h)
+

@@ -165,6 +165,22 @@ def test_a_gap_is_timed_again_and_a_load_spike_does_not_survive_it(tmp_path, mon
     assert again["frameworks"]["torch"]["tflops"] == 0.41
 
 
+def test_a_suspect_made_by_the_best_ones_second_round_is_timed_again_too(tmp_path, monkeypatch):
+    """This machine, run 1: torch's first round met load, so only JAX looked far below it; torch's second round
+    then put TensorFlow far below as well, and TensorFlow gets its second round too."""
+    calls: list = []
+    rates = {"torch": [0.12, 0.22], "jax": [0.08, 0.10], "tensorflow": [0.1085, 0.20]}
+    monkeypatch.setattr(run_peak, "run_worker", _fake_worker(calls, rates))
+    peak = run_peak.measured_peak(Settings(), "cpu", cache_dir=tmp_path, frameworks=list(rates))
+    assert [t.framework for t in calls] == ["torch", "jax", "tensorflow", "jax", "torch", "tensorflow"]
+    assert [s["framework"] for s in slow_frameworks(peak)] == ["jax"]  # slow in both of its rounds
+    # a second round that fails keeps the first, and the loop ends
+    calls.clear()
+    monkeypatch.setattr(run_peak, "run_worker", _fake_worker(calls, {"torch": [0.4, None], "jax": [0.1, None]}))
+    peak = run_peak.measured_peak(Settings(), "cpu", cache_dir=tmp_path / "x", frameworks=["torch", "jax"])
+    assert [t.framework for t in calls] == ["torch", "jax", "jax", "torch"] and peak["tflops"] == 0.4
+
+
 def test_a_failed_framework_is_reported_and_not_cached(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr(run_peak, "run_worker", _fake_worker(calls, {"torch": 0.2, "jax": None}))

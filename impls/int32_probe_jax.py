@@ -1,4 +1,4 @@
-"""probe-int32's ops in JAX: the lax and jnp calls the flax row (``impls/flax_vae.py``) and
+"""probe-int32's ops in JAX: the lax and jnp calls the flax row (``impls/flax_model.py``) and
 Keras 3's jax backend make, on one tensor past 2^31 elements.
 
 Channels-last (NWC) as Flax and Keras lay out a 1-D signal. Each op is a pure function of

@@ -1,4 +1,4 @@
-"""probe-int32's ops in PyTorch: each spec op as ``impls/torch_vae.py`` builds it (or, for the
+"""probe-int32's ops in PyTorch: each spec op as ``impls/torch_model.py`` builds it (or, for the
 keras-torch row, as Keras 3's torch backend runs it), on one tensor past 2^31 elements.
 
 The comparison itself is framework-free (``harness.measure.int32_check``); this module only

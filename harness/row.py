@@ -431,8 +431,8 @@ def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
         out["precision"] = "tf32" if settings.get("tf32") else DEFAULT_PRECISION
         out["launcher"] = DEFAULT_LAUNCHER
         if d.get("status") == "ok" and "energy" not in d:
-            out["energy"] = {"source": None, "absent_reason": "not measured: the row was written by schema 1, "
-                             "before vaebench measured energy"}
+            out["energy"] = {"source": None, "absent_reason": "the row was written by schema 1, before vaebench "
+                             "measured energy"}
         out["upgraded_from"] = 1
         out["schema_version"] = SCHEMA_VERSION
     return out

@@ -110,6 +110,14 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
     doc.close()
     any_standin = False
     colors = colors or {}
+    every = [c for by_batch in grouped.values() for cells in by_batch.values() for c in cells]
+    # energy has a column only where some cell measured it (NVML, RAPL); else one line says why not
+    energy = any(c.joules_per_step is not None for c in every)
+    absent = sorted({c.energy_absent for c in every if c.status == "ok" and c.joules_per_step is None
+                     and c.energy_absent})
+    if absent:
+        doc.p("Energy (joules per step, `harness.measure.energy`): " + ("not measured for some cells: " if energy
+              else "not measured in this run: ") + "; ".join(absent) + ".")
     for key, by_batch in grouped.items():
         title = spec_title(key, multi_hash).replace("`", "")
         # a fixed-length spec (masked-multiomics) has no k: its files are named by spec and hash alone
@@ -127,7 +135,7 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
             best = min(ok_medians) if ok_medians else None
             headers = ["impl"] + (["params (trainable / non-trainable)"] if pidx else []) + [
                 "compile", "median step (IQR)", "device step", "step / device", "samples/s", "× best", "TFLOP/s", "MFU",
-                "peak memory", "est/meas",
+                *(["J/step", "samples/J"] if energy else []), "peak memory", "est/meas",
                 "anon RSS slope (95% CI)", "leak", "failure"]
             rows = []
             for c in cells:
@@ -163,10 +171,12 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
                                "—" if c.samples_per_s is None else f"{c.samples_per_s:,.0f}",
                                "—" if (best is None or c.median_s is None) else f"{c.median_s / best:.2f}",
                                "—" if c.tflops is None else f"{c.tflops:.3g}",
-                               "—" if c.mfu is None else f"{c.mfu:.1%}", mem, est, slope, c.leak_label or "—", failure or "—"])
+                               "—" if c.mfu is None else f"{c.mfu:.1%}",
+                               *([_joules(c.joules_per_step), _joules(c.samples_per_joule)] if energy else []),
+                               mem, est, slope, c.leak_label or "—", failure or "—"])
             n = len(headers)
             off = 1 if pidx else 0
-            doc.table(headers, rows, right={i + off for i in range(1, 11)} & set(range(n)))
+            doc.table(headers, rows, right={i + off for i in range(1, 11 + 2 * energy)} & set(range(n)))
             reps = max(c.n_repeats for c in cells)
             if reps > 1:
                 doc.note(f"{reps} repeats per impl; memory is the largest peak, leak the worst verdict of any repeat.")
@@ -400,3 +410,7 @@ def _cells_text(keys: list[tuple[str, str, int]]) -> str:
     for label, where, b in keys:
         by.setdefault((where, b), []).append(label)
     return "; ".join(f"{', '.join(labels)} at {where}, batch {b}" for (where, b), labels in by.items())
+
+
+def _joules(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"

@@ -404,3 +404,21 @@ def test_a_fixed_length_spec_names_its_plots_without_a_k(tmp_path):
     names = sorted(p.name for p in (out / "plots").iterdir())
     assert "step_time_masked_hmaske.png" in names, names
     assert not [n for n in names if "None" in n], names
+
+
+# --------------------------------------------------------------------------- energy
+
+
+def test_energy_has_a_column_where_measured_and_one_line_why_not_elsewhere(tmp_path):
+    nvml = {"source": "nvml", "joules": 120.0, "joules_per_step": 1.5, "samples_per_joule": 42.7, "steps": 80}
+    absent = {"source": None, "absent_reason": "no RAPL: /sys/class/powercap does not exist here"}
+    rows = [ok_row("torch", 64, 10.0, 0.2, schema_version=2, energy=nvml),
+            ok_row("flax", 64, 12.0, 0.2, schema_version=2, energy=absent)]
+    md = (build_report([write_jsonl(tmp_path / "e.jsonl", rows)], out_root=tmp_path / "out") / "report.md").read_text()
+    results = md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    assert "| J/step | samples/J |" in results
+    assert "| 1.5 | 42.7 |" in results
+    assert "not measured for some cells: no RAPL: /sys/class/powercap does not exist here" in results
+    md1 = (build_report([write_jsonl(tmp_path / "old.jsonl", [ok_row("torch", 64, 10.0, 0.2)])],
+                        out_root=tmp_path / "out1") / "report.md").read_text()
+    assert "J/step" not in md1 and "not measured in this run: the row was written by schema 1" in md1

@@ -1,0 +1,304 @@
+"""The verbs that run cells: ``run``, ``preflight``, ``sweep`` and ``matrix`` (the main command).
+
+Each checks its flags, plans cells, hands them to ``harness.run`` and prints; heavy modules are
+imported inside the verb, so ``python -m bench`` answers a bad flag without loading them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.parser import UsageError, split_list
+from bench.parser import checked_impls as _impls
+from bench.result_verbs import params_from_rows
+from harness.data import DataError
+from harness.spec.presets import resolve_spec
+
+
+def _specs(text: str | None, default: list[str]) -> list[str]:
+    return split_list(text, "--spec") if text is not None else default
+
+
+#: stores whose lock this invocation holds; ``main`` releases them however the verb ends
+_LOCKED: list = []
+
+
+def _store(args: argparse.Namespace):
+    """The run's store, checked and locked before any worker starts.
+
+    In order, each failure one line and exit 2: the run id is a plain name (nothing written
+    otherwise); ``--results`` can be created and written (a probe file); no other process is
+    writing the run (its pid is named); an existing run is continued only with ``--resume``.
+    """
+    from harness.store import ResultsDirError, ResultStore, check_results_dir, new_run_id, validate_run_id
+
+    if getattr(args, "keep_failed", False) and not args.resume:
+        raise UsageError("--keep-failed only applies with --resume")
+    if args.run_id is not None:
+        validate_run_id(args.run_id)
+    try:
+        check_results_dir(args.results)
+    except ResultsDirError as exc:
+        raise UsageError(f"{exc}; pass --results DIR") from None
+    if args.resume and not args.run_id:
+        store = ResultStore.latest(args.results)
+        if store is None:
+            raise UsageError(f"--resume: no earlier run in {args.results}; run without --resume first")
+    else:
+        store = ResultStore(args.results, args.run_id or new_run_id())
+    store.lock()
+    _LOCKED.append(store)
+    if not args.resume and store.path.exists():
+        raise UsageError(f"run {store.run_id} already has results in {store.path}; pass a new --run-id, "
+                         f"or --resume to continue it")
+    return store
+
+
+def _exit_status(store, keys: set[str]) -> int:
+    """1 when any of this invocation's cells (``keys``) ended failed (its latest row), else 0."""
+    failed = [r for r in store.latest_rows() if r.identity.cell_key in keys and r.status == "failed"]
+    if not failed:
+        return 0
+    kinds = sorted({str(r.outcome.failure_kind) for r in failed})
+    print(f"vaebench: {len(failed)} of {len(keys)} cells failed ({', '.join(kinds)}); "
+          f"rerun them with --resume --run-id {store.run_id}", file=sys.stderr)
+    return 1
+
+
+def _check_data(args: argparse.Namespace, widths: set[int] | None = None) -> None:
+    """Fail on a bad data file before any cell starts, not in the middle of the matrix."""
+    if not getattr(args, "data", None):
+        if getattr(args, "columns", None) is not None:
+            raise UsageError(f"--columns {args.columns} picks a block of a --data file, and there is none; "
+                             "pass --data FILE.npy, or drop --columns")
+        if getattr(args, "wrap", False):
+            raise UsageError("--wrap lets the rows of a --data file wrap around, and there is none; "
+                             "pass --data FILE.npy, or drop --wrap")
+        return
+    from harness.data import check_rows, open_npy, validate_file
+    from harness.spec.schema import canonical_kmer_count
+
+    arr = open_npy(args.data, args.columns)
+    check_rows(arr, max(args.batch), getattr(args, "wrap", False), f"data file {args.data}")
+    widths = widths or {canonical_kmer_count(args.kmer)}
+    if len(widths) > 1:
+        raise UsageError(f"--data {args.data} feeds every cell, but the specs take {sorted(widths)} features; "
+                         "run the specs one at a time")
+    expected = next(iter(widths))
+    if arr.shape[1] != expected:
+        what = (f"k={args.kmer} has {expected} canonical k-mers" if args.kmer is not None
+                and canonical_kmer_count(args.kmer) == expected else f"the spec takes {expected} features")
+        raise DataError(f"data file {args.data} has {arr.shape[1]} columns but {what}; "
+                        "pick the block with --columns A:B")
+    validate_file(arr, f"data file {args.data}")
+
+
+def _apply_keras_loop(cells: list, loop: str | None, confirm: str | None = None) -> None:
+    """``--keras-loop``: a Keras row's loop is part of what it measures, so it joins the cell's identity;
+    without the flag the build's default (``fit``) runs and the key stays as before. ``--confirm`` likewise
+    (``harness.run.confirm``): it decides what a leak verdict can say."""
+    for cell in cells:
+        if loop and cell.impl.startswith("keras-"):
+            cell.loop = loop
+        if confirm:
+            cell.confirm = confirm
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.run.runner import plan_cells, run_matrix
+
+    if args.data:
+        args.data = str(Path(args.data).resolve())  # workers start in the repo root
+    impls = _impls(args.impl)
+    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
+             for s in _specs(args.spec, ["dense"])]
+    _check_data(args, {spec.input_length for spec in specs})
+    cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
+                       scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
+                       columns=args.columns, timeout_s=args.timeout, heap=args.heap)
+    _apply_keras_loop(cells, args.keras_loop, args.confirm)
+    if args.scenario:
+        from harness.diagnose.scenarios import check_scenario
+
+        for cell in cells:
+            check_scenario(args.scenario, cell.impl)
+    store = _store(args)
+    preflight = None if args.no_preflight else _preflight_hook(args)
+    print(f"run {store.run_id}: {len(cells)} cells -> {store.path}", file=sys.stderr)
+    _print_resume(args, cells, store)
+    try:
+        rows = run_matrix(cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
+                          memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak)
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}; "
+              f"continue with --resume --run-id {store.run_id}", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        from bench.render import print_rows
+
+        print_rows(store.latest_rows())
+    return _exit_status(store, {c.key for c in cells})
+
+
+def _print_resume(args: argparse.Namespace, cells: list, store) -> None:
+    if args.resume:
+        from harness.run.runner import plan_resume
+
+        print(f"resume {store.run_id}: {plan_resume(cells, store, args.keep_failed).summary()}", file=sys.stderr)
+
+
+def _preflight_hook(args: argparse.Namespace):
+    try:
+        from harness.diagnose.preflight import preflight_cell
+    except ImportError:
+        return None
+    # the probe-int32 cache lives under the run's results directory
+    return lambda cell: preflight_cell(cell, device_memory=getattr(args, "device_memory", None),
+                                       results_dir=getattr(args, "results", None))
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from harness.diagnose.preflight import preflight
+
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    device = "gpu" if args.gpu else None
+    impl = _preflight_impl(args.impl)
+    rep = preflight(spec, args.batch, args.eval_batch, device_memory=args.device_memory, device=device,
+                    int32_applies=True if args.gpu else None, impl=impl, results_dir=args.results)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        from bench.render import print_preflight
+
+        print_preflight(rep, show_all=not args.flags_only)
+    if not rep.ok:
+        print(f"vaebench: preflight: cannot run {spec.name} at batch {args.batch}: {rep.reasons[0]}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _preflight_impl(text: str | None) -> str | None:
+    """One impl: a built-in name, or a plug-in (whose framework is unknown, so every overflow is a warning)."""
+    if text is None:
+        return None
+    impls = _impls(text)
+    if len(impls) != 1:
+        raise UsageError(f"preflight --impl takes one impl, got {text!r}; leave it out to see every impl side by side")
+    return impls[0]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.measure.fingerprint import machine_fingerprint
+    from harness.run.runner import cell_kmer
+    from harness.run.sweep import sweep_impl
+
+    impls = _impls(args.impl)
+    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
+    store = _store(args)
+    preflight = None if args.no_preflight else _preflight_hook(args)
+    print(f"sweep {store.run_id} -> {store.path}", file=sys.stderr)
+    results = []
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ARG001 - SIGTERM ends a sweep as Ctrl-C does: probe killed, rows kept
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        for spec in specs:
+            fingerprint = machine_fingerprint(spec.settings)
+            for impl in impls:
+                def show(batch: int, row: dict, impl=impl, spec=spec) -> None:
+                    outcome = "ok" if row["status"] == "ok" else row["failure_kind"]
+                    print(f"  {impl} {spec.name} batch {batch}: {outcome}", file=sys.stderr)
+
+                results.append(sweep_impl(impl, spec, cell_kmer(spec, args.kmer), store, fingerprint, start=args.start,
+                                          max_batch=args.max_batch, timeout_s=args.timeout, preflight=preflight,
+                                          memory_limit_bytes=args.memory_limit, on_probe=show))
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; probes so far are kept in {store.path}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        from bench.render import print_sweep
+
+        print_sweep(results)
+    # a probe failing at a memory, int32 or time limit is how a search ends; anything else is a failure
+    problems = [p for p in (r.problem() for r in results) if p]
+    for problem in problems:
+        print(f"vaebench: sweep failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The main job: default matrix, then the report."""
+    from harness.diagnose.preflight import detect_device_memory
+    from harness.run.matrix import matrix_cells, plan_default
+    from harness.run.runner import run_matrix
+
+    device = "cpu" if args.cpu else ("gpu" if args.gpu else detect_device_memory()[0])
+    plan = plan_default(args.kmer, device, budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
+                        impls=_impls(args.impl) if args.impl else None,
+                        specs=_specs(args.spec, []) or None, batches=args.batch)
+    plan.specs = [(spec.with_clip_norm(args.clip_norm), batches) for spec, batches in plan.specs]
+    store = _store(args)
+    for name, reason in plan.invalid:
+        print(f"skipped preset {name}: {reason}", file=sys.stderr)
+    for impl, reason in plan.omitted_impls:
+        print(f"omitted {impl}: {reason}", file=sys.stderr)
+    planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
+                           tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
+    cells, runnable = planned.cells, planned.runnable
+    _apply_keras_loop(cells, args.keras_loop, args.confirm)
+    print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
+          + (f", {plan.budget_s:.0f} s for all of them" if plan.budget_s else "") + f" -> {store.path}",
+          file=sys.stderr)
+    _print_resume(args, cells, store)
+    try:
+        run_matrix(cells, store, resume=args.resume, preflight=planned.preflight, progress=not args.no_progress,
+                   budget_s=plan.budget_s, runnable={c.key for c in runnable}, keep_failed=args.keep_failed,
+                   peak=True)
+    except KeyboardInterrupt:
+        print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
+              f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
+        return 130
+    _matrix_curves(args, plan, store)
+    from reports.build import build_report
+
+    rows = store.latest_rows()
+    path = build_report([store.path], out_root=args.out, run_id=store.run_id, params_check=params_from_rows(rows))
+    from bench.render import print_rows
+
+    print_rows([r for r in rows if not r.get("sweep") and not r.get("scenario")])
+    print(f"report: {path}")
+    return _exit_status(store, {c.key for c in cells})
+
+
+def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
+    """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
+    every impl of the plan, stored beside the run's rows; skipped when the plan has no dense cell, with
+    ``--curves-steps 0``, or when the run already has curves (``--resume``)."""
+    from bench.curves import MATRIX_CURVES, curve_records, print_verdicts, run_curves
+    from harness.store import append_curves, curves_path
+
+    default = MATRIX_CURVES["cpu_steps" if plan.device == "cpu" else "steps"]
+    steps = default if args.curves_steps is None else args.curves_steps
+    dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
+    if not steps or dense is None or curves_path(store.root, store.run_id).exists():
+        return
+    reference = "torch" if "torch" in plan.impls else plan.impls[0]
+    batch, every = MATRIX_CURVES["batch"], min(MATRIX_CURVES["every"], steps)
+    print(f"curves: {dense.name}, {steps} steps at batch {batch}, {len(plan.impls)} impls", file=sys.stderr)
+    curves, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference,
+                                  timeout_s=args.timeout)
+    append_curves(store.root, store.run_id, curve_records(dense, args.kmer, batch, steps, every, curves, verdicts,
+                                                          None))
+    print_verdicts(dense.name, steps, batch, verdicts)

@@ -131,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_resume(args, cells, store)
     try:
         rows = run_matrix(cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
-                          memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak)
+                          memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak,
+                          refresh_peak=args.remeasure_peak)
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}; "
               f"continue with --resume --run-id {store.run_id}", file=sys.stderr)
@@ -265,7 +266,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:
         run_matrix(cells, store, resume=args.resume, preflight=planned.preflight, progress=not args.no_progress,
                    budget_s=plan.budget_s, runnable={c.key for c in runnable}, keep_failed=args.keep_failed,
-                   peak=True)
+                   peak=True, refresh_peak=args.remeasure_peak)
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)

@@ -147,7 +147,7 @@ def plan_resume(cells: list[Cell], store: ResultStore, keep_failed: bool = False
 def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, preflight: Preflight | None = None,
                progress: bool = True, memory_limit_bytes: int | None = None,
                budget_s: float | None = None, runnable: set[str] | None = None,
-               keep_failed: bool = False, peak: bool = False) -> list[dict[str, Any]]:
+               keep_failed: bool = False, peak: bool = False, refresh_peak: bool = False) -> list[dict[str, Any]]:
     """Run every cell not already done in ``store`` (with ``resume``) and return the new rows.
 
     With ``resume``, a cell whose latest row is ok or skipped is skipped and a failed one runs
@@ -160,6 +160,8 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
 
     ``peak``: the device's matmul peak, the best among the installed frameworks (measured once per
     machine and cached, ``harness.run.peak``), put in the fingerprint, so every row carries its MFU.
+    ``refresh_peak`` times it again though cached (``--remeasure-peak``: the machine was busy the first time,
+    and a peak taken under load is too low and would stay cached).
     Every cell shares the run's compilation cache (``harness.run.compile_cache``).
     """
     with store.writing():
@@ -167,7 +169,8 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
         fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
         if peak and cells and todo:
             fingerprint["matmul_peak"] = measured_peak(cells[0].spec.settings,
-                                                       "gpu" if fingerprint.get("gpus") else "cpu")
+                                                       "gpu" if fingerprint.get("gpus") else "cpu",
+                                                       refresh=refresh_peak)
         shared_cache = cache_dir(store.root, store.run_id)
         for cell in todo:
             cell.compile_cache = cell.compile_cache or shared_cache

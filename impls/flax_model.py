@@ -10,7 +10,7 @@ layout, so the canonical weights are Flax's weights with no transposes at all:
   that array, which is exactly the canonical ``conv_transpose1d`` of
   ``harness.spec.reference``. With stride 1 and an odd kernel its ``'SAME'`` padding is
   the symmetric ``((k - 1) / 2, (k - 1) / 2)`` of the reference (checked against
-  ``harness.spec.reference`` in ``tests/test_impl_flax.py``), so no explicit padding
+  ``harness.spec.reference`` in ``tests/impls/flax/test_impl_flax.py``), so no explicit padding
   is needed;
 * ``nnx.BatchNorm`` ``scale``, ``bias``, ``mean``, ``var`` are the canonical
   ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; its ``momentum`` is

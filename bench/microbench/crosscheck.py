@@ -2,7 +2,7 @@
 (``bench/microbench/test_steps.py``) against the harness's ``device_step`` median, each in fresh
 processes, at dense k=3 batch 64 with one thread per framework.
 
-Shared by the test of the timers themselves (``tests/test_timer_crosscheck.py``: the planted
+Shared by the test of the timers themselves (``tests/measure/test_timer_crosscheck.py``: the planted
 numpy adapter, whose step is a fixed sleep, so the check holds on a loaded 2-core CI machine)
 and the benchmark of the real builds (``bench/microbench/test_crosscheck.py``, run by
 ``nox -s microbench``: a framework's CPU step moves by 10-35% with a neighbour's load, so its

@@ -1,7 +1,7 @@
 """The real builds' two timers side by side: ``nox -s microbench`` runs this after the step benchmarks.
 
 A measurement of each build, with the figures printed; see :mod:`bench.microbench.crosscheck` for the
-method. The suite's test of the timers themselves is ``tests/test_timer_crosscheck.py``.
+method. The suite's test of the timers themselves is ``tests/measure/test_timer_crosscheck.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One round is one ``train_step`` on a batch already staged on the device
 (``to_device(host_batch(x))``, then a sync) followed by a device sync, so the figure is
 the framework's compute, comparable with a cell's ``device_step``
-(``tests/test_timer_crosscheck.py`` checks that the two agree, with rounds of as many steps
+(``tests/measure/test_timer_crosscheck.py`` checks that the two agree, with rounds of as many steps
 as a cell's timing window, so that both timers wait for the device equally often).
 
 Keras picks its backend once per process, so a ``keras-*`` parameter runs only where

@@ -5,7 +5,7 @@ Float32 drift grows with the steps: two runs of one build whose weights start on
 tolerance is measured in every run: the reference impl trains a second time from weights one ulp apart
 (``python -m bench curves``, on by default; the noise floor), and an impl's curve has parted once its
 gap to the reference exceeds ``FLOOR_FACTOR`` times the floor's largest gap (never less than the
-``*_MIN`` figures). Measured on this 2-core CPU (dense, torch reference; the README's "Training curves"):
+``*_MIN`` figures). Measured on this 2-core CPU (dense, torch reference; docs/parity.md, "Training curves"):
 
 =====================  ==============  ==============  ==============
                        k=4, 120 steps  k=5, 300 steps  what it is

@@ -14,7 +14,7 @@ keeps the model's part of the anonymous pages:
 ``/proc/self/status`` at the very end of the cell, after the row's own bookkeeping had
 imported more modules (the leak verdict, the step statistics, NVML): their shared libraries
 were mapped after the peak, never part of it, and were subtracted all the same. On the
-README's example adapter (``tests/fixtures/planted.py:NumpyVAE``, dense k=3 b=32) RssFile was
+plug-in example adapter of docs/design.md (``tests/fixtures/planted.py:NumpyVAE``, dense k=3 b=32) RssFile was
 26.9 MB at the memory phase and 54.8 MB at the end, so 28 MB that the peak never held came
 off a peak of a few MB: −20 MB. On the framework rows of the committed CPU reference run the
 same late imports took 24–26 MiB off every peak. Now the file-backed figure is the last one

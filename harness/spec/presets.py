@@ -1,7 +1,7 @@
 """The user's own designs, from their log, as ready specs.
 
 Each preset is a function of the input length L so that ``--kmer K`` can size it.
-The layer lists are exactly those of the log (see the README, "Presets").
+The layer lists are exactly those of the log (see docs/presets.md).
 Conv presets start with ``reshape (L, 1)`` (one channel) and end with
 ``flatten`` so the decoder emits L logits; the sigmoid is ``output_activation``.
 """

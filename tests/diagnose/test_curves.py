@@ -1,0 +1,166 @@
+"""Training curves: the verdict rules on hand-made curves, the stored records, and real workers at small k
+(the same curves across builds, a planted beta2 caught, KL collapse flagged at beta 50 and not at 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from fixtures.paths import REPO
+
+from harness.diagnose.curves import KL_COLLAPSE_NATS, TOL_PART, judge, kl_collapsed, smooth
+from harness.run.curves import Curve, CurveRun, curve_inputs, step_noise, train_curves
+from harness.spec.presets import preset
+from harness.spec.schema import Loss
+from harness.store import append_curves, load_curves
+
+PLANTED = str(REPO / "tests/fixtures/planted_curves.py") + ":Beta2TorchVAE"
+
+
+def _curve(impl: str, loss: list[float], recon: list[float] | None = None, kl_max: list[float] | None = None,
+           every: int = 10) -> Curve:
+    probes = list(range(0, len(loss) + 1, every))
+    recon = recon or [100.0 - i for i in range(len(probes))]
+    kl_max = kl_max or [0.5] * len(probes)
+    return Curve(impl, loss=loss, probe_steps=probes, recon=recon, kl=[k * 10 for k in kl_max], kl_max_dim=kl_max,
+                 grad_norm=[1.0] * len(probes))
+
+
+def test_smooth_is_a_trailing_mean():
+    np.testing.assert_allclose(smooth([1, 2, 3, 4], window=2), [1, 1.5, 2.5, 3.5])
+
+
+def test_curves_that_part_are_caught_at_the_step_they_part():
+    # no floor run: the fixed tolerances
+    ref = _curve("torch", [100.0] * 100)
+    same = _curve("flax", [100.0 * (1 + 1e-4)] * 100)
+    drift = _curve("planted", [100.0] * 50 + [100.0 * (1 + 3 * TOL_PART)] * 50)
+    bad = _curve("nan", [100.0] * 40 + [float("nan")] * 60)
+    v = {x.impl: x for x in judge([ref, same, drift, bad])}
+    assert v["torch"].passed and v["flax"].passed and v["flax"].parted_at is None
+    assert not v["planted"].passed and 50 <= v["planted"].parted_at < 50 + 10  # smoothing lags by under a window
+    assert not v["nan"].passed and v["nan"].nonfinite_at == 40
+    failed = replace(same, error="Worker died: SIGKILL")
+    assert judge([ref, failed])[1].error == "Worker died: SIGKILL" and not judge([ref, failed])[1].passed
+
+
+def test_the_noise_floor_sets_the_tolerances():
+    ref = _curve("torch", [100.0] * 100)
+    floor = _curve("torch (1 ulp)", [100.0] * 50 + [100.1] * 50)  # a 0.1% gap at the end
+    near = _curve("flax", [100.0] * 50 + [100.3] * 50)  # 3 x the floor: the same training
+    far = _curve("planted", [100.0] * 50 + [100.7] * 50)  # 7 x the floor: parted
+    v = {x.impl: x for x in judge([ref, floor, near, far], reference="torch", floor="torch (1 ulp)")}
+    assert v["flax"].tol_source == "floor" and v["flax"].tol_part == pytest.approx(0.005, rel=1e-3)
+    assert v["flax"].passed and v["torch (1 ulp)"].passed and not v["planted"].passed
+    assert judge([ref, near])[1].tol_source == "fixed" and not judge([ref, near])[1].passed  # 0.3% > 0.2%
+
+
+def test_final_recon_compares_the_end_of_the_held_out_curve():
+    ref = _curve("torch", [10.0] * 100, recon=[50.0] * 11)
+    off = _curve("flax", [10.0] * 100, recon=[50.0] * 8 + [60.0] * 3)  # probes 80, 90, 100 are the last 20%
+    v = judge([ref, off])[1]
+    assert v.final_recon == pytest.approx(0.2) and not v.passed
+
+
+def test_kl_collapse_needs_every_late_element_under_the_threshold_and_a_falling_reconstruction():
+    low = [1.0] * 5 + [KL_COLLAPSE_NATS / 10] * 6  # probes 0..100; the second half (50..100) is low
+    assert kl_collapsed(_curve("a", [1.0] * 100, kl_max=low), 100)[1]
+    late_spike = low[:-1] + [KL_COLLAPSE_NATS * 2]
+    assert not kl_collapsed(_curve("a", [1.0] * 100, kl_max=late_spike), 100)[1]
+    settling = [1.0] * 5 + [KL_COLLAPSE_NATS * 2] + [KL_COLLAPSE_NATS / 10] * 5  # still above at step 50
+    assert not kl_collapsed(_curve("a", [1.0] * 100, kl_max=settling), 100)[1]
+    flat_recon = [50.0] * 11
+    assert not kl_collapsed(_curve("a", [1.0] * 100, recon=flat_recon, kl_max=low), 100)[1]
+
+
+def test_every_worker_gets_the_same_noise_and_masks():
+    spec = preset("masked-multiomics", 1)
+    a, fa = step_noise(spec, 0, 7, 4)
+    b, fb = step_noise(spec, 0, 7, 4)
+    assert np.array_equal(a, b) and fa == fb and a.shape == (4, 50)
+    assert not np.array_equal(a, step_noise(spec, 0, 8, 4)[0])
+    draws = {step_noise(spec, 0, i, 1)[1]["mask_block"] for i in range(40)}
+    assert draws == {0, 1, 2, 3}
+
+
+def test_synthetic_rows_are_scaled_to_the_unit_range_and_a_data_file_is_kept(tmp_path):
+    spec = preset("dense", 32)
+    inputs = curve_inputs(spec, 3, 16, 20)
+    assert inputs["x"].shape == (16, 16, 32) and inputs["x"].min() == 0 and inputs["x"].max() == 1
+    rows = np.random.default_rng(0).uniform(0, 0.01, (64, 32)).astype(np.float32)
+    np.save(tmp_path / "d.npy", rows)
+    inputs = curve_inputs(spec, 3, 16, 20, data=str(tmp_path / "d.npy"))
+    np.testing.assert_array_equal(inputs["x"][0], rows[:16])
+
+
+def test_records_are_stored_beside_the_run_and_the_latest_per_impl_is_read(tmp_path):
+    rec = {"spec_name": "dense", "spec_hash": "h", "batch": 8, "curve": {"impl": "torch", "loss": [1.0]}}
+    append_curves(tmp_path, "20261126-000000-aaaaaa", [rec, {**rec, "curve": {"impl": "flax", "loss": [2.0]}}])
+    append_curves(tmp_path, "20261126-000000-aaaaaa", [{**rec, "curve": {"impl": "torch", "loss": [3.0]}}])
+    (tmp_path / "20261126-000000-aaaaaa.jsonl").write_text("")
+    got = load_curves([tmp_path / "20261126-000000-aaaaaa.jsonl"])
+    assert sorted((c["curve"]["impl"], c["curve"]["loss"][0]) for c in got) == [("flax", 2.0), ("torch", 3.0)]
+    assert len(load_curves([tmp_path])) == 2 and load_curves([tmp_path / "nothing.jsonl"]) == []
+
+
+# ------------------------------------------------------------------------- real workers
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_a_planted_beta2_parts_from_torch_and_the_nudged_torch_does_not():
+    spec = preset("dense", 136)
+    runs = [CurveRun("torch", "torch"), CurveRun("torch", "torch (1 ulp)", nudge=True), CurveRun(PLANTED, "beta2")]
+    curves = train_curves(spec, 4, runs, steps=120, batch=32, every=10)
+    v = {x.impl: x for x in judge(curves, reference="torch", floor="torch (1 ulp)")}
+    assert v["beta2"].tol_source == "floor" and v["torch (1 ulp)"].passed, v["torch (1 ulp)"]
+    assert not v["beta2"].passed and v["beta2"].parted_at is not None, v["beta2"]
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_kl_collapses_at_beta_50_and_not_at_beta_1():
+    dense = preset("dense", 136)
+    heavy = replace(dense, name="dense-beta50", loss=Loss(beta=50.0))
+    [light_curve] = train_curves(dense, 4, [CurveRun("torch", "torch")], steps=200, batch=32, every=10)
+    [heavy_curve] = train_curves(heavy, 4, [CurveRun("torch", "torch")], steps=200, batch=32, every=10)
+    assert not judge([light_curve])[0].kl_collapse, light_curve.kl_max_dim
+    assert judge([heavy_curve])[0].kl_collapse, heavy_curve.kl_max_dim
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_the_builds_train_the_same_and_the_verb_stores_and_reports_it(tmp_path):
+    impls = "torch,flax,keras-jax,keras-torch"
+    done = subprocess.run([sys.executable, "-m", "bench", "curves", "--spec", "dense", "--kmer", "4", "--impl", impls,
+                           "--steps", "60", "--batch", "32", "--every", "10", "--results", str(tmp_path),
+                           "--run-id", "20261126-000000-cccccc", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    records = json.loads(done.stdout)
+    verdicts = {r["verdict"]["impl"]: r["verdict"] for r in records}
+    assert done.returncode == 0, verdicts
+    assert set(verdicts) == {"torch", "torch (1 ulp)", "flax", "keras-jax", "keras-torch"}
+    assert all(v["passed"] and not v["kl_collapse"] and v["tol_source"] == "floor" for v in verdicts.values()), verdicts
+    assert len(load_curves([tmp_path])) == 5
+
+
+@pytest.mark.worker
+def test_bench_report_finds_the_curves_stored_beside_the_rows(tmp_path):
+    from fixtures.rows import ok_row, write_jsonl
+
+    row = ok_row("torch", 64, 40, 0.5)
+    rows = write_jsonl(tmp_path / "run.jsonl", [row])
+    curve = _curve("torch", [10.0] * 20)
+    record = {"spec_name": "dense", "spec_hash": "hdense", "kmer": 5, "batch": 64, "steps": 20,
+              "curve": curve.to_dict(), "verdict": judge([curve])[0].to_dict(), "tolerances": {}}
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "run.jsonl").write_text(json.dumps({**record, "run_id": row["run_id"]}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "bench", "report", str(rows), "--out", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    md = next((tmp_path / "out").glob("*/report.md")).read_text()
+    assert "## Training curves" in md and "### Curves: dense, k=5, batch 64, 20 steps" in md

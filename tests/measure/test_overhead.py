@@ -1,0 +1,40 @@
+"""``bench overhead``: the harness adds nothing measurable to the step time it reports.
+
+The planted adapter's step is a few milliseconds of numpy plus a sleep, so it
+varies little between processes; whatever the harness adds per step (an RSS
+read, a leak-control call) would show up in the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench.overhead import paired_ratio_ci
+
+IMPL = "tests/fixtures/planted.py:TunableNumpyVAE"
+
+
+@pytest.mark.worker
+@pytest.mark.timing
+def test_harness_step_time_is_within_five_percent_of_a_bare_loop():
+    out = subprocess.run([sys.executable, "-m", "bench", "overhead", "--impl", IMPL, "--spec", "dense", "--kmer", "3",
+                          "--batch", "16", "--steps", "60", "--repeats", "2", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (o,) = json.loads(out.stdout)
+    assert abs(o["ratio"] - 1) <= 0.05, o
+    assert len(o["bare_s"]) == len(o["harness_s"]) == 2
+    assert "paired 95% CI" in out.stderr
+
+
+def test_paired_ratio_ci_brackets_a_constant_ratio_and_widens_with_noise():
+    low, high = paired_ratio_ci([1.0, 2.0, 4.0], [1.1, 2.2, 4.4])
+    assert math.isclose(low, 1.1) and math.isclose(high, 1.1)
+    low, high = paired_ratio_ci([1.0, 1.0, 1.0, 1.0], [0.9, 1.1, 1.0, 1.05])
+    assert low < 1.0 < high
+    assert all(math.isnan(v) for v in paired_ratio_ci([1.0], [1.0]))

@@ -170,6 +170,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: ``run`` and ``matrix``: a peak timed while the machine was busy is too low and would stay cached
+REMEASURE_PEAK_HELP = "time the matmul peak again, though this machine has it cached (it was busy the first time)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vaebench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -273,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves-steps", type=non_negative_int, default=None,
                    help="steps of the training-curves run after the cells (dense preset; default 200 on a GPU, "
                         "100 on a CPU; 0: none)")
-    p.add_argument("--remeasure-peak", action="store_true",
-                   help="time the matmul peak again, though this machine has it cached (it was busy the first time)")
+    p.add_argument("--remeasure-peak", action="store_true", help=REMEASURE_PEAK_HELP)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="build a report from stored results")
@@ -361,7 +364,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "default), in every cell (on), or never (off: a leak then stays unconfirmed)")
     p.add_argument("--no-peak", action="store_true",
                    help="skip the matmul peak (each installed framework timed once per machine, then cached): rows get no MFU")
-    p.add_argument("--remeasure-peak", action="store_true",
-                   help="time the matmul peak again, though this machine has it cached (it was busy the first time)")
+    p.add_argument("--remeasure-peak", action="store_true", help=REMEASURE_PEAK_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the new rows as JSON")

@@ -20,17 +20,18 @@ _unmarked: dict[str, list[str]] = {}
 _popen_init = subprocess.Popen.__init__
 
 
-def _is_python(args) -> bool:
-    argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args or [""])
-    first = os.fsdecode(argv[0]).split()[0] if os.fsdecode(argv[0]).strip() else ""
-    return first == sys.executable or os.path.basename(first).startswith("python")
+def _argv(args) -> list[str]:
+    """Popen's ``args`` as strings: a list, or one command line (``shell=True``) split on spaces."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return os.fsdecode(args).split()
+    return [os.fsdecode(a) for a in args or []]
 
 
 def _noting_init(self, args, *rest, **kwargs):
-    item = _running["item"]
-    if item is not None and _is_python(args) and item.get_closest_marker("worker") is None:
-        command = " ".join(map(os.fsdecode, [args] if isinstance(args, (str, bytes)) else args))
-        _unmarked.setdefault(item.nodeid, []).append(command[:160])
+    item, argv = _running["item"], _argv(args)
+    is_python = bool(argv) and (argv[0] == sys.executable or os.path.basename(argv[0]).startswith("python"))
+    if item is not None and is_python and item.get_closest_marker("worker") is None:
+        _unmarked.setdefault(item.nodeid, []).append(" ".join(argv)[:160])
     _popen_init(self, args, *rest, **kwargs)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.run.confirm import MIN_STEPS_BEFORE_CAP
 from harness.run.runner import plan_cells, run_matrix
 from harness.spec.presets import resolve_spec
 from harness.store import ResultStore
@@ -43,7 +44,10 @@ def test_injected_leak_in_a_main_command_sized_cell_is_confirmed(tmp_path):
     assert leak["label"] == "leak (confirmed)", leak["reason"]
     assert leak["confirmed"] is True and "rss" in leak["evidence"] and leak["decided_by"] == "confirmation"
     conf = leak["confirmation"]
-    assert conf["steps"] >= 150 and conf["recurring"]
+    # the plan is 150 steps; on a loaded machine the 10 s cap may stop it first, and then the row says so
+    # (a fresh-clone CI run got 128 steps): either way the leak must read confirmed and recurring
+    assert conf["recurring"] and conf["steps"] >= MIN_STEPS_BEFORE_CAP
+    assert conf["steps"] >= 150 or conf["stopped_by"] == "its 10 s cap", conf
     assert conf["max_s"] == 10.0  # capped by the cell's budget (harness.run.schedule.confirmation_cap)
     assert conf["rss"]["slope_bytes_per_batch"] == pytest.approx(256 * KIB, rel=0.1)
     assert leak["injected_bytes_per_batch"] == 256 * KIB

@@ -20,7 +20,8 @@ from harness.spec.schema import Settings, fairness_env
 #: variables a caller may set that change speed or memory (thread pools, allocators); the worker
 #: inherits them, so a row records them (``nox -s tests`` caps threads at one, for example)
 PERFORMANCE_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS",
-                   "TF_NUM_INTEROP_THREADS", "MALLOC_ARENA_MAX", "LD_PRELOAD", "CUDA_VISIBLE_DEVICES")
+                   "TF_NUM_INTEROP_THREADS", "MALLOC_ARENA_MAX", "LD_PRELOAD", "CUDA_VISIBLE_DEVICES",
+                   "JAX_THREEFRY_PARTITIONABLE")
 
 
 def machine_fingerprint(settings: Settings) -> dict[str, Any]:

@@ -54,3 +54,19 @@ def _workers_are_marked(request):
     if started:
         pytest.fail(f"{request.node.nodeid} started a Python process without the `worker` marker "
                     f"(add `pytestmark = pytest.mark.worker` to its module): {started[0]}", pytrace=False)
+
+
+#: the modules whose shared fixtures start several processes for minutes (the parity workers, two at a time; the
+#: three Keras children) go first: pytest-xdist's ``load`` scheduling hands each worker a first chunk in
+#: collection order, so both fixtures start at once at the beginning, and the many short tests fill the cores
+#: after them instead of one long fixture running alone at the end (collected by folder, they started mid-run)
+LONG_FIXTURES_FIRST = ("tests/impls/test_parity.py", "tests/impls/keras/")
+
+
+def pytest_collection_modifyitems(config, items):
+    def first(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, prefix in enumerate(LONG_FIXTURES_FIRST) if path.startswith(prefix)),
+                    len(LONG_FIXTURES_FIRST))
+
+    items.sort(key=first)  # stable: the order inside each group is collection order

@@ -74,9 +74,7 @@ def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
     spec = scenario_spec(name, k)
     extra = {"confirm_max_s": CONFIRM_MAX_S_BY_SCENARIO.get(name, CONFIRM_MAX_S)}
     if SCENARIOS[name].anti is not None:
-        # a twin's steady window alone can read "inconclusive" beside a loaded core (torch-loss-total-fixed, 120
-        # steps: a 3.4 MiB arena jump, then a second-half slope of 24.6 KiB/batch against an 8 KiB threshold),
-        # and such a cell is not confirmed by default: the confirmation is forced on, so a longer series settles it
+        # the twin's confirmation is forced on: a second, untimed series beside the steady window (see below)
         extra["confirm"] = "on"
     if SCENARIOS[name].expected_cause == "compilation":
         extra["heap_steps"] = HEAP_STEPS_WHEN_COMPILING
@@ -92,10 +90,15 @@ def test_scenario_verdict_and_cause(name, impl, k, batch, steps):
         if name in CONFIRM_MAX_S_BY_SCENARIO:  # confirmed by its counters within the 10-step floor
             confirmation = leak["confirmation"]
             assert "compile" in confirmation["signals"], confirmation["reason"]
-    else:  # the clean twin
-        assert leak["verdict"] == "no leak", leak["reason"]
-        assert leak["confirmed"] is not True and leak["decided_by"] == "confirmation", leak["label"]
-        assert leak["confirmation"]["signals"] == [], leak["confirmation"]["reason"]
+    else:  # the clean twin: never a leak, and "no leak" in at least one of its two RSS series
+        # Beside a loaded core one series may read "inconclusive", the detector's answer to a noisy line:
+        # torch-loss-total-fixed's steady window (120 steps: a 3.4 MiB arena jump, then a 24.6 KiB/batch second
+        # half against an 8 KiB threshold) in one run, its 3 s confirmation (61 steps) in a fresh-clone CI run.
+        # A leak read in either series makes the row's verdict "leak", and fails the test.
+        confirmation = leak["confirmation"]
+        assert leak["verdict"] != "leak" and leak["confirmed"] is not True, leak["reason"]
+        assert confirmation["signals"] == [], confirmation["reason"]
+        assert "no leak" in (leak["rss_verdict"], confirmation["verdict"]), leak["reason"]
 
 
 def test_every_anti_pattern_has_a_twin_and_a_one_line_fix():

@@ -58,8 +58,8 @@ def _workers_are_marked(request):
 
 #: the modules whose shared fixtures start several processes for minutes (the parity workers, two at a time; the
 #: three Keras children) go first: pytest-xdist's ``load`` scheduling hands each worker a first chunk in
-#: collection order, so both fixtures start at once at the beginning, and the many short tests fill the cores
-#: after them instead of one long fixture running alone at the end (collected by folder, they started mid-run)
+#: collection order, so these fixtures run at the start, with the many short tests filling the cores beside and
+#: after them, instead of one long fixture running alone at the end (collected by folder, they started mid-run)
 LONG_FIXTURES_FIRST = ("tests/impls/test_parity.py", "tests/impls/keras/")
 
 

@@ -13,15 +13,16 @@ the parameter counts).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from fixtures.gradcheck import reference_slope
-from fixtures.keras_children import keras_check_tests
+from fixtures.keras_children import check_registry, keras_check_tests
 from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
+from harness.run.parity import rel_l2
 from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, vae_loss
@@ -31,25 +32,12 @@ pytestmark = pytest.mark.worker
 
 BATCH = 8
 
-# one compute thread per child: the models are tiny and three children share the CPU
-
-
 # ----------------------------------------------------------------------------- the checks
 #
 # Each check takes the adapter class and a model cache, asserts, and may return a dict
 # of figures that the report keeps (shown with ``pytest -s``). They run in the child.
 
-CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
-
-
-def check(fn: Callable[..., dict[str, Any] | None]) -> Callable[..., dict[str, Any] | None]:
-    CHECKS[fn.__name__.removeprefix("check_")] = fn
-    return fn
-
-
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+CHECKS, check = check_registry()
 
 
 def batch(length: int, latent: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from fixtures.keras_children import keras_check_tests
+from fixtures.keras_children import check_registry, keras_check_tests
 
 from harness.spec.presets import preset
 
@@ -22,12 +22,7 @@ pytestmark = pytest.mark.worker
 
 BATCH, LENGTH, STEPS = 8, 32, 50
 
-CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
-
-
-def check(fn):
-    CHECKS[fn.__name__.removeprefix("check_")] = fn
-    return fn
+CHECKS, check = check_registry()
 
 
 def data(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

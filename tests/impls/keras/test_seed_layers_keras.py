@@ -10,14 +10,15 @@ specs only (``KL_SMALL`` L=31, ``MASKED_SMALL`` L=23, batch 4); the presets are 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from fixtures.gradcheck import reference_slope
-from fixtures.keras_children import keras_check_tests
+from fixtures.keras_children import check_registry, keras_check_tests
 from fixtures.seed_layer_specs import AUTOENCODER_KL_CASES, KL_SMALL, MASKED_SMALL
 
+from harness.run.parity import rel_l2
 from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, perturb_zero_init, vae_loss
@@ -30,17 +31,7 @@ BATCH = 4
 #: the masking check's fixed block (MASKED_SMALL's blocks are 10, 8, 4, 1 long)
 MASK_BLOCK = 1
 
-CHECKS: dict[str, Callable[..., dict[str, Any] | None]] = {}
-
-
-def check(fn: Callable[..., dict[str, Any] | None]) -> Callable[..., dict[str, Any] | None]:
-    CHECKS[fn.__name__.removeprefix("check_")] = fn
-    return fn
-
-
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+CHECKS, check = check_registry()
 
 
 def batch(spec, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

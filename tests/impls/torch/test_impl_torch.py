@@ -57,15 +57,6 @@ ODD = VAESpec(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and OpenMP barriers stall badly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def load_torch_adapter():
     return load_adapter_class("torch")
 

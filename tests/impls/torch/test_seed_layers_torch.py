@@ -26,15 +26,6 @@ BATCH = 4
 SPECS = {"kl": KL_SMALL, "masked": MASKED_SMALL}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and OpenMP barriers stall badly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 _CACHE: dict[str, object] = {}
 
 

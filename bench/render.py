@@ -41,21 +41,24 @@ def print_params(reports, kmer: int | None) -> None:
 
 
 def print_parity(reports) -> None:
-    from harness.run.parity import TOL_FORWARD, TOL_STEP
+    from harness.run.parity import TOL_FORWARD, TOL_REFERENCE, TOL_STEP
 
     for rep in reports:
         table = Table(title=f"parity of {rep.spec} against {rep.reference} (batch {rep.batch}; relative L2; "
-                            f"tolerance {TOL_FORWARD:.0e}, after step {TOL_STEP:.0e})")
+                            f"tolerance {TOL_FORWARD:.0e}, after step {TOL_STEP:.0e}; against the float64 numpy "
+                            f"reference {TOL_REFERENCE:.0e})")
         for col in ("impl", "forward", "loss", "grads (worst tensor)", "after 1 Adam step (all weights; worst tensor)",
-                    "verdict"):
+                    "float64 reference: forward / loss", "verdict"):
             table.add_column(col)
         for r in rep.rows:
             if r.error:
-                table.add_row(r.impl, "-", "-", "-", "-", f"[red]failed: {r.error}[/red]")
+                table.add_row(r.impl, "-", "-", "-", "-", "-", f"[red]failed: {r.error}[/red]")
                 continue
+            loss64 = "- (BatchNorm)" if r.reference_loss is None else _fmt_rel(r.reference_loss, TOL_REFERENCE)
             table.add_row(r.impl, _fmt_rel(r.forward, TOL_FORWARD), _fmt_rel(r.loss, TOL_FORWARD),
                           f"{_fmt_rel(r.grads, TOL_FORWARD)} ({r.worst_grad})",
                           f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
+                          f"{_fmt_rel(r.reference_forward, TOL_REFERENCE)} / {loss64}",
                           "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
         console.print(table)
         near = max((r.near_eps_elements for r in rep.rows), default=0)

@@ -169,7 +169,15 @@ def _sentence(name: str, device: str, by_batch: dict[int, list[ImplCell]], rec: 
     for b, c in cells:
         if c.eligible and c.median_s and c.impl not in tied:
             best[c.impl] = max(best.get(c.impl, 0.0), b / c.median_s)
-    slower = sorted(((rec.samples_per_s / v, i) for i, v in best.items()), key=lambda t: (t[0], t[1]))
+    ratios = sorted(((rec.samples_per_s / v, i) for i, v in best.items()), key=lambda t: (t[0], t[1]))
+    faster = [(1 / r, i) for r, i in ratios if r < 1]
+    slower = [(r, i) for r, i in ratios if r >= 1]
+    if faster:
+        # the pick came from a tie broken by peak memory; an impl between it and the tie's fastest, whose CI
+        # misses the fastest's, trains more samples per second than the pick and must be named so
+        names = join_and([f"{label[i]} ({r:.2f}×)" for r, i in sorted(faster, reverse=True)])
+        text += (f"; {names} {'is' if len(faster) == 1 else 'are'} faster than that but outside the tie: "
+                 f"{'its' if len(faster) == 1 else 'their'} CI lies below the fastest's")
     if slower:
         words = [f"{label[i]} is {r:.2f}× {'slower' if r >= 1 else 'faster'}" if n == 0 else f"{label[i]} {r:.2f}×"
                  for n, (r, i) in enumerate(slower)]

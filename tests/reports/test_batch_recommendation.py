@@ -58,3 +58,19 @@ def test_the_report_has_the_recommended_batch_section(tmp_path):
     md = (out / "report.md").read_text()
     section = md.split("## Recommended batch", 1)[1].split("\n## ", 1)[0]
     assert "| dense, k=5 | **flax at batch 512** (2,048 samples/s) | flax 512, torch 512 |" in section
+
+
+def test_an_impl_faster_than_a_memory_broken_pick_is_named_faster_not_slower(tmp_path):
+    """flax (1,600 samples/s, tight CI) ties with torch (1,400, a wide CI reaching flax's) and torch peaks lower,
+    so torch is picked; keras-jax (1,500, a tight CI below flax's) is outside the tie yet faster than torch.
+    The sentence said "keras-jax is 0.93× faster" before; it must say 1.07× faster, and why it is not the pick."""
+    rows = [ok_row("flax", 64, 40, 0.25, peak_mib=2000), ok_row("torch", 64, 64 / 1.4, 7, peak_mib=300),
+            ok_row("keras-jax", 64, 64 / 1.5, 0.1, peak_mib=2000)]
+    rec = recommend_batch(_by_batch(rows))
+    assert (rec.choice, rec.batch) == ("torch", 64) and ("flax", 64) in rec.tie and ("keras-jax", 64) not in rec.tie
+    out = build_report([str(write_jsonl(tmp_path / "r.jsonl", rows))], out_root=tmp_path / "out", plots=False)
+    md = (out / "report.md").read_text()
+    answer = next(line for line in md.splitlines() if line.startswith("**dense, k=5**"))
+    assert "use **torch at batch 64**" in answer and "flax is within noise" in answer, answer
+    assert "keras-jax (1.07×) is faster than that but outside the tie: its CI lies below the fastest's" in answer, answer
+    assert "0.93" not in answer and "slower" not in answer, answer

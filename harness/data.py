@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from harness.files import not_regular
 from harness.spec.schema import canonical_kmer_count
 
 
@@ -120,14 +121,20 @@ def check_rows(arr: np.ndarray, batch: int, wrap: bool, where: str) -> None:
 def open_npy(path: str | Path, columns: str | None = None) -> np.ndarray:
     """Open a ``.npy`` file as a read-only memmap and check its shape and dtype."""
     path = Path(path)
-    if not path.exists():
+    kind = not_regular(path)
+    if kind == "missing":
         raise DataError(f"data file {path} does not exist; pass an existing .npy file with --data")
+    if kind:
+        raise DataError(f"data file {path} is {kind}, not a regular file; pass a .npy file with --data")
     if path.suffix != ".npy":
         raise DataError(f"data file {path} is not a .npy file; save it with numpy.save")
     try:
-        arr = np.load(path, mmap_mode="r")
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any reader error becomes one line
         raise DataError(f"data file {path} could not be read as .npy: {str(exc).splitlines()[0]}") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens a zip archive (an .npz renamed .npy) as an NpzFile
+        arr.close()
+        raise DataError(f"data file {path} is an .npz archive, not a .npy array; save one array with numpy.save")
     if arr.ndim != 2:
         raise DataError(f"data file {path} has {arr.ndim} dimensions {arr.shape}; it must be 2-D (rows, features)")
     if not np.issubdtype(arr.dtype, np.floating):

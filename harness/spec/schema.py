@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.files import not_regular
 from harness.spec.layers import (
     ACTIVATIONS,
     KL_NORMALISATIONS,
@@ -27,6 +28,7 @@ from harness.spec.layers import (
     Layer,
     SpecError,
 )
+from harness.spec.ranges import check_ranges
 from harness.spec.shapes import infer_shapes
 
 SCHEMA_VERSION = 1
@@ -218,8 +220,10 @@ class VAESpec:
             if key not in raw:
                 raise SpecError(f"spec: missing key {key!r}")
         version = raw.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise SpecError(f"spec: schema_version {version} is not supported (this vaebench reads {SCHEMA_VERSION})")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            hint = f"write the number {SCHEMA_VERSION}, not a string" if str(version) == str(SCHEMA_VERSION) else \
+                f"this vaebench reads {SCHEMA_VERSION}"
+            raise SpecError(f"spec: schema_version {version!r} is not supported ({hint})")
         spec = cls(
             name=str(raw["name"]),
             input_length=raw["input_length"],
@@ -277,9 +281,18 @@ def _sub(cls: type, raw: Any, where: str) -> Any:
 def load_spec(path: str | Path) -> VAESpec:
     """Read a spec from a ``.json``, ``.yaml`` or ``.yml`` file."""
     path = Path(path)
-    if not path.exists():
+    kind = not_regular(path)
+    if kind == "missing":
         raise SpecError(f"spec file {path} does not exist; pass a preset name or an existing .json/.yaml file")
-    text = path.read_text()
+    if kind:
+        raise SpecError(f"spec file {path} is {kind}, not a regular file; pass a preset name or a .json/.yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON or "
+                        "YAML") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {path} cannot be read: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -331,6 +344,7 @@ def validate(spec: VAESpec) -> VAESpec:
         raise SpecError(f"spec {spec.name!r}: only kernel_init glorot_uniform and bias_init zeros are implemented")
     if spec.settings.batch_norm_running_var != "biased":
         raise SpecError(f"spec {spec.name!r}: settings.batch_norm_running_var must be 'biased'")
+    check_ranges(spec)
     if spec.decoder[-1].type in ACTIVATIONS:
         raise SpecError(
             f"spec {spec.name!r}: the decoder must end in logits; drop the final {spec.decoder[-1].type}, "

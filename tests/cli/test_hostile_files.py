@@ -1,0 +1,64 @@
+"""Only regular files are read: a FIFO, a directory, a non-UTF-8 spec or an .npz renamed .npy given where
+vaebench reads a file gets one line naming the path and what it is (issue 27). A FIFO hung the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fixtures.paths import REPO
+
+from harness.data import DataError, open_npy
+from harness.spec.layers import SpecError
+from harness.spec.schema import load_spec
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_spec_or_data_file_is_refused_without_opening_it(fifo, tmp_path):
+    with pytest.raises(SpecError, match=r"pipe.yaml is a FIFO \(named pipe\), not a regular file"):
+        load_spec(fifo)
+    data = tmp_path / "pipe.npy"
+    os.mkfifo(data)
+    with pytest.raises(DataError, match=r"pipe.npy is a FIFO \(named pipe\), not a regular file; pass a .npy file"):
+        open_npy(data)
+
+
+def test_a_directory_a_link_loop_and_non_utf8_text_are_one_line(tmp_path):
+    folder = tmp_path / "spec.yaml"
+    folder.mkdir()
+    with pytest.raises(SpecError, match="spec.yaml is a directory, not a regular file"):
+        load_spec(folder)
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    with pytest.raises(SpecError, match="loop.yaml is a symbolic link loop"):
+        load_spec(loop)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin.yaml is not UTF-8 text \(byte 9\); save it as UTF-8"):
+        load_spec(latin)
+
+
+def test_an_npz_renamed_npy_is_one_line(tmp_path):
+    path = tmp_path / "profiles.npy"
+    with open(path, "wb") as f:
+        np.savez(f, x=np.zeros((4, 32), np.float32))
+    with pytest.raises(DataError, match="profiles.npy is an .npz archive, not a .npy array"):
+        open_npy(path)
+
+
+@pytest.mark.worker
+def test_the_command_line_given_a_fifo_answers_at_once(fifo, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", "torch", "--spec", str(fifo), "--kmer", "3",
+                          "--results", str(tmp_path / "results")], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "is a FIFO (named pipe)" in lines[0], out.stderr

@@ -56,6 +56,10 @@ def checked_impls(text: str | None) -> list[str]:
     return out
 
 
+#: every count the command line takes (batches, steps, sizes) becomes an int64 somewhere in a framework
+INT64_MAX = 2**63 - 1
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -63,7 +67,18 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if value > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{value} does not fit in a 64-bit integer (at most {INT64_MAX:,})")
     return value
+
+
+def directory_arg(text: str) -> str:
+    """``--results`` and ``--out``: a directory path, never an empty string (``--results ""`` wrote into the
+    working directory, issue 27); whether it can be written is checked before any cell runs."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory path, got an empty string; leave the flag out for "
+                                         "its default")
+    return text
 
 
 def non_negative_int(text: str) -> int:
@@ -119,6 +134,9 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    if any(v > INT64_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"--batch {text!r}: a batch must fit in a 64-bit integer (at most "
+                                         f"{INT64_MAX:,})")
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"--batch {text!r} names a batch twice; give each once "
                                          "(--repeats repeats a cell)")
@@ -207,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "order gives, which sets the tolerances); fixed tolerances apply instead")
     p.add_argument("--data", help="a .npy file of rows (default: synthetic profiles)")
     p.add_argument("--columns", help="A:B, the block of --data's columns to use")
-    p.add_argument("--results", default="results", help="curves are stored in RESULTS/curves/RUN_ID.jsonl")
+    p.add_argument("--results", type=directory_arg, default="results", help="curves are stored in RESULTS/curves/RUN_ID.jsonl")
     p.add_argument("--run-id", help="store under this run (default: a new id)")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds per worker")
     p.add_argument("--json", action="store_true")
@@ -221,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
     p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
     p.add_argument("--impl", help="judge int32 for this impl's framework (default: every built-in impl side by side)")
-    p.add_argument("--results", default="results", help="where cached probe-int32 results are read")
+    p.add_argument("--results", type=directory_arg, default="results", help="where cached probe-int32 results are read")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("probe-int32", help="run each op past 2^31 elements per impl: ok, raises, aborts, wrong or oom")
@@ -229,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("gpu", "cpu"), help="where the ops run (default: a GPU if NVML sees one)")
     p.add_argument("--ops", help="comma-separated op kinds (default: every op of the spec language)")
     p.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per worker")
-    p.add_argument("--results", default="results", help="where the rows are cached for preflight")
+    p.add_argument("--results", type=directory_arg, default="results", help="where the rows are cached for preflight")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="largest batch each impl can train: doubling, then bisection")
@@ -243,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=size_arg, help="stop a probe whose RSS passes SIZE (host OOM)")
     p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
     p.add_argument("--no-preflight", action="store_true", help="probe even batches preflight says cannot fit")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", type=directory_arg, default="results")
     p.add_argument("--run-id")
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
@@ -263,12 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action="store_true")
     p.add_argument("--clip-norm", type=positive_float,
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
-    p.add_argument("--results", default="results", help="results directory (checked writable before any cell)")
+    p.add_argument("--results", type=directory_arg, default="results",
+                   help="results directory (checked writable before any cell)")
     p.add_argument("--run-id", help="name of the run: letters, digits, '-', '_', '.' (default: timestamp)")
     p.add_argument("--resume", action="store_true",
                    help="continue a run (latest unless --run-id): skip ok and skipped cells, retry failed ones")
     p.add_argument("--keep-failed", action="store_true", help="with --resume, do not retry failed cells")
-    p.add_argument("--out", default="reports/out", help="where reports are written")
+    p.add_argument("--out", type=directory_arg, default="reports/out", help="where reports are written")
     p.add_argument("--keras-loop", choices=KERAS_LOOPS,
                    help="how Keras rows train: fit over a PyDataset (the default, as Keras users train) or train_on_batch")
     p.add_argument("--confirm", choices=("auto", "on", "off"),
@@ -284,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="*", help="result files, directories or run ids (default: the results dir)")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--run-id", help="name of the report folder")
-    p.add_argument("--out", default="reports/out")
+    p.add_argument("--out", type=directory_arg, default="reports/out")
 
     p = sub.add_parser("compare", help="step-time and memory ratios between two runs, with significance")
     p.add_argument("run_a", help="baseline: a results file or run id")
@@ -342,7 +361,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "count from the end, as in Python (write --columns=-32: so the value is not read as a flag)")
     p.add_argument("--wrap", action="store_true",
                    help="allow a --data file with fewer rows than a batch; rows wrap around")
-    p.add_argument("--results", default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
+    p.add_argument("--results", type=directory_arg, default=str(DEFAULT_RESULTS_DIR), help="results directory (JSON Lines)")
     p.add_argument("--run-id", help="name of the run: letters, digits, '-', '_', '.' (default: timestamp)")
     p.add_argument("--resume", action="store_true",
                    help="continue a run (latest unless --run-id): skip ok and skipped cells, retry failed ones")

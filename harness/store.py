@@ -18,11 +18,13 @@ Rules this module owns, so that every reader agrees:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +55,27 @@ class RunLocked(StoreError):
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha1(os.urandom(8)).hexdigest()[:6]
+
+
+#: the results dir's stored files that are not a run's rows, by name (what each one is)
+PROBE_CACHE_FILE = "int32-probes.jsonl"
+NOT_ROWS = {PROBE_CACHE_FILE: "the int32 probe cache (python -m bench probe-int32)"}
+
+
+def open_no_follow(path: Path, flags: int) -> int:
+    """``os.open`` that refuses a symbolic link in the last component (``O_NOFOLLOW``), with a one-line
+    StoreError: a lock or results file that is a link would have the file it points to truncated and
+    overwritten (issue 27: a ``RUN.lock`` link to a user's file got the pid written into it)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; vaebench writes only regular files in a results dir: "
+                             "remove the link or pick another --results") from None
+        if exc.errno == errno.EISDIR:
+            raise StoreError(f"{path} is a directory, where vaebench keeps a file: move it or pick another "
+                             "--results") from None
+        raise
 
 
 def validate_run_id(run_id: Any) -> str:
@@ -134,7 +157,7 @@ class ResultStore:
 
     @classmethod
     def latest(cls, root: str | Path) -> ResultStore | None:
-        files = sorted((p for p in Path(root).glob("*.jsonl") if _RUN_ID.fullmatch(p.stem)),
+        files = sorted((p for p in row_files(Path(root), say=False) if _RUN_ID.fullmatch(p.stem)),
                        key=lambda p: p.stat().st_mtime)
         return cls(root, files[-1].stem) if files else None
 
@@ -150,7 +173,7 @@ class ResultStore:
             return self
         self.root.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_no_follow(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -220,7 +243,7 @@ class ResultStore:
             typed, raw = None, {**raw, "row_error": str(exc)}
         line = json.dumps(raw, default=_default, allow_nan=True) + "\n"
         with self.writing():
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -289,7 +312,7 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, lates
             continue
         p = Path(item)
         if p.is_dir():
-            files = sorted(p.glob("*.jsonl"))
+            files = row_files(p)
         elif p.is_file():
             files = [p]
         elif (Path(results_dir) / f"{item}.jsonl").is_file():
@@ -305,6 +328,20 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, lates
     return latest_rows(rows) if latest else rows
 
 
+def row_files(folder: Path, say: bool = True) -> list[Path]:
+    """The run files of a results dir: every ``*.jsonl`` but the stored files that are not rows
+    (:data:`NOT_ROWS`), each skipped one said on stderr in one line. Read as rows, the int32 probe cache
+    made ``report DIR`` say "every cell failed", and ``run --resume`` append a cell row to it (issue 27)."""
+    files = []
+    for path in sorted(folder.glob("*.jsonl")):
+        if path.name in NOT_ROWS:
+            if say:
+                print(f"vaebench: skipped {path}: {NOT_ROWS[path.name]}, not result rows", file=sys.stderr)
+            continue
+        files.append(path)
+    return files
+
+
 #: training curves live beside a run's rows, one subdirectory down, so no glob of ``*.jsonl`` reads them as rows
 CURVES_DIR = "curves"
 
@@ -318,7 +355,7 @@ def append_curves(root: str | Path, run_id: str, records: list[dict[str, Any]]) 
     """Append curve records, each one JSON line flushed and synced, as cell rows are."""
     path = curves_path(root, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC), "a") as f:
         for rec in records:
             f.write(json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": run_id, **rec}, default=_default)
                     + "\n")

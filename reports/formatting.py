@@ -56,4 +56,7 @@ def code(text: str) -> str:
 
 
 def slugify(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+    """A file or folder name from any text: letters, digits, ``_``, ``.`` and ``-``, never starting with a dot,
+    so a run id of ``..`` (read from a row) cannot name the folder above the report's (issue 27: a results file
+    whose rows said ``"run_id": ".."`` made ``report --out D/out`` write into ``D/`` and delete its plots)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_").lstrip(".") or "x"

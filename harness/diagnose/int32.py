@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from harness.impls_registry import RecordField
 from harness.measure.int32_check import OPS as PROBED_OPS
+from harness.store import PROBE_CACHE_FILE
 
 #: the framework whose kernels each built-in impl runs (its record's ``family``)
 IMPL_FRAMEWORK = RecordField("family")
@@ -37,7 +38,7 @@ BEHAVIOURS = ("ok", "raises", "aborts", "wrong", "unknown")
 FAILING = ("aborts", "wrong", "raises")  # worst first
 FACTS_PATH = Path(__file__).with_name("int32_facts.json")
 #: probe rows, one JSON object a line, under the results directory
-PROBE_CACHE = "int32-probes.jsonl"
+PROBE_CACHE = PROBE_CACHE_FILE  # named by the store, which keeps it out of the run files
 INT32_LIMIT = 2**31
 
 

@@ -205,6 +205,9 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     _judge_int32(rep, int32_applies, results_dir, versions or {})
     if available and est.train_bytes > available:
         rep.reasons.append(f"would need {_gb(est.train_bytes)} of {_gb(available)} {device} memory")
+    if available and eval_batch and est.eval_bytes > available:  # issue 27: --eval-batch 1e20 read "fits"
+        rep.reasons.append(f"the eval batch of {eval_batch:,} would need {_gb(est.eval_bytes)} of {_gb(available)} "
+                           f"{device} memory")
     if device == "gpu" and host and est.state_bytes // 4 > host:
         rep.reasons.append(f"weights alone need {_gb(est.state_bytes // 4)} of {_gb(host)} host RAM")
     return rep

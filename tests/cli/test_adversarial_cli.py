@@ -184,6 +184,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-id-escape", run_with("--run-id", "../../escape"), "escape"),
     ("run-id-slash", run_with("--run-id", "a/b"), "a/b"),
     ("run-id-empty", run_with("--run-id", ""), "run id"),
+    ("results-empty", run_with("--results", ""), "empty string"),
     # ---- compare, report, preflight, sweep, overhead
     ("compare-missing-file", ["compare", "{in}/nothing.jsonl", "{in}/run_a.jsonl"], "nothing.jsonl"),
     ("compare-missing-run-id", ["compare", "no-such-run", "{in}/run_a.jsonl", "--results-dir", "{in}"],

@@ -96,3 +96,21 @@ def test_cli_exit_codes_and_json(batch, code):
     assert data["ok"] == (code == 0)
     if code:
         assert len(out.stderr.strip().splitlines()) == 1 and "int32 overflow" in out.stderr
+
+
+def test_an_eval_batch_that_cannot_fit_is_not_called_fitting():
+    """Issue 27: ``preflight --eval-batch 1e20`` answered "fits": the eval batch's memory was estimated and
+    never compared with the memory at hand."""
+    spec = preset("dense", canonical_kmer_count(3))
+    ok = preflight(spec, 4, eval_batch=64, device_memory=2**30, device="cpu")
+    assert ok.ok, ok.reasons
+    big = preflight(spec, 4, eval_batch=2**40, device_memory=2**30, device="cpu")
+    assert not big.ok
+    assert any(r.startswith(f"the eval batch of {2**40:,} would need") for r in big.reasons), big.reasons
+
+
+@pytest.mark.worker
+def test_a_batch_beyond_int64_is_one_line_at_parse_time():
+    out = subprocess.run([sys.executable, "-m", "bench", "preflight", "--spec", "dense", "--kmer", "3", "--batch", "4",
+                          "--eval-batch", str(10**20)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "does not fit in a 64-bit integer" in out.stderr, out.stderr

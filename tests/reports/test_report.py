@@ -330,3 +330,18 @@ def test_energy_has_a_column_where_measured_and_one_line_why_not_elsewhere(tmp_p
     md1 = (build_report([write_jsonl(tmp_path / "old.jsonl", [ok_row("torch", 64, 10.0, 0.2)])],
                         out_root=tmp_path / "out1") / "report.md").read_text()
     assert "J/step" not in md1 and "not measured in this run: the row was written by schema 1" in md1
+
+
+def test_a_run_id_of_dot_dot_in_the_rows_writes_and_deletes_nothing_outside_the_out_dir(tmp_path):
+    """Issue 27: rows saying ``"run_id": ".."`` made ``report --out D/out`` write report.md into ``D/`` and
+    delete ``D/plots/my_figure.png``. The folder is named from the run id with no leading dot."""
+    user = tmp_path / "D"
+    (user / "plots").mkdir(parents=True)
+    (user / "plots" / "my_figure.png").write_bytes(b"mine")
+    (user / "report.md").write_text("my notes")
+    rows = [dict(ok_row("torch", 64, 40, 0.5), run_id="..")]
+    out = build_report([str(write_jsonl(tmp_path / "r.jsonl", rows))], out_root=user / "out", plots=False)
+    assert out.parent == user / "out" and out.name == "x"
+    assert (user / "plots" / "my_figure.png").read_bytes() == b"mine"
+    assert (user / "report.md").read_text() == "my notes"
+    assert sorted(p.name for p in user.iterdir()) == ["out", "plots", "report.md"]

@@ -394,3 +394,48 @@ def test_sweep_exit_codes(tmp_path):
                     "--results", str(tmp_path / "b"))
     assert nothing.returncode == 1, nothing.stderr
     assert "no batch trained" in nothing.stderr
+
+
+@pytest.mark.parametrize("which", ["lock", "jsonl", "curves"])
+def test_a_symlink_where_the_store_writes_is_refused_and_its_target_untouched(tmp_path, which):
+    """Issue 27: a ``RUN.lock`` that was a link had the file it pointed to truncated and overwritten with the
+    pid. The lock, the rows file and the curves file are opened with O_NOFOLLOW: one line, nothing written."""
+    from harness.store import append_curves, curves_path
+
+    results, target = tmp_path / "results", tmp_path / "precious.txt"
+    results.mkdir()
+    target.write_text("my data\n")
+    store = ResultStore(results, "r1")
+    link = {"lock": store.lock_path, "jsonl": store.path, "curves": curves_path(results, "r1")}[which]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    with pytest.raises(StoreError, match="is a symbolic link; vaebench writes only regular files"):
+        if which == "curves":
+            append_curves(results, "r1", [{"impl": "torch"}])
+        else:
+            store.append({"row": "torch", "status": "ok"})
+    assert target.read_text() == "my data\n"
+
+
+def test_a_directory_where_the_lock_goes_is_one_line(tmp_path):
+    store = ResultStore(tmp_path, "r1")
+    store.lock_path.mkdir()
+    with pytest.raises(StoreError, match="is a directory, where vaebench keeps a file"):
+        store.lock()
+
+
+def test_the_int32_probe_cache_is_not_read_as_rows_nor_picked_for_resume(tmp_path, capsys):
+    """Issue 27: ``report DIR`` read ``int32-probes.jsonl`` as rows (the headline said every cell failed), and
+    ``run --resume`` picked it as the latest run and appended a cell row to it."""
+    from harness.store import NOT_ROWS, PROBE_CACHE_FILE
+
+    store = ResultStore(tmp_path, "20261207-000000-aaaaaa")
+    store.append({"row": "torch", "impl": "torch", "status": "ok", "run_id": store.run_id})
+    probe = tmp_path / PROBE_CACHE_FILE
+    probe.write_text('{"op": "dense", "framework": "torch", "fact": "ok"}\n')
+    os.utime(probe)  # the newest file in the dir
+    assert ResultStore.latest(tmp_path).run_id == store.run_id
+    rows = load_rows(tmp_path)
+    assert [r.identity.impl for r in rows] == ["torch"]
+    said = capsys.readouterr().err
+    assert f"skipped {probe}: {NOT_ROWS[PROBE_CACHE_FILE]}, not result rows" in said

@@ -111,6 +111,8 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
             return Failure("nan_loss", message)
         if etype == "SkipCell":
             return Failure("skipped", message)
+        if etype == "WrongParamCount":  # built and compiled fine, but not the spec's model
+            return Failure("error", message)
         if _INT32.search(text) or _INT32.search(tb):
             return Failure("int32_overflow", text)
         if device_oom.search(text) or device_oom.search(tb):

@@ -185,14 +185,21 @@ def test_parent_and_worker_labels_agree_for_every_planted_class():
 
 
 @pytest.mark.worker
-def test_plugin_rows_carry_their_own_labels(tmp_path):
-    impls = ",".join(f"tests/fixtures/planted.py:{n}" for n in ("ImpostorVAE", "TunableNumpyVAE", "RenamedVAE"))
+def test_plugin_rows_carry_their_own_labels_and_a_wrong_count_fails_its_row(tmp_path):
+    """Each plug-in row is labelled as its class says; ``BadCountVAE`` counts (1, -5) parameters, so its row
+    fails with the reason and the run exits 1 (issue 27: such a plug-in was recommended at an MFU of 3666%)."""
+    names = ("ImpostorVAE", "TunableNumpyVAE", "RenamedVAE", "BadCountVAE")
+    impls = ",".join(f"tests/fixtures/planted.py:{n}" for n in names)
     out = bench("run", "--impl", impls, "--kmer", "3", "--batch", "4", "--steps", "3", "--no-progress",
                 "--no-preflight", "--results", str(tmp_path), "--run-id", "labels", "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert [r["row"] for r in rows] == ["torch (plug-in ImpostorVAE)", "TunableNumpyVAE", "numpy-renamed"]
-    assert all(r["status"] == "ok" for r in rows)
+    assert [r["row"] for r in rows] == ["torch (plug-in ImpostorVAE)", "TunableNumpyVAE", "numpy-renamed", "BadCountVAE"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
+    bad = rows[-1]
+    assert bad["failure_kind"] == "error", bad["failure_kind"]
+    assert "param_counts() gives 1 trainable and -5 non-trainable parameters" in bad["failure_message"]
+    assert "not the spec's model" in bad["failure_message"]
 
 
 # ---------------------------------------------------------------------------------- data

@@ -11,7 +11,7 @@ from harness.diagnose.scenarios import scenario_step
 from harness.measure.probes import RssSampler, proc_status, reset_peak_rss
 from harness.measure.tracker import CompileCounters
 from harness.run.events import emit
-from harness.run.phases.context import CellContext, InjectedLeak
+from harness.run.phases.context import CellContext, InjectedLeak, WrongParamCount
 from harness.run.phases.parts import BuildPart
 from harness.run.task import CellTask
 from harness.spec.params import count_params
@@ -31,6 +31,11 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     if task.loop:
         model.use_loop(task.loop)
     counts, expected = model.param_counts(), count_params(spec)
+    if (counts.trainable, counts.non_trainable) != (expected.trainable, expected.non_trainable):
+        raise WrongParamCount(f"{task.impl}: param_counts() gives {counts.trainable:,} trainable and "
+                              f"{counts.non_trainable:,} non-trainable parameters, the spec's table "
+                              f"{expected.trainable:,} and {expected.non_trainable:,}: the build is not the spec's "
+                              "model (python -m bench params compares every build's)")
     if task.shared_init:
         model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0

@@ -33,6 +33,12 @@ class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or inf: a row of kind ``nan_loss``."""
 
 
+class WrongParamCount(ValueError):
+    """The build's own parameter count is not the spec's table's: it is not the spec's model, so the cell fails
+    (kind ``error``) and no figure of it reaches a recommendation. A plug-in counting (1, -5) was recommended at an
+    MFU of 3666% before (issue 27)."""
+
+
 class InjectedLeak:
     """Positive control: keeps ``bytes_per_step`` of new, touched memory per step.
 

@@ -91,7 +91,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(comparisons, indent=2, default=str))
     else:
-        print_comparison(comparisons, title=f"{args.run_b} against {args.run_a}")
+        from bench.render import console  # full width when stdout is not a terminal: `compare A B > f.txt`
+
+        print_comparison(comparisons, console=console, title=f"{args.run_b} against {args.run_a}")
     regressions = [c for c in comparisons if c.get("regression") or c.get("new_failure")]
     if regressions and args.fail_on_regression:
         print(f"vaebench: {len(regressions)} regression(s)", file=sys.stderr)

@@ -36,3 +36,6 @@ def test_compare_flags_a_planted_slowdown_and_not_a_rerun(tmp_path):
     slower = _compare(tmp_path, "base", "slower")
     assert slower.returncode == 1, slower.stdout + slower.stderr
     assert "regression" in (slower.stdout + slower.stderr).lower()
+    # stdout is a pipe here, as in `compare A B > f.txt`: every column whole (an 80-column cut read "medi…")
+    assert "…" not in slower.stdout and "B median" in slower.stdout and "TunableNumpyVAE" in slower.stdout, \
+        slower.stdout

@@ -59,9 +59,10 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
+    from bench.cell_verbs import _check_data
     from harness.run.runner import cell_kmer
     from harness.spec.presets import resolve_spec
-    from harness.store import append_curves, new_run_id, validate_run_id
+    from harness.store import append_curves, check_results_dir, new_run_id, validate_run_id
 
 
     if args.every > args.steps:
@@ -73,6 +74,11 @@ def cmd_curves(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.spec, kmer=args.kmer)
     run_id = validate_run_id(args.run_id) if args.run_id else new_run_id()
     kmer = cell_kmer(spec, args.kmer)
+    # before any training (issue 27): an unwritable --results lost every curve at the write, and a --data file
+    # of NaN rows trained and read "differs"
+    check_results_dir(args.results)
+    _check_data(argparse.Namespace(data=args.data, columns=args.columns, batch=[args.batch], kmer=kmer, wrap=False),
+                {spec.input_length})
     if not args.json:
         print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {args.batch}, "
               f"{len(impls)} impl(s) ...", file=sys.stderr)

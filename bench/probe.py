@@ -26,6 +26,10 @@ def cmd_probe_int32(args: argparse.Namespace) -> int:
         ops = check_ops(split_list(args.ops, "--ops")) if args.ops else None
     except ProbeError as exc:
         raise UsageError(str(exc)) from None
+    if args.results:  # before any probe: `--results /proc/x` was a traceback at the first write (issue 27)
+        from harness.store import check_results_dir
+
+        check_results_dir(args.results)
     rows = []
     for impl in impls:
         req = ProbeRequest(impl, device, timeout_s=args.timeout)

@@ -209,6 +209,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("matrix-kmer-zero", ["matrix", "--kmer", "0"], "--kmer"),
     ("parity-batch-zero", ["parity", "--kmer", "3", "--batch", "0"], "--batch"),
     ("curves-steps-zero", ["curves", "--kmer", "3", "--steps", "0"], "--steps"),
+    # issue 27: both trained every impl first, then lost every curve or read "differs"
+    ("curves-results-unwritable", ["curves", "--kmer", "3", "--steps", "2", "--every", "1", "--results", "/proc/x"],
+     "cannot write results to /proc/x"),
+    ("curves-data-nan", ["curves", "--kmer", "3", "--steps", "2", "--every", "1", "--batch", "4", "--data",
+                         "{in}/nan.npy", "--results", "{results}"], "NaN"),
+    ("probe-int32-results-unwritable", ["probe-int32", "--impl", "torch", "--results", "/proc/x"],
+     "cannot write results to /proc/x"),
     ("probe-int32-negative-timeout", ["probe-int32", "--impl", "torch", "--timeout", "-1"], "--timeout"),
     ("baseline-batch-zero", ["baseline", "--batch", "0"], "--batch"),
     ("fit-memory-no-results", ["fit-memory"], "--results"),

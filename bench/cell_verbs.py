@@ -250,14 +250,20 @@ def cmd_matrix(args: argparse.Namespace) -> int:
                         impls=_impls(args.impl) if args.impl else None,
                         specs=_specs(args.spec, []) or None, batches=args.batch)
     plan.specs = [(spec.with_clip_norm(args.clip_norm), batches) for spec, batches in plan.specs]
+    unknown = [reason for _, reason in plan.invalid if reason.startswith("unknown spec")]
+    if unknown:  # a name the user typed wrong is a mistake in the arguments, not a preset to skip (issue 27)
+        raise UsageError(unknown[0])
     store = _store(args)
+    planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
+                           tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
+    cells, runnable = planned.cells, planned.runnable
+    if not cells:  # every named spec was skipped at this k: no run, no empty report
+        raise UsageError(f"matrix: no cell to run at k={args.kmer}: "
+                         + "; ".join(f"{name}: {reason}" for name, reason in plan.invalid))
     for name, reason in plan.invalid:
         print(f"skipped preset {name}: {reason}", file=sys.stderr)
     for impl, reason in plan.omitted_impls:
         print(f"omitted {impl}: {reason}", file=sys.stderr)
-    planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
-                           tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
-    cells, runnable = planned.cells, planned.runnable
     _apply_keras_loop(cells, args.keras_loop, args.confirm)
     print(f"matrix {store.run_id} on {device}: {len(cells)} cells ({len(runnable)} runnable)"
           + (f", {plan.budget_s:.0f} s for all of them" if plan.budget_s else "") + f" -> {store.path}",

@@ -208,6 +208,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("params-impl-empty-item", ["params", "--kmer", "3", "--spec", "dense", "--impl", "torch,"], "empty item"),
     ("matrix-kmer-zero", ["matrix", "--kmer", "0"], "--kmer"),
     ("parity-batch-zero", ["parity", "--kmer", "3", "--batch", "0"], "--batch"),
+    ("matrix-unknown-spec", ["matrix", "--spec", "nosuch", "--kmer", "3", "--results", "{results}"], "nosuch"),
+    ("matrix-no-cell-at-this-k", ["matrix", "--spec", "conv-final", "--kmer", "3", "--results", "{results}"],
+     "no cell to run at k=3"),
     ("curves-steps-zero", ["curves", "--kmer", "3", "--steps", "0"], "--steps"),
     # issue 27: both trained every impl first, then lost every curve or read "differs"
     ("curves-results-unwritable", ["curves", "--kmer", "3", "--steps", "2", "--every", "1", "--results", "/proc/x"],

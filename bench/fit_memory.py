@@ -81,8 +81,10 @@ def cmd_fit_memory(args: argparse.Namespace) -> int:
             existing = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError) as exc:
             return _fail(f"cannot read the factors file {path}: {exc}")
-        if not isinstance(existing, dict):
-            return _fail(f"{path} is not a factors file (a JSON object with 'fits')")
+        # an unrelated JSON file there was merged into and overwritten without a word (issue 27)
+        if not isinstance(existing, dict) or (existing and not isinstance(existing.get("fits"), list)):
+            return _fail(f"{path} is not a factors file (a JSON object with 'fits'); it is left as it is: pick "
+                         "another --out")
         try:
             write_factors(path, merge_factors(existing, fits, _command(args)))
         except OSError as exc:

@@ -135,6 +135,17 @@ def test_fit_command_recovers_factors_and_writes_the_file(tmp_path, capsys):
     assert est.factors["device_name"] == "Test GPU"
 
 
+def test_fit_command_leaves_an_unrelated_json_file_as_it_is(tmp_path, capsys):
+    """Issue 27: ``--out`` naming some other JSON object merged the fits into it and overwrote it."""
+    rows = tmp_path / "rows.jsonl"
+    synthetic_rows(rows, 1.3, 0.8, 40 * MIB)
+    other = tmp_path / "settings.json"
+    other.write_text('{"theme": "dark"}')
+    assert main(["fit-memory", "--results", str(rows), "--ridge", "0", "--out", str(other)]) != 0
+    assert other.read_text() == '{"theme": "dark"}'
+    assert "is not a factors file (a JSON object with 'fits'); it is left as it is" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--results", "/nonexistent/rows.jsonl"], "no results at"),
     (["--results", "ROWS", "--run", "other-run"], "no measured cells"),

@@ -32,6 +32,9 @@ from harness.spec.schema import Settings, fairness_env
 
 #: how many trailing stderr lines each result keeps
 STDERR_TAIL_LINES = 30
+#: seconds the parent keeps reading after the worker exits while something it started still holds its stdout
+#: (a plug-in that forked ``sleep 600`` held its cell until --timeout, issue 27); then that group is killed
+LEFTOVER_GRACE_S = 1.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -155,6 +158,7 @@ def _pump(proc: subprocess.Popen, start: float, deadline: float, events: list, o
     assert proc.stdout is not None
     sel.register(proc.stdout, selectors.EVENT_READ)
     buffer = ""
+    exited_at: float | None = None
     while True:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -181,14 +185,27 @@ def _pump(proc: subprocess.Popen, start: float, deadline: float, events: list, o
                     events.append(event)
                     if on_event:
                         on_event(event)
-        if proc.poll() is not None and not sel.get_map():
-            return False
+        if proc.poll() is not None:
+            if not sel.get_map():
+                return False
+            # the worker is gone but its stdout is still open: something it started (a plug-in's forked child)
+            # holds the pipe. Its events had a second to arrive; then its group goes, not the cell's timeout
+            exited_at = exited_at or time.perf_counter()
+            if time.perf_counter() - exited_at > LEFTOVER_GRACE_S:
+                _kill_group(proc.pid)
+                return False
 
 
 def _kill(proc: subprocess.Popen) -> None:
     """Kill the worker's whole process group (frameworks start helper threads/processes)."""
+    _kill_group(proc.pid)
+    proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a worker's process group: the worker was started in a session of its own, so the group holds
+    only it and what it started."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()

@@ -217,3 +217,25 @@ def test_run_one_builtin_missing(monkeypatch):
 
 def test_fixture_path_exists():
     assert Path(PLANTED).is_file(), "run pytest from the repository root"
+
+
+@pytest.mark.worker
+def test_a_plugin_that_forks_a_child_ends_with_its_cell_and_leaves_nothing(monkeypatch):
+    """Issue 27: a plug-in forking ``sleep 600`` in train_step held its cell until --timeout, and the child lived
+    on. The child holds the worker's stdout; once the worker exits the parent waits LEFTOVER_GRACE_S, then kills
+    the worker's process group: the cell ends within its own time plus a few seconds, and no sleep remains."""
+    import subprocess
+    import time
+
+    marker = "600.4242"  # a sleep argument nothing else on the machine uses
+    monkeypatch.setenv("VAEBENCH_PLANTED_SLEEP", marker)
+    spec = resolve_spec("dense", kmer=3)
+    start = time.perf_counter()
+    row = run_one(runner_mod.Cell(str(FIXTURES / "planted.py") + ":ForkingVAE", spec, 3, 4, steps=5, timeout_s=120,
+                                  heap="off"), {})
+    took = time.perf_counter() - start
+    assert row["status"] == "ok", (row.get("failure_kind"), row.get("failure_message"))
+    assert took < 60, took
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+    assert not left, f"the plug-in's child outlived its cell: pids {left}"

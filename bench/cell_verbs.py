@@ -9,10 +9,10 @@ import argparse
 import json
 import sys
 
+from bench.data_check import check_data
 from bench.parser import UsageError, split_list
 from bench.parser import checked_impls as _impls
 from bench.result_verbs import params_from_rows
-from harness.data import DataError
 from harness.spec.presets import resolve_spec
 
 
@@ -66,34 +66,6 @@ def _exit_status(store, keys: set[str]) -> int:
     return 1
 
 
-def _check_data(args: argparse.Namespace, widths: set[int] | None = None) -> None:
-    """Fail on a bad data file before any cell starts, not in the middle of the matrix."""
-    if not getattr(args, "data", None):
-        if getattr(args, "columns", None) is not None:
-            raise UsageError(f"--columns {args.columns} picks a block of a --data file, and there is none; "
-                             "pass --data FILE.npy, or drop --columns")
-        if getattr(args, "wrap", False):
-            raise UsageError("--wrap lets the rows of a --data file wrap around, and there is none; "
-                             "pass --data FILE.npy, or drop --wrap")
-        return
-    from harness.data import check_rows, open_npy, validate_file
-    from harness.spec.schema import canonical_kmer_count
-
-    arr = open_npy(args.data, args.columns)
-    check_rows(arr, max(args.batch), getattr(args, "wrap", False), f"data file {args.data}")
-    widths = widths or {canonical_kmer_count(args.kmer)}
-    if len(widths) > 1:
-        raise UsageError(f"--data {args.data} feeds every cell, but the specs take {sorted(widths)} features; "
-                         "run the specs one at a time")
-    expected = next(iter(widths))
-    if arr.shape[1] != expected:
-        what = (f"k={args.kmer} has {expected} canonical k-mers" if args.kmer is not None
-                and canonical_kmer_count(args.kmer) == expected else f"the spec takes {expected} features")
-        raise DataError(f"data file {args.data} has {arr.shape[1]} columns but {what}; "
-                        "pick the block with --columns A:B")
-    validate_file(arr, f"data file {args.data}")
-
-
 def _apply_keras_loop(cells: list, loop: str | None, confirm: str | None = None) -> None:
     """``--keras-loop``: a Keras row's loop is part of what it measures, so it joins the cell's identity;
     without the flag the build's default (``fit``) runs and the key stays as before. ``--confirm`` likewise
@@ -115,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     impls = _impls(args.impl)
     specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
              for s in _specs(args.spec, ["dense"])]
-    _check_data(args, {spec.input_length for spec in specs})
+    check_data(args, {spec.input_length for spec in specs})
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
                        columns=args.columns, timeout_s=args.timeout, heap=args.heap)

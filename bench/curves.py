@@ -59,7 +59,7 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from bench.cell_verbs import _check_data
+    from bench.data_check import check_data
     from harness.run.runner import cell_kmer
     from harness.spec.presets import resolve_spec
     from harness.store import append_curves, check_results_dir, new_run_id, validate_run_id
@@ -77,7 +77,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
     # before any training (issue 27): an unwritable --results lost every curve at the write, and a --data file
     # of NaN rows trained and read "differs"
     check_results_dir(args.results)
-    _check_data(argparse.Namespace(data=args.data, columns=args.columns, batch=[args.batch], kmer=kmer, wrap=False),
+    check_data(argparse.Namespace(data=args.data, columns=args.columns, batch=[args.batch], kmer=kmer, wrap=False),
                 {spec.input_length})
     if not args.json:
         print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {args.batch}, "

@@ -22,6 +22,7 @@ from bench.probe import cmd_probe_int32
 from bench.result_verbs import cmd_compare, cmd_report
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
+from harness.run.runner import RunStopped
 from harness.spec.layers import SpecError
 from harness.spec.presets import ALL_PRESETS, resolve_spec
 from harness.store import StoreError
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return VERBS[args.verb](args)
+    except RunStopped as exc:  # measured rows could not be stored: not a mistake in the arguments
+        print(f"vaebench: error: {exc}", file=sys.stderr)
+        return 1
     except (SpecError, DataError, UsageError, ScenarioError, StoreError) as exc:
         print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2

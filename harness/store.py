@@ -18,6 +18,7 @@ Rules this module owns, so that every reader agrees:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -51,6 +52,11 @@ class ResultsDirError(StoreError):
 
 class RunLocked(StoreError):
     """Another process is writing this run."""
+
+
+class RowNotStored(StoreError):
+    """A row could not be written (a full disk, a quota, an I/O error); the file is as it was before the
+    attempt, with no torn line. The runner keeps the row, retries once, then stops the run (issue 27)."""
 
 
 def new_run_id() -> str:
@@ -243,13 +249,26 @@ class ResultStore:
             typed, raw = None, {**raw, "row_error": str(exc)}
         line = json.dumps(raw, default=_default, allow_nan=True) + "\n"
         with self.writing():
-            fd = open_no_follow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
+            try:
+                fd = open_no_follow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
+            except StoreError:
+                raise
+            except OSError as exc:
+                raise RowNotStored(f"cannot open {self.path}: {exc.strerror or exc}") from None
+            size = None
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = "\n" + line
-                os.write(fd, line.encode())
+                data = line.encode()
+                if os.write(fd, data) != len(data):  # a short write is a full disk that said nothing
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 os.fsync(fd)
+            except OSError as exc:
+                if size is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # no torn line: the file is as it was
+                raise RowNotStored(f"cannot write a row to {self.path}: {exc.strerror or exc}") from None
             finally:
                 os.close(fd)
         return typed

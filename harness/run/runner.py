@@ -12,7 +12,10 @@ the machine (thermal, other tenants) falls on every impl alike.
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from harness.run.peak import measured_peak
 from harness.run.task import CellTask
 from harness.run.walltime import EXIT_PHASE, wall_breakdown
 from harness.spec.schema import VAESpec, canonical_kmer_count
-from harness.store import DONE_STATUSES, ResultStore, cell_key
+from harness.store import DONE_STATUSES, ResultStore, RowNotStored, cell_key
 
 DEFAULT_TIMEOUT_S = 900.0
 #: a matrix budget never gives a cell less than this
@@ -187,12 +190,35 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
                         cell.time_budget_s = round(max(MIN_CELL_BUDGET_S, left / len(pending)), 1)
                         pending.remove(cell.key)
                     row = run_one(cell, fingerprint, preflight, memory_limit_bytes, on_phase=bar.phase(cell))
-                    store.append(row)
+                    store_or_stop(store, row, shared_cache)
                     rows.append(row)
                     bar.finished(cell, row)
         finally:
             signal.signal(signal.SIGTERM, previous)
     return rows
+
+
+class RunStopped(RuntimeError):
+    """A measured row could not be stored, even after a retry: the run stops (exit 1) and says how to go on."""
+
+
+def store_or_stop(store: ResultStore, row: dict[str, Any], own_files: Path) -> None:
+    """Append ``row``; on a full disk (or any write error) free the run's own compilation cache, which lives
+    beside the rows, and retry once; if that fails too, print the row to stderr as one JSON line, so what was
+    measured can be saved by hand, and stop the run (issue 27: ENOSPC was a traceback, the row lost, a torn line
+    left and the remaining cells never run)."""
+    try:
+        store.append(row)
+        return
+    except RowNotStored:
+        shutil.rmtree(own_files, ignore_errors=True)
+    try:
+        store.append(row)
+    except RowNotStored as exc:
+        print(json.dumps(row, default=str, allow_nan=True), file=sys.stderr)
+        raise RunStopped(f"{exc}; the row above (one JSON line) was measured but not stored. Free space on the disk "
+                         f"of {store.root} (or copy {store.path.name} to one with room), then continue with --resume "
+                         f"--run-id {store.run_id}") from None
 
 
 def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001

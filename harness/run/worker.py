@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -132,11 +133,46 @@ def run_task(task: Task) -> dict[str, Any]:
     raise TypeError(f"no runner for {type(task).__name__}")
 
 
+#: how often the worker looks for its parent (seconds)
+PARENT_POLL_S = 1.0
+
+
+def watch_parent(scratch: str | None, poll_s: float = PARENT_POLL_S) -> Callable[[], None]:
+    """End the worker, and what it started, once its parent is gone; returns that ending, for the worker's
+    last write to a parent that is gone (a broken pipe).
+
+    The parent kills a worker's process group on a timeout; after ``kill -9`` of the parent nobody would, and a
+    silent worker ran on past its own timeout and left its ``/tmp/vaebench-*`` dir (issue 27). A daemon thread
+    sees the parent's pid change (the worker is reparented), removes the scratch dir the parent made for it, and
+    kills the worker's own process group (it leads a session of its own, ``harness.run.launch``)."""
+    import shutil
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if os.getpgrp() == os.getpid():  # its own group, as the launcher starts it; never a shell's
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        orphaned()
+
+    threading.Thread(target=watch, name="vaebench-parent-watch", daemon=True).start()
+    return orphaned
+
+
 def main(argv: list[str]) -> int:
     import faulthandler
 
     faulthandler.enable()  # a segfault or abort leaves a Python stack in the stderr tail
     raw = json.loads(Path(argv[1]).read_text())
+    orphaned = watch_parent(raw.get("scratch"))
     result_path = Path(raw["result_path"])
     try:
         result = run_task(task_from_json(raw))
@@ -152,7 +188,10 @@ def main(argv: list[str]) -> int:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=_json_default))
     tmp.replace(result_path)
-    emit(phase=EXIT_PHASE)  # what follows is the interpreter's and the framework's teardown (walltime)
+    try:
+        emit(phase=EXIT_PHASE)  # what follows is the interpreter's and the framework's teardown (walltime)
+    except BrokenPipeError:  # the parent is gone (killed) before the watch saw it
+        orphaned()
     return 0
 
 

@@ -315,6 +315,30 @@ def test_timed_out_cell_is_retried_with_a_larger_timeout(tmp_path):
 # ------------------------------------------------------------------ 6. kill -9 mid-matrix, resume
 
 
+def _workers(parent: int) -> list[tuple[int, Path]]:
+    """The ``harness.run.worker`` processes under ``parent``, each with its scratch dir (its task file's folder)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "harness.run.worker" in cmd:
+            out.append((child.pid, Path(cmd[-1]).parent))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.worker
 def test_kill9_mid_matrix_then_resume_runs_every_cell_once(tmp_path):
     results = tmp_path / "results"
@@ -325,10 +349,11 @@ def test_kill9_mid_matrix_then_resume_runs_every_cell_once(tmp_path):
                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 120
-        while not file_rows(jsonl):
+        while not file_rows(jsonl) or not _workers(proc.pid):
             assert proc.poll() is None, f"run ended before the first row: {proc.communicate()}"
             assert time.monotonic() < deadline, "no row within 120 s"
             time.sleep(0.05)
+        orphans = _workers(proc.pid)  # the next cell's worker, which the kill leaves without a parent
         proc.kill()
         proc.wait()
     finally:
@@ -338,6 +363,13 @@ def test_kill9_mid_matrix_then_resume_runs_every_cell_once(tmp_path):
     kept = file_rows(jsonl)
     assert 1 <= len(kept) < len(batches), "killed too late to test anything"
     assert lock.exists()  # SIGKILL left the lock file; the kernel dropped the lock itself
+    # issue 27: the orphaned worker ran on past its own timeout and left its /tmp/vaebench-* dir; it now sees its
+    # parent gone within a second, removes its scratch dir and kills its own group
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w, _ in orphans) or any(d.exists() for _, d in orphans):
+        assert time.monotonic() < deadline, ("orphaned workers still there 15 s after the parent died: "
+                                             f"{[(w, _alive(w), d, d.exists()) for w, d in orphans]}")
+        time.sleep(0.1)
 
     done = bench(*args, "--resume")
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,6 @@ Rules this module owns, so that every reader agrees:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -27,7 +26,7 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -251,9 +250,7 @@ class ResultStore:
         with self.writing():
             try:
                 fd = open_no_follow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
-            except StoreError:
-                raise
-            except OSError as exc:
+            except OSError as exc:  # a link or a directory there is a StoreError already, not caught here
                 raise RowNotStored(f"cannot open {self.path}: {exc.strerror or exc}") from None
             size = None
             try:
@@ -266,7 +263,7 @@ class ResultStore:
                 os.fsync(fd)
             except OSError as exc:
                 if size is not None:
-                    with contextlib.suppress(OSError):
+                    with suppress(OSError):
                         os.ftruncate(fd, size)  # no torn line: the file is as it was
                 raise RowNotStored(f"cannot write a row to {self.path}: {exc.strerror or exc}") from None
             finally:

@@ -11,6 +11,7 @@ Each field names its kind and its range; the error names the field, the value an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.spec.layers import Layer, SpecError
@@ -18,28 +19,55 @@ from harness.spec.layers import Layer, SpecError
 if TYPE_CHECKING:
     from harness.spec.schema import VAESpec
 
-#: seeds go to numpy, torch.manual_seed, jax.random.key and keras.utils.set_random_seed: every one of them
-#: takes a non-negative integer below 2^31 (jax's key, without x64, wraps a larger one)
-SEED_LIMIT = 2**31
+#: seeds go to numpy, torch.manual_seed, jax.random.key and keras.utils.set_random_seed. Measured: numpy's
+#: ``np.random.seed`` (which Keras' call makes) refuses 2^32 and above, and ``jax.random.key(2**32)`` silently
+#: gives seed 0's key (it keeps the low 32 bits), so a seed must be below 2^32 to mean the same in every build
+SEED_LIMIT = 2**32
 
-#: (section, field) -> (lowest, lowest allowed?, highest, highest allowed?); None: unbounded on that side
-REAL_RANGES: dict[tuple[str, str], tuple[float | None, bool, float | None, bool]] = {
-    ("optimizer", "lr"): (0.0, False, None, False),
-    ("optimizer", "beta1"): (0.0, True, 1.0, False),
-    ("optimizer", "beta2"): (0.0, True, 1.0, False),
-    ("optimizer", "eps"): (0.0, False, None, False),
-    ("loss", "beta"): (0.0, True, None, False),
-    ("settings", "batch_norm_momentum"): (0.0, True, 1.0, False),
-    ("settings", "batch_norm_epsilon"): (0.0, False, None, False),
-    ("settings", "group_norm_epsilon"): (0.0, False, None, False),
-    ("settings", "leaky_relu_slope"): (None, False, None, False),
+
+@dataclass(frozen=True)
+class Range:
+    """Where a real-valued field may lie; None: unbounded on that side."""
+
+    low: float | None = None
+    low_ok: bool = False
+    high: float | None = None
+    high_ok: bool = False
+
+    def holds(self, value: float) -> bool:
+        too_low = self.low is not None and (value < self.low or (value == self.low and not self.low_ok))
+        too_high = self.high is not None and (value > self.high or (value == self.high and not self.high_ok))
+        return not (too_low or too_high)
+
+    def describe(self) -> str:
+        """' >= 0 and < 1', ' > 0', or '' for an unbounded field (the leading space joins the sentence)."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>=' if self.low_ok else '>'} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<=' if self.high_ok else '<'} {self.high:g}")
+        return (" " + " and ".join(parts)) if parts else ""
+
+
+POSITIVE = Range(low=0.0)
+FRACTION = Range(low=0.0, low_ok=True, high=1.0)  # [0, 1): Adam's betas, a decay
+ANY = Range()
+
+#: (section, field) -> its range
+REAL_RANGES: dict[tuple[str, str], Range] = {
+    ("optimizer", "lr"): POSITIVE,
+    ("optimizer", "beta1"): FRACTION,
+    ("optimizer", "beta2"): FRACTION,
+    ("optimizer", "eps"): POSITIVE,
+    ("loss", "beta"): Range(low=0.0, low_ok=True),
+    ("settings", "batch_norm_momentum"): FRACTION,
+    ("settings", "batch_norm_epsilon"): POSITIVE,
+    ("settings", "group_norm_epsilon"): POSITIVE,
+    ("settings", "leaky_relu_slope"): ANY,
 }
 BOOLEANS = ("gelu_approximate", "adam_epsilon_hat", "tf32", "jax_preallocate", "tf_memory_growth")
-#: a layer's real-valued arguments and their ranges (the same tuple as above)
-LAYER_REALS: dict[str, tuple[float | None, bool, float | None, bool]] = {
-    "negative_slope": (None, False, None, False),
-    "epsilon": (0.0, False, None, False),
-}
+#: a layer's real-valued arguments and their ranges
+LAYER_REALS: dict[str, Range] = {"negative_slope": ANY, "epsilon": POSITIVE}
 
 
 def check_ranges(spec: VAESpec) -> None:
@@ -70,24 +98,9 @@ def _check_layer(where: str, layer: Layer) -> None:
             _check_layer(f"{where}.layers[{j}]", inner)
 
 
-def check_real(where: str, value: Any, bounds: tuple[float | None, bool, float | None, bool]) -> None:
-    """A finite real number (not a bool, not a string) within ``bounds``."""
-    low, low_ok, high, high_ok = bounds
-    allowed = _describe(bounds)
+def check_real(where: str, value: Any, allowed: Range) -> None:
+    """A finite real number (not a bool, not a string) within ``allowed``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(f"{where} must be a finite number{allowed}, got {value!r}")
-    too_low = low is not None and (value < low or (value == low and not low_ok))
-    too_high = high is not None and (value > high or (value == high and not high_ok))
-    if too_low or too_high:
-        raise SpecError(f"{where} must be{allowed}, got {value!r}")
-
-
-def _describe(bounds: tuple[float | None, bool, float | None, bool]) -> str:
-    """' >= 0 and < 1', ' > 0', or '' for an unbounded field (the leading space joins the sentence)."""
-    low, low_ok, high, high_ok = bounds
-    parts = []
-    if low is not None:
-        parts.append(f"{'>=' if low_ok else '>'} {low:g}")
-    if high is not None:
-        parts.append(f"{'<=' if high_ok else '<'} {high:g}")
-    return (" " + " and ".join(parts)) if parts else ""
+        raise SpecError(f"{where} must be a finite number{allowed.describe()}, got {value!r}")
+    if not allowed.holds(value):
+        raise SpecError(f"{where} must be{allowed.describe()}, got {value!r}")

@@ -37,8 +37,8 @@ def _dense(**sections) -> dict:
     ("optimizer", "eps", math.inf, "optimizer.eps must be a finite number > 0, got inf"),
     ("loss", "beta", math.nan, "loss.beta must be a finite number >= 0, got nan"),
     ("loss", "beta", -1, "loss.beta must be >= 0, got -1"),
-    ("settings", "seed", "abc", "settings.seed must be an integer from 0 to 2147483647, got 'abc'"),
-    ("settings", "seed", 2**31, "settings.seed must be an integer from 0 to 2147483647, got 2147483648"),
+    ("settings", "seed", "abc", "settings.seed must be an integer from 0 to 4294967295, got 'abc'"),
+    ("settings", "seed", 2**32, "settings.seed must be an integer from 0 to 4294967295, got 4294967296"),
     ("settings", "seed", True, "settings.seed must be an integer"),
     ("settings", "batch_norm_momentum", 1.5, "settings.batch_norm_momentum must be >= 0 and < 1, got 1.5"),
     ("settings", "batch_norm_epsilon", 0.0, "settings.batch_norm_epsilon must be > 0, got 0.0"),
@@ -67,8 +67,8 @@ def test_a_layer_argument_of_the_wrong_type_is_one_line_with_its_path():
 
 def test_the_edges_that_are_allowed_stay_allowed():
     spec = VAESpec.from_dict(_dense(optimizer={"beta1": 0, "lr": 1}, loss={"beta": 0},
-                                    settings={"seed": 2**31 - 1, "leaky_relu_slope": -0.5}))
-    assert (spec.optimizer.beta1, spec.loss.beta, spec.settings.seed) == (0, 0, 2**31 - 1)
+                                    settings={"seed": 2**32 - 1, "leaky_relu_slope": -0.5}))
+    assert (spec.optimizer.beta1, spec.loss.beta, spec.settings.seed) == (0, 0, 2**32 - 1)
 
 
 def test_schema_version_as_a_string_says_to_write_the_number():

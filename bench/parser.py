@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--tolerance", type=non_negative_float, default=0.05, help="exit 1 if any ratio is further than this from 1")
+    p.add_argument("--tolerance", type=non_negative_float, default=0.05,
+                   help="exit 1 if any ratio's paired 95%% CI lies wholly further than this from 1")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("baseline", help="benchmark: the harness's step times against each framework's textbook loop")

@@ -124,8 +124,10 @@ class FlaxVAE(VAEAdapter):
     framework = "jax"
     stages_input = True
 
-    def __init__(self, spec: VAESpec) -> None:
+    def __init__(self, spec: VAESpec, weights: dict[str, np.ndarray] | None = None) -> None:
         super().__init__(spec)
+        self._table = param_table(spec)
+        loaded = None if weights is None else self._checked(weights)
         # On GPU, JAX otherwise runs float32 matmuls and convolutions with reduced
         # precision (TF32 / bf16 passes); "highest" is true float32, like the other builds.
         jax.config.update("jax_default_matmul_precision", None if spec.settings.tf32 else "highest")
@@ -136,18 +138,26 @@ class FlaxVAE(VAEAdapter):
             self._tx = optax.chain(optax.clip_by_global_norm(o.clip_global_norm), self._tx)
 
         # Built under nnx.jit: initialisation is one compiled program instead of one
-        # eager dispatch (and, on a new shape, one compile) per random tensor.
+        # eager dispatch (and, on a new shape, one compile) per random tensor. Given weights
+        # (``with_weights``) are written over the drawn ones inside that program, so XLA drops
+        # the draws they replace, and the noise and masking streams are the same as without.
         @nnx.jit
-        def create() -> tuple[VAE, nnx.Optimizer]:
+        def create(loaded: dict[str, jax.Array] | None) -> tuple[VAE, nnx.Optimizer]:
             seed = jax.random.key(spec.settings.seed)
             params_key, noise_key = jax.random.split(seed)
             # the masking layer's stream; folded in, so the other two keys stay what they were
             model = VAE(spec, rngs=nnx.Rngs(params=params_key, noise=noise_key, masking=jax.random.fold_in(seed, 1)))
+            for name, value in (loaded or {}).items():
+                _lookup(model, _flax_path(name))[...] = value
             return model, nnx.Optimizer(model, self._tx, wrt=nnx.Param)
 
-        graphdef, state = nnx.split(create())
+        graphdef, state = nnx.split(create(loaded))
         self._graphdef, self._state = graphdef, nnx.as_pure(state)
-        self._table = param_table(spec)
+
+    @classmethod
+    def with_weights(cls, spec: VAESpec, weights: dict[str, np.ndarray]) -> FlaxVAE:
+        """Built with ``weights`` in place of the drawn initial values, in the one init program."""
+        return cls(spec, weights)
 
     def _model(self) -> VAE:
         """A model object over the current arrays (no copy); valid until the next train_step."""
@@ -167,16 +177,21 @@ class FlaxVAE(VAEAdapter):
         model_state = self._state[0]
         return {p.name: np.array(_lookup(model_state, _flax_path(p.name))) for p in self._table}
 
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+    def _checked(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every canonical tensor as float32, each name and shape checked before any is used."""
         missing = [p.name for p in self._table if p.name not in weights]
         if missing:
             raise KeyError(f"set_weights: missing canonical tensor(s) {missing}")
-        for p in self._table:  # check everything before touching anything
+        for p in self._table:
             if np.shape(weights[p.name]) != p.shape:
                 raise ValueError(f"set_weights: {p.name} has shape {np.shape(weights[p.name])}, expected {p.shape}")
+        return {p.name: np.asarray(weights[p.name], np.float32) for p in self._table}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        loaded = self._checked(weights)
         model = self._model()
-        for p in self._table:
-            _lookup(model, _flax_path(p.name))[...] = jnp.asarray(weights[p.name], jnp.float32)
+        for name, value in loaded.items():
+            _lookup(model, _flax_path(name))[...] = jnp.asarray(value)
         # A fresh optimizer: Adam moments zero, step count zero.
         optimizer = nnx.Optimizer(model, self._tx, wrt=nnx.Param)
         self._state = nnx.as_pure(nnx.state((model, optimizer)))

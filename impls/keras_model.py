@@ -14,7 +14,7 @@ from keras import layers, ops
 from harness.spec.layers import MASKED_BCE_CLIP, Layer
 from harness.spec.schema import Loss, VAESpec
 from harness.spec.shapes import latent_shape
-from impls.keras_layers import CropOrPad, RandomBlockMasking, Sampling, keras_layers
+from impls.keras_layers import CropOrPad, RandomBlockMasking, Sampling, initialisers, keras_layers
 
 
 def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", kl_normalisation: str = "batch",
@@ -124,14 +124,14 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
 
     x = keras.Input(shape=(spec.input_length,), name="x")
     h = stack("encoder", spec.encoder, x)
-    heads, s = [], spec.settings
+    heads, (kernel_init, bias_init) = [], initialisers(spec)
     for head in ("z_mean", "z_log_var"):
         if spec.latent_heads.type == "conv1d":  # a Gaussian over a feature map: "same" convs to latent_dim channels
             by_name[head] = layers.Conv1D(spec.latent_dim, spec.latent_heads.kernel_size, padding="same",
-                                          kernel_initializer=s.kernel_init, bias_initializer=s.bias_init, name=head)
+                                          kernel_initializer=kernel_init, bias_initializer=bias_init, name=head)
         else:
-            by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=s.kernel_init,
-                                         bias_initializer=s.bias_init, name=head)
+            by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=kernel_init,
+                                         bias_initializer=bias_init, name=head)
         heads.append(by_name[head](h))
     encoder = keras.Model(x, heads, name="encoder")
 

@@ -38,6 +38,7 @@ own fused Adam, which a subclass loses). Everything else a training step runs is
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import keras
@@ -51,6 +52,7 @@ from impls import keras_backend
 from impls.keras_adam import TextbookAdam
 from impls.keras_backend import BACKEND, on_gpu, pin_device_settings, value_and_grad
 from impls.keras_fit import async_callbacks, fit_details, fit_steps
+from impls.keras_layers import loading_weights
 from impls.keras_model import build_encoder_decoder, build_vae
 
 
@@ -83,12 +85,13 @@ class KerasVAE(VAEAdapter):
     #: copies of whatever the dataset returns, so staging would time nothing different
     stages_input: ClassVar[bool] = BACKEND != "tensorflow"
 
-    def __init__(self, spec: VAESpec) -> None:
+    def __init__(self, spec: VAESpec, weights: dict[str, np.ndarray] | None = None) -> None:
         super().__init__(spec)
         s = spec.settings
         pin_device_settings(s.tf32, s.tf_memory_growth)
         keras.utils.set_random_seed(s.seed)
-        self.model, layer_of = build_vae(spec)
+        with loading_weights() if weights is not None else nullcontext():
+            self.model, layer_of = build_vae(spec)
         o = spec.optimizer
         self.optimizer = TextbookAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps,
                                       global_clipnorm=o.clip_global_norm)
@@ -102,6 +105,13 @@ class KerasVAE(VAEAdapter):
         # compile on first use, which would count as compiles during the timed loop
         self.model.get_metrics_result()
         self.use_loop(self.loop)
+        if weights is not None:
+            self.set_weights(weights)
+
+    @classmethod
+    def with_weights(cls, spec: VAESpec, weights: dict[str, np.ndarray]) -> KerasVAE:
+        """Built at ``zeros`` (``impls.keras_layers.loading_weights``), then loaded with ``weights``."""
+        return cls(spec, weights)
 
     # -- training loops ----------------------------------------------------------------
     def use_loop(self, loop: str) -> None:

@@ -47,8 +47,7 @@ def test_staged_step(benchmark, impl):
         pytest.skip(f"{impl}: framework not installed")
     kmer, batch = int(_setting("KMER", "5")), int(_setting("BATCH", "64"))
     spec = resolve_spec(_setting("SPEC", "dense"), kmer=kmer)
-    model = load_adapter_class(impl)(spec)
-    model.set_weights(init_weights(spec))
+    model = load_adapter_class(impl).with_weights(spec, init_weights(spec))
     x = model.to_device(model.host_batch(make_source(kmer, batch, seed=spec.settings.seed, width=spec.input_length).next()))
     model.synchronize()
 

@@ -23,8 +23,7 @@ from harness.spec.schema import VAESpec
 def bare_loop(task: BareTask) -> dict[str, Any]:
     """Worker side: the same windows as the harness, without any probe."""
     spec = VAESpec.from_dict(task.spec)
-    model = load_adapter_class(task.impl)(spec)
-    model.set_weights(init_weights(spec))
+    model = load_adapter_class(task.impl).with_weights(spec, init_weights(spec))
     source = make_source(task.kmer, task.batch, seed=spec.settings.seed, width=spec.input_length)
     steps, spw = task.steps, steps_per_window(task.steps)
     for _ in range(1 + warmup_steps(steps)):  # the harness's compile and warm-up steps

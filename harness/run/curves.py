@@ -115,8 +115,7 @@ def task_curves(task: CurvesTask) -> dict[str, Any]:
     inputs = np.load(task.inputs_path)
     xs, x_eval, eps_eval = inputs["x"], inputs["x_eval"], inputs["eps_eval"]
     fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}
-    model = cls(spec)
-    model.set_weights({k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
+    model = cls.with_weights(spec, {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
     seed = spec.settings.seed
     probes: dict[str, list] = {"probe_steps": [], "recon": [], "kl": [], "kl_max_dim": [], "grad_norm": []}
 

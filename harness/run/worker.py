@@ -72,8 +72,7 @@ def _parity_item(cls, item: dict[str, Any]) -> None:
     x, eps = inputs["x"], inputs["eps"]
     # the masking layer's draw is fixed like eps; a spec without one passes nothing (plug-ins need not know)
     fixed = {"mask_block": int(inputs["mask_block"])} if "mask_block" in inputs.files else {}
-    model = cls(spec)
-    model.set_weights(weights)
+    model = cls.with_weights(spec, weights)
     out: dict[str, np.ndarray] = {}
     fwd = model.eval_forward(x, eps, **fixed)
     for key in ("recon", "z_mean", "z_log_var"):

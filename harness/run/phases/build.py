@@ -27,7 +27,8 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
     import_s = time.perf_counter() - t0
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
-    model = cls(spec)
+    # the shared initial weights are loaded as the model is built (``VAEAdapter.with_weights``)
+    model = cls.with_weights(spec, init_weights(spec)) if task.shared_init else cls(spec)
     if task.loop:
         model.use_loop(task.loop)
     counts, expected = model.param_counts(), count_params(spec)
@@ -36,8 +37,6 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
                               f"{counts.non_trainable:,} non-trainable parameters, the spec's table "
                               f"{expected.trainable:,} and {expected.non_trainable:,}: the build is not the spec's "
                               "model (python -m bench params compares every build's)")
-    if task.shared_init:
-        model.set_weights(init_weights(spec))
     build_s = time.perf_counter() - t0
     source = make_source(task.kmer, task.batch, task.data, task.columns, seed=spec.settings.seed,
                          width=spec.input_length)

@@ -39,7 +39,10 @@ def spec_for(name: str, k: int):
 
 @functools.lru_cache(maxsize=None)
 def build(name: str, k: int):
-    return flax_class()(spec_for(name, k))
+    """Built loaded with the start weights (``with_weights``: the init program has no draws to compile);
+    ``test_with_weights_is_the_model_built_then_set`` holds that to a build at the spec's initialisers."""
+    spec = spec_for(name, k)
+    return flax_class().with_weights(spec, start_weights(spec))
 
 
 def batch(spec, seed: int = 0, size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +93,28 @@ def test_set_weights_rejects_wrong_shape():
     w["encoder.0.kernel"] = w["encoder.0.kernel"].T
     with pytest.raises(ValueError, match="encoder.0.kernel"):
         model.set_weights(w)
+
+
+def test_with_weights_is_the_model_built_then_set():
+    """``with_weights`` writes the weights inside the init program instead of after it: the same model,
+    the same Adam state and the same noise and masking streams, so drawn steps train alike; and a wrong
+    shape is refused as ``set_weights`` refuses it."""
+    from fixtures.seed_layer_specs import MASKED_SMALL
+
+    spec, cls = MASKED_SMALL, flax_class()
+    w = start_weights(spec)
+    x = np.random.default_rng(1).random((BATCH, spec.input_length)).astype(np.float32)
+    built_then_set = cls(spec)
+    built_then_set.set_weights(w)
+    loaded = cls.with_weights(spec, w)
+    assert all(np.array_equal(loaded.get_weights()[k], v) for k, v in w.items())
+    for _ in range(2):  # each step draws its noise and its masked block
+        assert loaded.loss_value(loaded.train_step(x)) == built_then_set.loss_value(built_then_set.train_step(x))
+    for key, value in built_then_set.get_weights().items():
+        np.testing.assert_array_equal(loaded.get_weights()[key], value, err_msg=key)
+    w["z_mean.kernel"] = w["z_mean.kernel"].T
+    with pytest.raises(ValueError, match="z_mean.kernel"):
+        cls.with_weights(spec, w)
 
 
 # ------------------------------------------------------------------ parity with reference

@@ -48,7 +48,9 @@ def batch(length: int, latent: int = 256, seed: int = 0) -> tuple[np.ndarray, np
 
 
 class Models:
-    """Builds each (preset, L) model once per child; every check starts with set_weights."""
+    """Builds each (preset, L) model once per child; every check starts with set_weights, so each is built
+    loaded (``with_weights``: no random initialiser to compile); ``check_with_weights_is_the_model_built_then_set``
+    holds that to a build at the spec's initialisers."""
 
     def __init__(self, cls: type) -> None:
         self.cls, self.cache = cls, {}
@@ -56,8 +58,8 @@ class Models:
     def __call__(self, name: str, length: int):
         if (name, length) not in self.cache:
             spec = {"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5), "residual": RESIDUAL,
-                    "residual-no-bn": RESIDUAL_NO_BN}.get(name)
-            self.cache[(name, length)] = self.cls(spec or preset(name, length))
+                    "residual-no-bn": RESIDUAL_NO_BN}.get(name) or preset(name, length)
+            self.cache[(name, length)] = self.cls.with_weights(spec, init_weights(spec))
         return self.cache[(name, length)]
 
 
@@ -135,6 +137,22 @@ def check_weights_round_trip(cls, models) -> None:
         for key, value in w.items():
             assert got[key].dtype == np.float32 and got[key].shape == value.shape, key
             assert np.array_equal(got[key], value), key
+
+
+@check
+def check_with_weights_is_the_model_built_then_set(cls, models) -> None:
+    """``with_weights`` builds at ``zeros`` and loads the weights: the same model, Adam state and noise
+    stream as a build at the spec's initialisers followed by ``set_weights``, so drawn steps train alike."""
+    spec = preset("dense", 32)
+    built_then_set = cls(spec)  # the spec's own initialisers: the one such build in this module
+    w = fresh(built_then_set)
+    loaded = cls.with_weights(spec, w)
+    x, _ = batch(32)
+    assert all(np.array_equal(loaded.get_weights()[k], v) for k, v in w.items())
+    for _ in range(2):
+        assert loaded.loss_value(loaded.train_step(x)) == built_then_set.loss_value(built_then_set.train_step(x))
+    for key, value in built_then_set.get_weights().items():
+        assert np.array_equal(loaded.get_weights()[key], value), key
 
 
 @check

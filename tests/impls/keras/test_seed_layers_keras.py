@@ -135,7 +135,8 @@ def drawn_blocks(model, w, x, eps, fixed_losses: np.ndarray, steps: int) -> list
 @check
 def check_masking_draws_per_step_from_the_seed(cls, models) -> dict[str, Any]:
     """With no mask_block each training step draws its block inside the step: over four steps on the same
-    batch (and noise) the draws differ, and a second model built from the spec draws the same sequence."""
+    batch (and noise) the draws differ, and a second model built from the spec (and the weights) draws the same
+    sequence."""
     spec, w = MASKED_SMALL, reference_weights(MASKED_SMALL)
     model = models(spec)
     model.set_weights(w)
@@ -144,7 +145,7 @@ def check_masking_draws_per_step_from_the_seed(cls, models) -> dict[str, Any]:
     assert len(set(np.round(fixed, 5))) == len(fixed), fixed  # each block's loss tells it apart
     blocks = drawn_blocks(model, w, x, eps, fixed, 4)
     assert len(set(blocks)) > 1, blocks
-    again = drawn_blocks(cls(spec), w, x, eps, fixed, 4)
+    again = drawn_blocks(cls.with_weights(spec, w), w, x, eps, fixed, 4)  # built loaded: the same stream
     assert again == blocks, (blocks, again)
     return {"blocks": blocks, "fixed_losses": fixed.tolist()}
 

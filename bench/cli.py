@@ -94,7 +94,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
 def overhead_within(o: dict, tolerance: float) -> bool:
     """Whether the harness's step time is within ``tolerance`` of the bare loop's, as far as the repeats can tell:
     the paired 95% CI of the ratio must reach into ``[1 - tolerance, 1 + tolerance]``. A point ratio alone was a
-    coin toss at 5%: two fresh-clone CI runs read 1.052 (CI 0.89-1.24) and, in this checkout, 0.998 and 1.026.
+    coin toss at 5%: a fresh-clone CI run read 1.052 (CI 0.89-1.24), where this checkout read 0.998 and 1.026.
     Without a CI (one repeat) the point ratio decides."""
     low, high = o["ratio_ci95"]
     if not (math.isfinite(low) and math.isfinite(high)):

@@ -263,21 +263,29 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
     """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
-    every impl of the plan, stored beside the run's rows; skipped when the plan has no dense cell, with
-    ``--curves-steps 0``, or when the run already has curves (``--resume``)."""
-    from bench.curves import MATRIX_CURVES, curve_records, print_verdicts, run_curves
-    from harness.store import append_curves, curves_path
+    every impl of the plan, each stored beside the run's rows as it is judged; skipped when the plan has no
+    dense cell, with ``--curves-steps 0``, or when the run holds every impl's curve already (``--resume``: a
+    run stopped midway trains them all again, and the report reads the latest record of each)."""
+    from bench.curves import MATRIX_CURVES, CurveWriter, curve_records, print_verdicts, run_curves
+    from harness.adapter import impl_label
+    from harness.run.runner import RunStopped
+    from harness.store import load_curves
 
     default = MATRIX_CURVES["cpu_steps" if plan.device == "cpu" else "steps"]
     steps = default if args.curves_steps is None else args.curves_steps
     dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
-    if not steps or dense is None or curves_path(store.root, store.run_id).exists():
+    if not steps or dense is None:
         return
     reference = "torch" if "torch" in plan.impls else plan.impls[0]
+    wanted = {impl_label(i) for i in plan.impls} | {f"{impl_label(reference)} (1 ulp)"}
+    if wanted <= {c["curve"]["impl"] for c in load_curves([store.root]) if c.get("run_id") == store.run_id}:
+        return
     batch, every = MATRIX_CURVES["batch"], min(MATRIX_CURVES["every"], steps)
     print(f"curves: {dense.name}, {steps} steps at batch {batch}, {len(plan.impls)} impls", file=sys.stderr)
-    curves, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference,
-                                  timeout_s=args.timeout)
-    append_curves(store.root, store.run_id, curve_records(dense, args.kmer, batch, steps, every, curves, verdicts,
-                                                          None))
+    writer = CurveWriter(store.root, store.run_id, lambda curves, verdicts: curve_records(
+        dense, args.kmer, batch, steps, every, curves, verdicts, None))
+    _, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference, timeout_s=args.timeout,
+                             on_judged=writer)
     print_verdicts(dense.name, steps, batch, verdicts)
+    if writer.failed:
+        raise RunStopped(writer.stop_line())

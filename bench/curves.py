@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bench.parser import UsageError, checked_impls
 
@@ -42,9 +42,15 @@ def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, cu
 
 def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int, every: int,
                reference: str = "torch", noise_floor: bool = True, data: str | None = None,
-               columns: str | None = None, timeout_s: float = 1800) -> tuple[list, list]:
+               columns: str | None = None, timeout_s: float = 1800,
+               on_judged: Callable[[list, list], None] | None = None) -> tuple[list, list]:
     """Curves and verdicts; the reference impl runs first and, with ``noise_floor``, again from weights one
-    ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances."""
+    ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances.
+
+    ``on_judged(curves, verdicts)`` gets each curve with its verdict as soon as it can be judged: the
+    reference and its 1-ulp run together, once both are trained, then every other impl as its worker ends
+    (a verdict needs only those two curves). A crash, a kill or a full disk later loses none of them: the
+    curves had all been held until the last impl finished (issue 27)."""
     from harness.adapter import impl_label
     from harness.diagnose.curves import judge
     from harness.run.curves import CurveRun, train_curves
@@ -54,15 +60,54 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
     floor = f"{impl_label(reference)} (1 ulp)" if noise_floor else None
     if floor:
         runs.insert(1, CurveRun(reference, floor, nudge=True))
-    curves = train_curves(spec, kmer, runs, steps, batch, every, data=data, columns=columns, timeout_s=timeout_s)
+    done: list = []
+
+    def finished(curve) -> None:
+        done.append(curve)
+        first = 2 if floor else 1  # the reference (and its floor) are judged together
+        if on_judged is not None and len(done) >= first:
+            verdicts = judge(done, reference=impl_label(reference), floor=floor)
+            new = slice(0, first) if len(done) == first else slice(-1, None)
+            on_judged(done[new], verdicts[new])
+
+    curves = train_curves(spec, kmer, runs, steps, batch, every, data=data, columns=columns, timeout_s=timeout_s,
+                          on_curve=finished)
     return curves, judge(curves, reference=impl_label(reference), floor=floor)
+
+
+class CurveWriter:
+    """Appends each judged impl's record as ``run_curves`` hands it over. A record that cannot be written
+    (a full disk, a link in the way) is printed to stderr as one JSON line instead, so that what was trained
+    can be saved by hand, and ``failed`` says why; the next impl is still trained and tried."""
+
+    def __init__(self, root: str, run_id: str, make_records: Callable[[list, list], list[dict[str, Any]]]) -> None:
+        self.root, self.run_id, self.make_records = root, run_id, make_records
+        self.records: list[dict[str, Any]] = []
+        self.path = None
+        self.failed: str | None = None
+
+    def __call__(self, curves: list, verdicts: list) -> None:
+        from harness.store import StoreError, append_curves
+
+        records = self.make_records(curves, verdicts)
+        self.records += records
+        try:
+            self.path = append_curves(self.root, self.run_id, records)
+        except StoreError as exc:
+            for rec in records:
+                print(json.dumps(rec, default=str), file=sys.stderr)
+            self.failed = str(exc)
+
+    def stop_line(self) -> str:
+        return (f"{self.failed}; the curve records above (one JSON line each) were trained but not stored: free "
+                f"space or pick another --results, and save them from this output")
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
     from bench.data_check import check_data
     from harness.run.runner import cell_kmer
     from harness.spec.presets import resolve_spec
-    from harness.store import append_curves, check_results_dir, new_run_id, validate_run_id
+    from harness.store import check_results_dir, new_run_id, validate_run_id
 
 
     if args.every > args.steps:
@@ -82,15 +127,19 @@ def cmd_curves(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {args.batch}, "
               f"{len(impls)} impl(s) ...", file=sys.stderr)
-    curves, verdicts = run_curves(spec, kmer, impls, args.steps, args.batch, args.every, reference,
-                                  not args.no_noise_floor, args.data, args.columns, args.timeout)
-    records = curve_records(spec, kmer, args.batch, args.steps, args.every, curves, verdicts, args.data)
-    path = append_curves(args.results, run_id, records)
+    store = CurveWriter(args.results, run_id, lambda curves, verdicts: curve_records(
+        spec, kmer, args.batch, args.steps, args.every, curves, verdicts, args.data))
+    _, verdicts = run_curves(spec, kmer, impls, args.steps, args.batch, args.every, reference,
+                             not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store)
     if args.json:
-        print(json.dumps(records, indent=2, default=str))
+        print(json.dumps(store.records, indent=2, default=str))
     else:
         print_verdicts(spec.name, args.steps, args.batch, verdicts)
-        print(f"curves stored in {path}", file=sys.stderr)
+    if store.failed:
+        print(f"vaebench: {store.stop_line()}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"curves stored in {store.path}", file=sys.stderr)
     return 0 if all(v.passed for v in verdicts) else 1
 
 

@@ -248,26 +248,7 @@ class ResultStore:
             typed, raw = None, {**raw, "row_error": str(exc)}
         line = json.dumps(raw, default=_default, allow_nan=True) + "\n"
         with self.writing():
-            try:
-                fd = open_no_follow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
-            except OSError as exc:  # a link or a directory there is a StoreError already, not caught here
-                raise RowNotStored(f"cannot open {self.path}: {exc.strerror or exc}") from None
-            size = None
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = "\n" + line
-                data = line.encode()
-                if os.write(fd, data) != len(data):  # a short write is a full disk that said nothing
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                os.fsync(fd)
-            except OSError as exc:
-                if size is not None:
-                    with suppress(OSError):
-                        os.ftruncate(fd, size)  # no torn line: the file is as it was
-                raise RowNotStored(f"cannot write a row to {self.path}: {exc.strerror or exc}") from None
-            finally:
-                os.close(fd)
+            append_whole(self.path, line, "a row")
         return typed
 
     def rows(self) -> list[Row]:
@@ -358,6 +339,35 @@ def row_files(folder: Path, say: bool = True) -> list[Path]:
     return files
 
 
+def append_whole(path: Path, text: str, what: str) -> None:
+    """Append ``text`` (whole JSON lines) to ``path`` and fsync it, or leave the file as it was.
+
+    A line torn by a power cut is closed first, so the torn part stays one unreadable line and ``text`` its own
+    readable lines. On a full disk, a quota or an I/O error the file is truncated back to its size before the
+    attempt (no torn line) and ``RowNotStored`` says so in one line; a link or a directory at ``path`` is a
+    ``StoreError`` (``open_no_follow``)."""
+    try:
+        fd = open_no_follow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RowNotStored(f"cannot open {path}: {exc.strerror or exc}") from None
+    size = None
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            text = "\n" + text
+        data = text.encode()
+        if os.write(fd, data) != len(data):  # a short write is a full disk that said nothing
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
+    except OSError as exc:
+        if size is not None:
+            with suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line: the file is as it was
+        raise RowNotStored(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
 #: training curves live beside a run's rows, one subdirectory down, so no glob of ``*.jsonl`` reads them as rows
 CURVES_DIR = "curves"
 
@@ -368,15 +378,14 @@ def curves_path(root: str | Path, run_id: str) -> Path:
 
 
 def append_curves(root: str | Path, run_id: str, records: list[dict[str, Any]]) -> Path:
-    """Append curve records, each one JSON line flushed and synced, as cell rows are."""
+    """Append curve records, one JSON line each, synced and never torn, as cell rows are (``append_whole``)."""
     path = curves_path(root, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC), "a") as f:
-        for rec in records:
-            f.write(json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": run_id, **rec}, default=_default)
-                    + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RowNotStored(f"cannot make {path.parent}: {exc.strerror or exc}") from None
+    append_whole(path, "".join(json.dumps({"schema_version": RESULT_SCHEMA_VERSION, "run_id": run_id, **rec},
+                                          default=_default) + "\n" for rec in records), "curves")
     return path
 
 

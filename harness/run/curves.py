@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -158,8 +158,10 @@ class CurveRun:
 
 
 def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int, batch: int, every: int,
-                 data: str | None = None, columns: str | None = None, timeout_s: float = 1800) -> list[Curve]:
-    """One worker per run on the same inputs; a worker that fails gives a curve with its error line."""
+                 data: str | None = None, columns: str | None = None, timeout_s: float = 1800,
+                 on_curve: Callable[[Curve], None] | None = None) -> list[Curve]:
+    """One worker per run on the same inputs; a worker that fails gives a curve with its error line.
+    ``on_curve`` gets each curve as its worker ends, so that the caller can store it before the next starts."""
     out: list[Curve] = []
     with tempfile.TemporaryDirectory(prefix="vaebench-curves-") as tmp:
         inputs = curve_inputs(spec, k, batch, steps, spec.settings.seed, data, columns)
@@ -181,6 +183,8 @@ def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int,
             else:
                 curve.error = _error_line(outcome)
             out.append(curve)
+            if on_curve is not None:
+                on_curve(curve)
     return out
 
 

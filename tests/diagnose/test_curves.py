@@ -109,6 +109,59 @@ def test_records_are_stored_beside_the_run_and_the_latest_per_impl_is_read(tmp_p
     assert len(load_curves([tmp_path])) == 2 and load_curves([tmp_path / "nothing.jsonl"]) == []
 
 
+class Killed(Exception):
+    """The parent's end, as a Ctrl-C or an OOM kill would bring it."""
+
+
+def _trains_then_dies(after: int):
+    """A stand-in for ``train_curves`` that hands over ``after`` curves as their workers would, then is
+    killed (a Ctrl-C, an OOM kill of the parent) before the rest are trained."""
+    def fake(spec, k, runs, steps, batch, every, data=None, columns=None, timeout_s=0, on_curve=None):
+        for n, run in enumerate(runs[:after]):
+            on_curve(_curve(run.label, [10.0 + 0.01 * n] * 20))
+        raise Killed
+    return fake
+
+
+def test_each_curve_is_stored_as_soon_as_it_can_be_judged(tmp_path, monkeypatch):
+    """The reference and its 1-ulp run are stored together once both are trained, then every impl as it ends:
+    an interrupted run keeps what it trained (issue 27: every curve was held until the last impl finished)."""
+    import harness.run.curves
+
+    from bench.curves import CurveWriter, curve_records, run_curves
+
+    spec, run_id = preset("dense", 32), "20261207-000000-aaaaaa"
+    writer = CurveWriter(str(tmp_path), run_id, lambda c, v: curve_records(spec, 3, 8, 20, 10, c, v, None))
+    monkeypatch.setattr(harness.run.curves, "train_curves", _trains_then_dies(after=3))
+    with pytest.raises(Killed):
+        run_curves(spec, 3, ["torch", "flax", "keras-jax"], 20, 8, 10, on_judged=writer)
+    stored = {r["curve"]["impl"]: r["verdict"] for r in load_curves([tmp_path])}
+    assert sorted(stored) == ["flax", "torch", "torch (1 ulp)"]
+    assert stored["flax"]["reference"] == "torch" and stored["flax"]["tol_source"] == "floor"
+
+    monkeypatch.setattr(harness.run.curves, "train_curves", _trains_then_dies(after=1))
+    writer.records.clear()
+    with pytest.raises(Killed):  # the reference alone cannot be judged against its floor yet
+        run_curves(spec, 3, ["torch", "flax"], 20, 8, 10, on_judged=writer)
+    assert writer.records == []
+
+
+def test_a_curve_that_cannot_be_stored_is_printed_and_said(tmp_path, capsys):
+    """A full disk or a file in the way: the record goes to stderr as one JSON line, the writer says why,
+    and the next impl's record is still tried."""
+    from bench.curves import CurveWriter, curve_records
+
+    spec = preset("dense", 32)
+    (tmp_path / "curves").write_text("a file where the curves dir goes")
+    writer = CurveWriter(str(tmp_path), "20261207-000000-aaaaaa",
+                         lambda c, v: curve_records(spec, 3, 8, 20, 10, c, v, None))
+    curves = [_curve("torch", [10.0] * 20), _curve("torch (1 ulp)", [10.0] * 20)]
+    writer(curves, judge(curves, reference="torch", floor="torch (1 ulp)"))
+    printed = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [r["curve"]["impl"] for r in printed] == ["torch", "torch (1 ulp)"]
+    assert writer.failed and "curves" in writer.failed and "\n" not in writer.stop_line()
+
+
 # ------------------------------------------------------------------------- real workers
 
 

@@ -127,7 +127,6 @@ def test_each_curve_is_stored_as_soon_as_it_can_be_judged(tmp_path, monkeypatch)
     """The reference and its 1-ulp run are stored together once both are trained, then every impl as it ends:
     an interrupted run keeps what it trained (issue 27: every curve was held until the last impl finished)."""
     import harness.run.curves
-
     from bench.curves import CurveWriter, curve_records, run_curves
 
     spec, run_id = preset("dense", 32), "20261207-000000-aaaaaa"

@@ -49,6 +49,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from harness.files import not_regular
 from harness.impls_registry import BUILTIN, BuiltinImpl, impl_env, is_installed, not_installed_message
 from harness.spec.params import ParamCounts
 from harness.spec.schema import VAESpec
@@ -224,6 +225,15 @@ def import_file(path: Path, prefix: str) -> Any:
     return module
 
 
+def impl_file_problem(path: Path) -> str | None:
+    """The one line for an ``--impl`` file that is not a regular file (None when it is): missing, or a
+    directory, a FIFO (whose read would block the import without a word), a socket or a device."""
+    what = not_regular(path)
+    if what is None:
+        return None
+    return f"impl file {path} {'does not exist' if what == 'missing' else 'is ' + what}; --impl takes path/to/file.py:Class"
+
+
 def load_adapter_class(impl: str) -> type[VAEAdapter]:
     """Import a built-in row (``torch``), ``path/to/file.py:Class`` or ``module:attr``.
 
@@ -241,8 +251,9 @@ def load_adapter_class(impl: str) -> type[VAEAdapter]:
     target, attr = impl.rsplit(":", 1)
     if target.endswith(".py"):
         path = Path(target)
-        if not path.exists():
-            raise PluginError(f"impl file {path} does not exist; --impl takes path/to/file.py:Class")
+        problem = impl_file_problem(path)
+        if problem:
+            raise PluginError(problem)
         module = import_file(path, "vaebench_user_")
     else:
         try:

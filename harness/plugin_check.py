@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from harness.adapter import REPO_ROOT, VAEAdapter, module_bindings, parse_file
+from harness.adapter import REPO_ROOT, VAEAdapter, impl_file_problem, module_bindings, parse_file
 from harness.impls_registry import BUILTIN
 
 #: seconds the throwaway import check may take (a plug-in that imports a framework needs a few);
@@ -68,9 +68,9 @@ def check_plugin(impl: str, timeout_s: float = PLUGIN_CHECK_TIMEOUT_S) -> str | 
 
 def _check_file(path: Path, attr: str, impl: str) -> str | None:
     """The syntax tree's verdict on ``path:attr``: an error line, None (fine) or "unsure"."""
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        return f"impl file {path} {what}; --impl takes path/to/file.py:Class"
+    problem = impl_file_problem(path)
+    if problem:
+        return problem
     try:
         tree = parse_file(str(path.resolve()), path.stat().st_mtime_ns)
     except SyntaxError as exc:

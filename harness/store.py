@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from harness.files import not_regular
 from harness.row import SCHEMA_VERSION, Row, RowError, parse_row
 
 #: rows and curve records are written in the typed row's schema (``harness.row``); older lines are upgraded on load
@@ -314,6 +315,8 @@ def load_rows(results: Any, results_dir: str | Path = DEFAULT_RESULTS_DIR, lates
             files = [p]
         elif (Path(results_dir) / f"{item}.jsonl").is_file():
             files = [Path(results_dir) / f"{item}.jsonl"]
+        elif p.exists():  # a FIFO, a socket or a device: opening it to read would block or fail deep down
+            raise FileNotFoundError(f"no results at {item!r}: it is {not_regular(p)}, not a file")
         else:
             raise FileNotFoundError(f"no results at {item!r}: not a file, a directory, or a run id in {results_dir}/")
         for f in files:
@@ -331,9 +334,10 @@ def row_files(folder: Path, say: bool = True) -> list[Path]:
     made ``report DIR`` say "every cell failed", and ``run --resume`` append a cell row to it (issue 27)."""
     files = []
     for path in sorted(folder.glob("*.jsonl")):
-        if path.name in NOT_ROWS:
+        what = NOT_ROWS.get(path.name) or not_regular(path)  # a FIFO there hung ``report DIR`` at its read
+        if what:
             if say:
-                print(f"vaebench: skipped {path}: {NOT_ROWS[path.name]}, not result rows", file=sys.stderr)
+                print(f"vaebench: skipped {path}: {what}, not result rows", file=sys.stderr)
             continue
         files.append(path)
     return files

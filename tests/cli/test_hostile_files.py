@@ -62,3 +62,23 @@ def test_the_command_line_given_a_fifo_answers_at_once(fifo, tmp_path):
                          timeout=60)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1 and "is a FIFO (named pipe)" in lines[0], out.stderr
+
+
+def test_a_fifo_plugin_or_results_file_is_refused_and_one_in_a_results_dir_is_skipped(tmp_path):
+    """A FIFO as the ``--impl`` file or as a results file is one line; one among a results dir's files is
+    skipped with a line (``report DIR`` hung at its read)."""
+    from harness.adapter import PluginError, load_adapter_class
+    from harness.plugin_check import check_plugin
+    from harness.store import load_rows
+
+    plugin = tmp_path / "my_vae.py"
+    os.mkfifo(plugin)
+    with pytest.raises(PluginError, match=r"my_vae.py is a FIFO \(named pipe\); --impl takes path/to/file.py:Class"):
+        load_adapter_class(f"{plugin}:MyVAE")
+    assert "my_vae.py is a FIFO (named pipe)" in check_plugin(f"{plugin}:MyVAE")
+    rows = tmp_path / "results" / "20261207-000000-aaaaaa.jsonl"
+    rows.parent.mkdir()
+    os.mkfifo(rows)
+    with pytest.raises(FileNotFoundError, match=r"it is a FIFO \(named pipe\), not a file"):
+        load_rows(rows)
+    assert load_rows(rows.parent) == []  # skipped, said on stderr, never opened

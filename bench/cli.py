@@ -77,10 +77,15 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:
-    from bench.overhead import measure_overhead
+    from bench.overhead import OverheadError, measure_overhead
 
     spec = resolve_spec(args.spec, kmer=args.kmer)
-    out = [measure_overhead(impl, spec, args.kmer, args.batch, args.steps, args.repeats) for impl in _impls(args.impl)]
+    try:
+        out = [measure_overhead(impl, spec, args.kmer, args.batch, args.steps, args.repeats)
+               for impl in _impls(args.impl)]
+    except OverheadError as exc:  # a plug-in that segfaults or trains to NaN: no ratio to give
+        print(f"vaebench: overhead: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out, indent=2))
     for o in out:

@@ -23,9 +23,16 @@ from typing import Any
 import numpy as np
 
 
+class OverheadError(RuntimeError):
+    """The bare loop or the harness's cell did not give a step time (a crash, a NaN loss): one line, exit 1."""
+
+
 def measure_overhead(impl: str, spec, kmer: int, batch: int, steps: int, repeats: int) -> dict[str, Any]:
     """Parent side: interleaved bare and harness workers; returns both medians and their ratio."""
+    import math
+
     from harness.run.launch import run_worker
+    from harness.run.parity import worker_error_line
     from harness.run.runner import Cell, run_one
     from harness.run.task import BareTask
 
@@ -33,13 +40,15 @@ def measure_overhead(impl: str, spec, kmer: int, batch: int, steps: int, repeats
         out = run_worker(BareTask(spec=spec.to_dict(), kmer=kmer, batch=batch, steps=steps),
                          impl, spec.settings, timeout_s=900)
         if (out.result or {}).get("status") != "ok":
-            raise RuntimeError(f"bare loop failed: {(out.result or {}).get('message') or out.stderr_tail[-1:]}")
+            raise OverheadError(f"{impl}: the bare loop failed: {worker_error_line(out)}")
+        if not math.isfinite(out.result["median_s"]):
+            raise OverheadError(f"{impl}: the bare loop gave no finite step time ({out.result['median_s']})")
         return out.result["median_s"]
 
     def run_harness() -> float:
         row = run_one(Cell(impl, spec, kmer, batch, steps=steps, heap="auto"), {})
         if row["status"] != "ok":
-            raise RuntimeError(f"harness cell failed: {row['failure_kind']}: {row['failure_message']}")
+            raise OverheadError(f"{impl}: the harness's cell failed: {row['failure_kind']}: {row['failure_message']}")
         return row["step_stats"]["median_s"]
 
     bare, harness = [], []

@@ -33,7 +33,7 @@ from harness.adapter import impl_label
 from harness.data import make_source
 from harness.run.events import emit
 from harness.run.launch import run_worker
-from harness.run.parity import _error_line
+from harness.run.parity import worker_error_line
 from harness.run.task import CurvesTask
 from harness.spec.reference import init_weights, kl_per_element, loss_parts
 from harness.spec.schema import VAESpec
@@ -181,7 +181,7 @@ def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int,
                     setattr(curve, key, list(res[key]))
                 curve.versions = res.get("versions", {})
             else:
-                curve.error = _error_line(outcome)
+                curve.error = worker_error_line(outcome)
             out.append(curve)
             if on_curve is not None:
                 on_curve(curve)

@@ -121,7 +121,7 @@ def check_params(specs: list[VAESpec], impls: list[str], timeout_s: float = 1800
             if got:
                 rep.rows.append(ParamsRow(impl_label(impl), got["trainable"], got["non_trainable"]))
             else:
-                rep.rows.append(ParamsRow(impl_label(impl), None, None, _error_line(out)))
+                rep.rows.append(ParamsRow(impl_label(impl), None, None, worker_error_line(out)))
     return reports
 
 
@@ -130,7 +130,9 @@ def _expected(spec: VAESpec) -> tuple[int, int]:
     return c.trainable, c.non_trainable
 
 
-def _error_line(outcome) -> str:
+def worker_error_line(outcome) -> str:
+    """A failed worker in one line: its own error message, a timeout, the signal that killed it, or its last
+    line of stderr."""
     res = outcome.result or {}
     if res.get("message"):
         return f"{res.get('error_type', 'error')}: {res['message']}"
@@ -244,7 +246,7 @@ def check_parity(specs: list[tuple[VAESpec, int]], impls: list[str], batch: int 
                 elif failed.exists():
                     got.append(failed.read_text())
                 else:
-                    got.append(_error_line(outcome))
+                    got.append(worker_error_line(outcome))
             return got
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

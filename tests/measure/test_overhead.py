@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from fixtures.paths import REPO
 
 from bench.overhead import paired_ratio_ci
 
@@ -51,3 +52,15 @@ def test_paired_ratio_ci_brackets_a_constant_ratio_and_widens_with_noise():
     low, high = paired_ratio_ci([1.0, 1.0, 1.0, 1.0], [0.9, 1.1, 1.0, 1.05])
     assert low < 1.0 < high
     assert all(math.isnan(v) for v in paired_ratio_ci([1.0], [1.0]))
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize(("planted", "line"), [("NaNVAE", "the harness's cell failed: nan_loss: loss is nan"),
+                                               ("SegfaultVAE", "the bare loop failed: killed by SIGSEGV")])
+def test_a_plugin_that_trains_to_nan_or_segfaults_is_one_line(planted, line):
+    """Issue 27: ``overhead`` with such a plug-in was a RuntimeError traceback; there is no ratio to give."""
+    out = subprocess.run([sys.executable, "-m", "bench", "overhead", "--impl", f"tests/fixtures/planted.py:{planted}",
+                          "--spec", "dense", "--kmer", "3", "--batch", "8", "--steps", "20", "--repeats", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and line in lines[0], out.stderr[-2000:]

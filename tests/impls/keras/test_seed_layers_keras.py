@@ -1,8 +1,10 @@
 """The Keras build's issue-13 layers (group_norm, silu, selu, attention1d, masking, ``init: zeros``, conv1d
-latent heads, masked_bce, kl_normalisation) against the float64 numpy reference, on all three backends: gradients
-by finite differences, counts, initialisers, the masking draw and one step. Their eval forward and loss against
-that reference are parity's (``tests/impls/test_parity.py``: ``autoencoder-kl-small`` and ``masked-small``, every
-build, relative 1e-5), which runs the same specs in every build's worker anyway.
+latent heads, masked_bce, kl_normalisation) against the float64 numpy reference, on all three backends: counts,
+initialisers, the masking draw and one step. Their eval forward, loss and gradients are parity's
+(``tests/impls/test_parity.py``: ``autoencoder-kl-small`` and ``masked-small``, every build, forward and loss
+against the reference at relative 1e-5, every gradient tensor against PyTorch's, whose every tensor is checked
+by finite differences in ``tests/impls/torch/test_seed_layers_torch.py``), which runs the same specs in every
+build's worker anyway.
 
 As in ``tests/impls/keras/test_impl_keras.py``, Keras fixes its backend once per process, so every ``check_*`` below
 runs in the run's one child per backend (``tests/fixtures/keras_children.py``) and each entry of its
@@ -17,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.gradcheck import reference_slope
 from fixtures.keras_children import check_registry, keras_check_tests
 from fixtures.seed_layer_specs import AUTOENCODER_KL_CASES, KL_SMALL, MASKED_SMALL
 
@@ -59,26 +60,6 @@ class Models:
             self.cache[spec.name] = model = self.cls(spec)
             self.initial[spec.name] = model.get_weights()
         return self.cache[spec.name]
-
-
-@check
-def check_grads_by_finite_differences(cls, models) -> dict[str, float]:
-    """A step along the build's gradient of a group_norm gamma (in a residual), the attention's q kernel
-    (encoder, zero-init projection perturbed; decoder, own epsilon) and the conv latent head's kernel
-    changes the float64 reference loss by the gradient's norm."""
-    spec, w = KL_SMALL, reference_weights(KL_SMALL)
-    model = models(spec)
-    model.set_weights(w)
-    x, eps = batch(spec)
-    _, grads = model.loss_and_grads(x, eps)
-    assert set(grads) == {p.name for p in param_table(spec) if p.trainable}
-    out = {}
-    for key in ("encoder.2.inner.0.gamma", "encoder.5.q.kernel", "decoder.1.q.kernel", "z_mean.kernel",
-                "z_log_var.bias"):
-        slope, norm = reference_slope(spec, w, x, eps, key, grads[key]), float(np.linalg.norm(grads[key]))
-        assert abs(slope - norm) <= 1e-3 * norm, (key, slope, norm)
-        out[key] = abs(slope - norm) / norm
-    return out
 
 
 #: the presets are counted in one child only: Keras' count comes from the layers' shapes, the same on every

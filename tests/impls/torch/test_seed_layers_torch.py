@@ -14,6 +14,7 @@ from fixtures.gradcheck import reference_slope
 from fixtures.seed_layer_specs import AUTOENCODER_KL_CASES, KL_SMALL, MASKED_SMALL
 
 from harness.adapter import load_adapter_class
+from harness.run.parity import structurally_zero_grads
 from harness.spec.params import count_params, param_table
 from harness.spec.presets import preset
 from harness.spec.reference import eval_forward, init_weights, perturb_batch_norm, perturb_zero_init, vae_loss
@@ -86,33 +87,29 @@ def test_masking_needs_a_block_outside_training():
 # ------------------------------------------------------------------ gradients
 
 
-def test_kl_small_grads_match_the_reference_by_finite_differences():
-    """A step along each gradient changes the float64 reference loss by its norm: GroupNorm (alone and in a
-    residual), attention q (encoder and decoder) and its perturbed zero-init projection, a perturbed zero-init
-    conv, the conv latent heads and the stride-2 conv-transpose."""
-    spec = KL_SMALL
+@pytest.mark.parametrize(("spec", "block"), [(KL_SMALL, None), (MASKED_SMALL, 1)], ids=["kl-small", "masked-small"])
+def test_every_gradient_matches_the_reference_by_finite_differences(spec, block):
+    """A step along each trainable tensor's gradient changes the float64 reference loss by its norm, every
+    tensor but the structurally zero ones (an attention's key bias; parity holds those to zero in every build).
+    Every one, not a sample: parity holds every build's gradients to this build's, tensor by tensor, so this is
+    what ties each build's gradients to the reference (the Flax and Keras checks of a sample of KL_SMALL's
+    were dropped for it). KL_SMALL: GroupNorm (alone and in a residual), attention (encoder and decoder) with
+    its perturbed zero-init projection, perturbed zero-init convs, the conv latent heads, the stride-2
+    conv-transpose; MASKED_SMALL: masked BCE's gradient (clipped probabilities, the block's positions only)
+    through the masked input, block 1 fixed. Measured: every one within 1e-4 relative (64 and 14 tensors, 3.7 s)."""
     a, w = adapter_for(spec), weights(spec)
     a.set_weights(w)
     x, eps = batch(spec)
-    _, grads = a.loss_and_grads(x, eps)
-    for k in ("encoder.6.gamma", "encoder.2.inner.0.beta", "encoder.5.q.kernel", "encoder.5.proj.kernel",
-              "encoder.5.norm.gamma", "decoder.1.q.kernel", "encoder.4.inner.5.kernel", "z_mean.kernel",
-              "z_log_var.kernel", "decoder.3.kernel"):
-        slope = reference_slope(spec, w, x, eps, k, grads[k])
-        assert slope == pytest.approx(np.linalg.norm(grads[k]), rel=1e-3), k
-
-
-def test_masked_grads_match_the_reference_by_finite_differences():
-    """Masked BCE's gradient (clipped probabilities, the block's positions only) reaches the decoder and,
-    through the masked input, the first dense layer; block 1 is fixed."""
-    spec, block = MASKED_SMALL, 1
-    a, w = adapter_for(spec), weights(spec)
-    a.set_weights(w)
-    x, eps = batch(spec)
-    _, grads = a.loss_and_grads(x, eps, mask_block=block)
-    for k in ("encoder.1.kernel", "z_log_var.kernel", "decoder.4.kernel", "decoder.4.bias"):
+    fixed = {} if block is None else {"mask_block": block}
+    _, grads = a.loss_and_grads(x, eps, **fixed)
+    zero = structurally_zero_grads(spec)
+    checked = [p.name for p in param_table(spec) if p.trainable and p.name not in zero]
+    for k in checked:
         slope = reference_slope(spec, w, x, eps, k, grads[k], mask_block=block)
         assert slope == pytest.approx(np.linalg.norm(grads[k]), rel=1e-3), k
+    assert len(checked) == {"autoencoder-kl-small": 64, "masked-small": 14}[spec.name]
+    if block is None:
+        return
     # the loss sees only the masked block: logits outside it get no gradient
     outside = ~np.isin(np.arange(spec.input_length), np.arange(10, 18))
     assert not grads["decoder.4.bias"][outside].any() and grads["decoder.4.bias"][~outside].all()

@@ -51,7 +51,7 @@ from harness.spec.params import ParamCounts, param_table
 from harness.spec.schema import VAESpec
 from impls import keras_backend
 from impls.keras_adam import TextbookAdam
-from impls.keras_backend import BACKEND, on_gpu, pin_device_settings, value_and_grad
+from impls.keras_backend import BACKEND, on_gpu, pin_device_settings, seed_everything, value_and_grad
 from impls.keras_fit import async_callbacks, fit_details, fit_steps
 from impls.keras_layers import loading_weights
 from impls.keras_model import build_encoder_decoder, build_vae
@@ -97,7 +97,7 @@ class KerasVAE(VAEAdapter):
         super().__init__(spec)
         s = spec.settings
         pin_device_settings(s.tf32, s.tf_memory_growth)
-        keras.utils.set_random_seed(s.seed)
+        seed_everything(s.seed)  # keras.utils.set_random_seed, less its import of TensorFlow off that backend
         with loading_weights() if weights is not None else nullcontext():
             self.model, layer_of = build_vae(spec)
         o = spec.optimizer

@@ -117,6 +117,20 @@ def check_counting_builds_no_storage(cls, models) -> dict[str, int]:
     return {"peak_rss_growth_mb": grown_mb}
 
 
+@check
+def check_a_build_leaves_tensorflow_unimported(cls, models) -> dict[str, bool]:
+    """On jax and torch a build seeds what ``keras.utils.set_random_seed`` seeds but TensorFlow
+    (``impls.keras_backend.seed_everything``), so the row does not carry TensorFlow's import (3.9 s and 150 MB
+    of RSS on keras-jax) because the keras-tensorflow row needs it installed. Runs third in the child."""
+    import sys
+
+    model = models("dense", 32)
+    model.loss_value(model.train_step(*batch(32)))
+    imported = "tensorflow" in sys.modules
+    assert imported == (os.environ["KERAS_BACKEND"] == "tensorflow"), imported
+    return {"tensorflow_imported": imported}
+
+
 #: presets whose param counts are read off the adapter, in the child: k=3 wherever the preset is valid, the
 #: strided and resvae cases, and one k=7 build (dense, 18M parameters). Every preset at k=5 is counted on every
 #: backend by ``tests/impls/test_parity.py`` (``bench params``, one worker per impl), so the child does not

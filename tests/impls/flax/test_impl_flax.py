@@ -96,20 +96,18 @@ def test_set_weights_rejects_wrong_shape():
 
 
 def test_with_weights_is_the_model_built_then_set():
-    """``with_weights`` writes the weights inside the init program instead of after it: the same model,
-    the same Adam state and the same noise and masking streams, so drawn steps train alike; and a wrong
-    shape is refused as ``set_weights`` refuses it."""
-    from fixtures.seed_layer_specs import MASKED_SMALL
-
-    spec, cls = MASKED_SMALL, flax_class()
+    """``with_weights`` writes the weights inside the init program instead of after it: the same model, the
+    same Adam state and the same noise stream, so a drawn step trains alike (the masking stream's twin check is
+    ``test_seed_layers_flax.py::test_masking_block_is_drawn_per_step_from_the_seeded_stream``); a wrong shape
+    is refused as ``set_weights`` refuses it."""
+    spec, cls = spec_for("dense", 3), flax_class()
     w = start_weights(spec)
-    x = np.random.default_rng(1).random((BATCH, spec.input_length)).astype(np.float32)
-    built_then_set = cls(spec)
+    x, _ = batch(spec, seed=1, size=4)  # not batch 8: test_drawn_noise_... must be the first to compile that step
+    built_then_set = cls(spec)  # the spec's own initialisers: the one such build in this module
     built_then_set.set_weights(w)
     loaded = cls.with_weights(spec, w)
     assert all(np.array_equal(loaded.get_weights()[k], v) for k, v in w.items())
-    for _ in range(2):  # each step draws its noise and its masked block
-        assert loaded.loss_value(loaded.train_step(x)) == built_then_set.loss_value(built_then_set.train_step(x))
+    assert loaded.loss_value(loaded.train_step(x)) == built_then_set.loss_value(built_then_set.train_step(x))
     for key, value in built_then_set.get_weights().items():
         np.testing.assert_array_equal(loaded.get_weights()[key], value, err_msg=key)
     w["z_mean.kernel"] = w["z_mean.kernel"].T

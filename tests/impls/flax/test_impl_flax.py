@@ -118,8 +118,10 @@ def test_with_weights_is_the_model_built_then_set():
 # ------------------------------------------------------------------ parity with reference
 
 
-@pytest.mark.parametrize(("name", "k"), [("dense", 3), ("dense", 5), ("conv-final", 5), ("conv-revised", 5),
-                                         ("conv-strided", 3), ("conv-strided", 4), ("resvae", 4)])
+#: the presets parity does not run (tests/impls/test_parity.py checks dense at k=3 and conv-final at k=5 in every
+#: build: eval forward and loss against the float64 reference, every gradient tensor against PyTorch's)
+@pytest.mark.parametrize(("name", "k"), [("dense", 5), ("conv-revised", 5), ("conv-strided", 3), ("conv-strided", 4),
+                                         ("resvae", 4)])
 def test_eval_forward_matches_reference(name, k):
     """conv-strided at k=4 reaches odd lengths (17 -> 9) and crops 144 logits to 136."""
     spec, model = spec_for(name, k), build(name, k)
@@ -133,7 +135,7 @@ def test_eval_forward_matches_reference(name, k):
         assert rel_l2(got[key], want[key]) <= 1e-5, key
 
 
-@pytest.mark.parametrize(("name", "k"), [("conv-final", 5), ("conv-revised", 5)])
+@pytest.mark.parametrize(("name", "k"), [("conv-revised", 5)])  # conv-final at k=5: parity's
 def test_loss_and_grads_match_reference(name, k):
     spec, model = spec_for(name, k), build(name, k)
     w = start_weights(spec)

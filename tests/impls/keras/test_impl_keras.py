@@ -188,9 +188,11 @@ def check_with_weights_is_the_model_built_then_set(cls, models) -> None:
 
 @check
 def check_eval_forward(cls, models) -> dict[str, float]:
+    """The presets and fixtures parity does not run (tests/impls/test_parity.py holds dense at k=3, conv-final at
+    k=5 and residual-small to the float64 reference in every build)."""
     worst = {}
-    for name, length in (("dense", 32), ("dense", 512), ("conv-final", 512), ("conv-revised", 512),
-                         ("strided", 32), *CONV_STRIDED_CASES, ("residual", 32), *RESVAE_CASES):
+    for name, length in (("dense", 512), ("conv-revised", 512), ("strided", 32), *CONV_STRIDED_CASES,
+                         *RESVAE_CASES):
         model = models(name, length)
         w = fresh(model)  # perturbed BN statistics: eval mode must use them
         x, eps = batch(length, model.spec.latent_dim)
@@ -206,7 +208,7 @@ def check_eval_forward(cls, models) -> dict[str, float]:
 @check
 def check_loss_and_grads(cls, models) -> dict[str, float]:
     out = {}
-    for name in ("conv-final", "conv-revised"):
+    for name in ("conv-revised",):  # conv-final at k=5: parity's, in every build
         model = models(name, 512)
         w = fresh(model)
         x, eps = batch(512)

@@ -249,7 +249,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
-    _matrix_curves(args, plan, store)
+    curves_lost = _matrix_curves(args, plan, store)
     from reports.build import build_report
 
     rows = store.latest_rows()
@@ -258,28 +258,32 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     print_rows([r for r in rows if not r.get("sweep") and not r.get("scenario")])
     print(f"report: {path}")
+    if curves_lost:  # the rows and the report stand; the curves printed above could not be stored
+        print(f"vaebench: {curves_lost}", file=sys.stderr)
+        return 1
     return _exit_status(store, {c.key for c in cells})
 
 
-def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
+def _matrix_curves(args: argparse.Namespace, plan, store) -> str | None:
     """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
     every impl of the plan, each stored beside the run's rows as it is judged; skipped when the plan has no
     dense cell, with ``--curves-steps 0``, or when the run holds every impl's curve already (``--resume``: a
-    run stopped midway trains them all again, and the report reads the latest record of each)."""
-    from bench.curves import MATRIX_CURVES, CurveWriter, curve_records, print_verdicts, run_curves
+    run stopped midway trains them all again, and the report reads the latest record of each). Returns the
+    line saying why curves could not be stored, if any could not (the matrix then exits 1 after its report)."""
+    from bench.curves import MATRIX_CURVES, CurveWriter, curve_records, floor_label, print_verdicts, run_curves
     from harness.adapter import impl_label
-    from harness.run.runner import RunStopped
-    from harness.store import load_curves
+    from harness.store import curves_path, read_rows
 
     default = MATRIX_CURVES["cpu_steps" if plan.device == "cpu" else "steps"]
     steps = default if args.curves_steps is None else args.curves_steps
     dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
     if not steps or dense is None:
-        return
+        return None
     reference = "torch" if "torch" in plan.impls else plan.impls[0]
-    wanted = {impl_label(i) for i in plan.impls} | {f"{impl_label(reference)} (1 ulp)"}
-    if wanted <= {c["curve"]["impl"] for c in load_curves([store.root]) if c.get("run_id") == store.run_id}:
-        return
+    wanted = {impl_label(i) for i in plan.impls} | {floor_label(impl_label(reference))}
+    stored = curves_path(store.root, store.run_id)
+    if stored.is_file() and wanted <= {(rec.get("curve") or {}).get("impl") for rec in read_rows(stored)}:
+        return None
     batch, every = MATRIX_CURVES["batch"], min(MATRIX_CURVES["every"], steps)
     print(f"curves: {dense.name}, {steps} steps at batch {batch}, {len(plan.impls)} impls", file=sys.stderr)
     writer = CurveWriter(store.root, store.run_id, lambda curves, verdicts: curve_records(
@@ -287,5 +291,4 @@ def _matrix_curves(args: argparse.Namespace, plan, store) -> None:
     _, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference, timeout_s=args.timeout,
                              on_judged=writer)
     print_verdicts(dense.name, steps, batch, verdicts)
-    if writer.failed:
-        raise RunStopped(writer.stop_line())
+    return writer.stop_line() if writer.failed else None

@@ -40,6 +40,11 @@ def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, cu
              "verdict": v.to_dict(), "tolerances": tolerances} for c, v in zip(curves, verdicts, strict=True)]
 
 
+def floor_label(reference_label: str) -> str:
+    """The row label of the reference's run from weights one ulp apart, whose gaps set the tolerances."""
+    return f"{reference_label} (1 ulp)"
+
+
 def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int, every: int,
                reference: str = "torch", noise_floor: bool = True, data: str | None = None,
                columns: str | None = None, timeout_s: float = 1800,
@@ -57,7 +62,7 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
 
     order = [reference] + [i for i in impls if i != reference]
     runs = [CurveRun(i, impl_label(i)) for i in order]
-    floor = f"{impl_label(reference)} (1 ulp)" if noise_floor else None
+    floor = floor_label(impl_label(reference)) if noise_floor else None
     if floor:
         runs.insert(1, CurveRun(reference, floor, nudge=True))
     done: list = []

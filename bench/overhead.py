@@ -29,8 +29,6 @@ class OverheadError(RuntimeError):
 
 def measure_overhead(impl: str, spec, kmer: int, batch: int, steps: int, repeats: int) -> dict[str, Any]:
     """Parent side: interleaved bare and harness workers; returns both medians and their ratio."""
-    import math
-
     from harness.run.launch import run_worker
     from harness.run.parity import worker_error_line
     from harness.run.runner import Cell, run_one
@@ -41,8 +39,6 @@ def measure_overhead(impl: str, spec, kmer: int, batch: int, steps: int, repeats
                          impl, spec.settings, timeout_s=900)
         if (out.result or {}).get("status") != "ok":
             raise OverheadError(f"{impl}: the bare loop failed: {worker_error_line(out)}")
-        if not math.isfinite(out.result["median_s"]):
-            raise OverheadError(f"{impl}: the bare loop gave no finite step time ({out.result['median_s']})")
         return out.result["median_s"]
 
     def run_harness() -> float:

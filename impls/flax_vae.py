@@ -20,6 +20,7 @@ difference that shows on a GPU step of a millisecond. The adapter keeps only the
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
@@ -91,6 +92,10 @@ def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, eps:
 _BN_NAMES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
 
 
+#: the weights ``FlaxVAE.with_weights`` has the build under way write over its drawn initial values
+_LOADING: ContextVar[dict[str, np.ndarray] | None] = ContextVar("flax_vae_loading_weights", default=None)
+
+
 def _flax_path(name: str) -> tuple[str | int, ...]:
     """Canonical name -> attribute path in the model, e.g. ``encoder.3.gamma`` ->
     ``('encoder', 'layers', 3, 'scale')`` and ``z_mean.kernel`` -> ``('z_mean', 'kernel')``."""
@@ -124,10 +129,11 @@ class FlaxVAE(VAEAdapter):
     framework = "jax"
     stages_input = True
 
-    def __init__(self, spec: VAESpec, weights: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)
         self._table = param_table(spec)
-        loaded = None if weights is None else self._checked(weights)
+        given = _LOADING.get()
+        loaded = None if given is None else self._checked(given)
         # On GPU, JAX otherwise runs float32 matmuls and convolutions with reduced
         # precision (TF32 / bf16 passes); "highest" is true float32, like the other builds.
         jax.config.update("jax_default_matmul_precision", None if spec.settings.tf32 else "highest")
@@ -156,8 +162,16 @@ class FlaxVAE(VAEAdapter):
 
     @classmethod
     def with_weights(cls, spec: VAESpec, weights: dict[str, np.ndarray]) -> FlaxVAE:
-        """Built with ``weights`` in place of the drawn initial values, in the one init program."""
-        return cls(spec, weights)
+        """Built with ``weights`` in place of the drawn initial values, in the one init program (``_LOADING``
+        hands them to ``__init__``, so a subclass's own ``__init__(spec)`` still works). A subclass with its
+        own ``set_weights`` is built, then loaded through it, as the default does."""
+        if cls.set_weights is not FlaxVAE.set_weights:
+            return super().with_weights(spec, weights)
+        token = _LOADING.set(weights)
+        try:
+            return cls(spec)
+        finally:
+            _LOADING.reset(token)
 
     def _model(self) -> VAE:
         """A model object over the current arrays (no copy); valid until the next train_step."""

@@ -40,7 +40,10 @@ def seed_everything(seed: int) -> None:
     keras-tensorflow row, and there it cost the keras-jax row 3.9 s of build and 150 MB of RSS (keras-torch:
     3.4 s, 140 MB) that Keras on JAX or torch alone does not carry; ``fit`` over a ``PyDataset`` never touches
     TensorFlow on those backends. What the model draws stays seeded as before: Python's ``random`` (Keras'
-    initialisers take their default seeds from it), NumPy, and torch's generator on torch."""
+    initialisers take their default seeds from it), NumPy, and torch's generator on torch. Unlike
+    ``set_random_seed`` it neither records a global Keras seed nor resets Keras' global ``SeedGenerator``: only a
+    ``keras.random`` call without a seed would read those, and this build makes none (``Sampling`` and the masking
+    layer draw from the model's own ``SeedGenerator(seed)``)."""
     if BACKEND == "tensorflow":
         keras.utils.set_random_seed(seed)
         return

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import keras
@@ -93,13 +92,12 @@ class KerasVAE(VAEAdapter):
     #: copies of whatever the dataset returns, so staging would time nothing different
     stages_input: ClassVar[bool] = BACKEND != "tensorflow"
 
-    def __init__(self, spec: VAESpec, weights: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)
         s = spec.settings
         pin_device_settings(s.tf32, s.tf_memory_growth)
         seed_everything(s.seed)  # keras.utils.set_random_seed, less its import of TensorFlow off that backend
-        with loading_weights() if weights is not None else nullcontext():
-            self.model, layer_of = build_vae(spec)
+        self.model, layer_of = build_vae(spec)
         o = spec.optimizer
         self.optimizer = TextbookAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps,
                                       global_clipnorm=o.clip_global_norm)
@@ -113,13 +111,15 @@ class KerasVAE(VAEAdapter):
         # compile on first use, which would count as compiles during the timed loop
         self.model.get_metrics_result()
         self.use_loop(self.loop)
-        if weights is not None:
-            self.set_weights(weights)
 
     @classmethod
     def with_weights(cls, spec: VAESpec, weights: dict[str, np.ndarray]) -> KerasVAE:
-        """Built at ``zeros`` (``impls.keras_layers.loading_weights``), then loaded with ``weights``."""
-        return cls(spec, weights)
+        """Built at ``zeros`` (``impls.keras_layers.loading_weights``), then loaded with ``weights``; a subclass's
+        own ``__init__`` and ``set_weights`` run as they would after ``cls(spec)``."""
+        with loading_weights():
+            model = cls(spec)
+        model.set_weights(weights)
+        return model
 
     # -- training loops ----------------------------------------------------------------
     def use_loop(self, loop: str) -> None:

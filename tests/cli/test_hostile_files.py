@@ -64,7 +64,7 @@ def test_the_command_line_given_a_fifo_answers_at_once(fifo, tmp_path):
     assert out.returncode == 2 and len(lines) == 1 and "is a FIFO (named pipe)" in lines[0], out.stderr
 
 
-def test_a_fifo_plugin_or_results_file_is_refused_and_one_in_a_results_dir_is_skipped(tmp_path):
+def test_a_fifo_plugin_or_results_file_is_refused_and_one_in_a_results_dir_is_skipped(tmp_path, capsys):
     """A FIFO as the ``--impl`` file or as a results file is one line; one among a results dir's files is
     skipped with a line (``report DIR`` hung at its read)."""
     from harness.adapter import PluginError, load_adapter_class
@@ -81,4 +81,6 @@ def test_a_fifo_plugin_or_results_file_is_refused_and_one_in_a_results_dir_is_sk
     os.mkfifo(rows)
     with pytest.raises(FileNotFoundError, match=r"it is a FIFO \(named pipe\), not a file"):
         load_rows(rows)
+    capsys.readouterr()
     assert load_rows(rows.parent) == []  # skipped, said on stderr, never opened
+    assert capsys.readouterr().err.strip() == f"vaebench: skipped {rows}: a FIFO (named pipe), not result rows"

@@ -187,19 +187,23 @@ def test_parent_and_worker_labels_agree_for_every_planted_class():
 @pytest.mark.worker
 def test_plugin_rows_carry_their_own_labels_and_a_wrong_count_fails_its_row(tmp_path):
     """Each plug-in row is labelled as its class says; ``BadCountVAE`` counts (1, -5) parameters, so its row
-    fails with the reason and the run exits 1 (issue 27: such a plug-in was recommended at an MFU of 3666%)."""
-    names = ("ImpostorVAE", "TunableNumpyVAE", "RenamedVAE", "BadCountVAE")
+    fails with the reason and the run exits 1 (issue 27: such a plug-in was recommended at an MFU of 3666%), and
+    ``OtherModelVAE``, another model whose ``set_weights`` refuses the spec's weights, fails with the same reason."""
+    names = ("ImpostorVAE", "TunableNumpyVAE", "RenamedVAE", "BadCountVAE", "OtherModelVAE")
     impls = ",".join(f"tests/fixtures/planted.py:{n}" for n in names)
     out = bench("run", "--impl", impls, "--kmer", "3", "--batch", "4", "--steps", "3", "--no-progress",
                 "--no-preflight", "--results", str(tmp_path), "--run-id", "labels", "--json")
     assert out.returncode == 1, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert [r["row"] for r in rows] == ["torch (plug-in ImpostorVAE)", "TunableNumpyVAE", "numpy-renamed", "BadCountVAE"]
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
-    bad = rows[-1]
+    assert [r["row"] for r in rows] == ["torch (plug-in ImpostorVAE)", "TunableNumpyVAE", "numpy-renamed", "BadCountVAE",
+                                        "OtherModelVAE"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "failed"]
+    bad, other = rows[-2:]
     assert bad["failure_kind"] == "error", bad["failure_kind"]
     assert "param_counts() gives 1 trainable and -5 non-trainable parameters" in bad["failure_message"]
     assert "not the spec's model" in bad["failure_message"]
+    # its set_weights refused the shared initial weights first: the row still names the cause, not the shape
+    assert other["failure_kind"] == "error" and "not the spec's model" in other["failure_message"], other
 
 
 # ---------------------------------------------------------------------------------- data

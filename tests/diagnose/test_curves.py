@@ -154,10 +154,12 @@ def test_a_curve_that_cannot_be_stored_is_printed_and_said(tmp_path, capsys):
     (tmp_path / "curves").write_text("a file where the curves dir goes")
     writer = CurveWriter(str(tmp_path), "20261207-000000-aaaaaa",
                          lambda c, v: curve_records(spec, 3, 8, 20, 10, c, v, None))
-    curves = [_curve("torch", [10.0] * 20), _curve("torch (1 ulp)", [10.0] * 20)]
-    writer(curves, judge(curves, reference="torch", floor="torch (1 ulp)"))
+    curves = [_curve("torch", [10.0] * 20), _curve("torch (1 ulp)", [10.0] * 20), _curve("flax", [10.0] * 20)]
+    verdicts = judge(curves, reference="torch", floor="torch (1 ulp)")
+    writer(curves[:2], verdicts[:2])
+    writer(curves[2:], verdicts[2:])  # the next impl is still tried, and printed too
     printed = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [r["curve"]["impl"] for r in printed] == ["torch", "torch (1 ulp)"]
+    assert [r["curve"]["impl"] for r in printed] == ["torch", "torch (1 ulp)", "flax"]
     assert writer.failed and "curves" in writer.failed and "\n" not in writer.stop_line()
 
 

@@ -27,16 +27,12 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
     import_s = time.perf_counter() - t0
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
-    # the shared initial weights are loaded as the model is built (``VAEAdapter.with_weights``)
-    model = cls.with_weights(spec, init_weights(spec)) if task.shared_init else cls(spec)
+    model = _built(cls, spec, task)
     if task.loop:
         model.use_loop(task.loop)
     counts, expected = model.param_counts(), count_params(spec)
-    if (counts.trainable, counts.non_trainable) != (expected.trainable, expected.non_trainable):
-        raise WrongParamCount(f"{task.impl}: param_counts() gives {counts.trainable:,} trainable and "
-                              f"{counts.non_trainable:,} non-trainable parameters, the spec's table "
-                              f"{expected.trainable:,} and {expected.non_trainable:,}: the build is not the spec's "
-                              "model (python -m bench params compares every build's)")
+    if _differ(counts, expected):
+        raise WrongParamCount(_wrong_count(task.impl, counts, expected))
     build_s = time.perf_counter() - t0
     source = make_source(task.kmer, task.batch, task.data, task.columns, seed=spec.settings.seed,
                          width=spec.input_length)
@@ -49,6 +45,36 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     ctx.rss.start()
     return ctx, BuildPart(import_s=import_s, build_s=build_s, import_anon=import_anon, counts=counts,
                           expected=expected)
+
+
+def _built(cls: Any, spec: VAESpec, task: CellTask) -> Any:
+    """The model, loaded with the shared initial weights as it is built (``VAEAdapter.with_weights``) where the
+    task wants them. A build that cannot take them because it is not the spec's model (a plug-in with other
+    layers, whose ``set_weights`` refuses a shape) fails as that, ``WrongParamCount``, and not as the error its
+    loading raised, as it did when the counts were checked before the weights were set."""
+    if not task.shared_init:
+        return cls(spec)
+    try:
+        return cls.with_weights(spec, init_weights(spec))
+    except Exception as exc:
+        try:
+            counts = cls.count_params(spec)
+        except Exception:  # noqa: BLE001 - the loading's own error says more than the count's
+            raise exc from None
+        expected = count_params(spec)
+        if _differ(counts, expected):
+            raise WrongParamCount(_wrong_count(task.impl, counts, expected)) from exc
+        raise
+
+
+def _differ(counts: Any, expected: Any) -> bool:
+    return (counts.trainable, counts.non_trainable) != (expected.trainable, expected.non_trainable)
+
+
+def _wrong_count(impl: str, counts: Any, expected: Any) -> str:
+    return (f"{impl}: param_counts() gives {counts.trainable:,} trainable and {counts.non_trainable:,} "
+            f"non-trainable parameters, the spec's table {expected.trainable:,} and {expected.non_trainable:,}: the "
+            "build is not the spec's model (python -m bench params compares every build's)")
 
 
 def _step_function(task: CellTask, model: Any) -> Callable[[Any], Any]:

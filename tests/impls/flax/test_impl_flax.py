@@ -115,6 +115,25 @@ def test_with_weights_is_the_model_built_then_set():
         cls.with_weights(spec, w)
 
 
+def test_with_weights_serves_a_subclass_with_its_own_init_and_set_weights():
+    """A user's subclass of the Flax build (``__init__(spec)`` of its own, a ``set_weights`` that records its
+    calls) is built loaded as ``cls(spec)`` and then its own ``set_weights``, the default's order."""
+    spec, base = spec_for("dense", 3), flax_class()
+
+    class Mine(base):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.loads = 0
+
+        def set_weights(self, weights):
+            self.loads += 1
+            super().set_weights(weights)
+
+    w = start_weights(spec)
+    model = Mine.with_weights(spec, w)
+    assert model.loads == 1 and np.array_equal(model.get_weights()["z_mean.kernel"], w["z_mean.kernel"])
+
+
 # ------------------------------------------------------------------ parity with reference
 
 

@@ -104,7 +104,7 @@ def placed_on_gpu(backend: str, t: Any) -> bool:
 def check_counting_builds_no_storage(cls, models) -> dict[str, int]:
     """``count_params`` (``bench params``' path) builds abstractly: conv-revised at k=7, 270M parameters
     (1.08 GB of float32), is counted and the child's peak RSS stays where it was. Left to a default
-    ``StatelessScope`` exit, Keras initialised every variable: +1.3 GB and 19 XLA compiles on jax. It runs
+    ``StatelessScope`` exit, Keras initialised every variable: +1.1 GB and 19 XLA compiles on jax. It runs
     second in the child, before anything else has raised the peak above the RSS of the moment."""
     import resource
 
@@ -132,9 +132,10 @@ def check_a_build_leaves_tensorflow_unimported(cls, models) -> dict[str, bool]:
 
 
 #: presets whose param counts are read off the adapter, in the child: k=3 wherever the preset is valid, the
-#: strided and resvae cases, and one k=7 build (dense, 18M parameters). Every preset at k=5 is counted on every
-#: backend by ``tests/impls/test_parity.py`` (``bench params``, one worker per impl), so the child does not
-#: build those again (it took 58 s of the three children's CPU time).
+#: strided and resvae cases, and one k=7 build (dense, 18M parameters). Every preset at k=5 is counted by
+#: ``tests/impls/test_parity.py`` (``bench params`` on torch, flax and keras-torch: Keras' count is this one
+#: abstract build on every backend, held here on all three), so the child does not build those again (it took
+#: 58 s of the three children's CPU time).
 PARAM_COUNT_CASES = (
     ("dense", 32), ("conv-revised", 32), ("conv-original", 32),
     ("dense", 8192), *CONV_STRIDED_CASES, *RESVAE_CASES,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from fixtures.gradcheck import reference_slope
 from fixtures.keras_children import check_registry, keras_check_tests
-from fixtures.residual_specs import RESIDUAL, RESIDUAL_NO_BN, RESVAE_CASES
+from fixtures.residual_specs import RESIDUAL, RESVAE_CASES
 from fixtures.strided_specs import CONV_STRIDED_CASES, STRIDED
 
 from harness.run.parity import rel_l2
@@ -57,8 +57,8 @@ class Models:
 
     def __call__(self, name: str, length: int):
         if (name, length) not in self.cache:
-            spec = {"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5), "residual": RESIDUAL,
-                    "residual-no-bn": RESIDUAL_NO_BN}.get(name) or preset(name, length)
+            spec = ({"strided": STRIDED, "strided-clipped": STRIDED.with_clip_norm(1e-5), "residual": RESIDUAL}.get(name)
+                    or preset(name, length))
             self.cache[(name, length)] = self.cls.with_weights(spec, init_weights(spec))
         return self.cache[(name, length)]
 
@@ -255,33 +255,11 @@ def check_strided_grads_by_finite_differences(cls, models) -> dict[str, float]:
     return out
 
 
-@check
-def check_residual_and_mse_grads_by_finite_differences(cls, models) -> dict[str, float]:
-    """``ResidualBlock`` (identity, 1x1 Conv1D and strided 1x1 Conv1DTranspose skips) and resvae's MSE loss:
-    the loss is the reference's, and a step along the gradient of an inner layer and of a skip changes the
-    float64 reference loss by the gradient's norm. A train step on the BatchNorm inside a residual updates
-    its running statistics (``training`` reaches the nested layer)."""
-    out, h = {}, 1e-5
-    for name, length, keys in (("residual-no-bn", 32, ("encoder.2.inner.2.kernel", "encoder.3.skip.kernel",
-                                                       "decoder.2.inner.0.kernel", "decoder.2.skip.bias")),
-                               ("resvae", 32, ("encoder.1.inner.0.kernel", "decoder.5.skip.kernel"))):
-        model = models(name, length)
-        w = fresh(model)
-        spec, (x, eps) = model.spec, batch(length, model.spec.latent_dim)
-        loss, grads = model.loss_and_grads(x, eps)
-        ref = eval_forward(spec, w, x, eps)
-        want = vae_loss(spec, x, ref["logits"], ref["z_mean"], ref["z_log_var"])
-        assert abs(loss - want) <= 1e-5 * abs(want), (name, loss, want)
-        for key in keys:
-            slope, norm = reference_slope(spec, w, x, eps, key, grads[key], h), float(np.linalg.norm(grads[key]))
-            assert abs(slope - norm) <= 1e-3 * norm, (name, key, slope, norm)
-            out[f"{name}.{key}"] = abs(slope - norm) / norm
-    model = models("residual", 32)
-    w = fresh(model)
-    model.train_step(*batch(32, RESIDUAL.latent_dim))
-    moved = model.get_weights()["encoder.2.inner.0.moving_mean"]
-    assert not np.allclose(moved, w["encoder.2.inner.0.moving_mean"]), "the nested BatchNorm ran in inference mode"
-    return out
+#: ``residual`` blocks (their nested BatchNorm in train mode, its running statistics after a step) and resvae's MSE
+#: loss are parity's, in every build (``residual-small`` and ``resvae-small``: every gradient and the weights after
+#: one step against PyTorch's), and PyTorch's gradients on the same blocks without the BatchNorm and on resvae are
+#: checked by finite differences (``tests/impls/torch/test_impl_torch.py``), so no Keras backend differences them
+#: again here: that check took 11 s of the jax child alone.
 
 
 @check

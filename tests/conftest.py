@@ -63,7 +63,18 @@ def _workers_are_marked(request):
 LONG_FIXTURES_FIRST = ("tests/impls/test_parity.py", "tests/impls/keras/")
 
 
+#: where the tests that compare two step times live: ``nox -s tests`` runs ``pytest -m timing`` on this folder
+#: alone, after the parallel run (collecting the whole tree for two tests cost 5.7 s), so a timing test
+#: elsewhere would run in neither pass; collection fails on one
+TIMING_TESTS = "tests/measure/"
+
+
 def pytest_collection_modifyitems(config, items):
+    astray = [i.nodeid for i in items if i.get_closest_marker("timing") and not i.nodeid.startswith(TIMING_TESTS)]
+    if astray:
+        raise pytest.UsageError(f"{astray[0]} is marked `timing` outside {TIMING_TESTS}: `nox -s tests` runs the "
+                                f"timing tests from that folder alone, so move it there")
+
     def first(item) -> int:
         path = item.nodeid.split("::")[0]
         return next((i for i, prefix in enumerate(LONG_FIXTURES_FIRST) if path.startswith(prefix)),

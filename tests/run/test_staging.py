@@ -49,8 +49,8 @@ def test_a_builds_staged_batches_train_like_numpy_batches(impl):
     batches = [rng.random((8, 32), dtype=np.float32) for _ in range(3)]
     eps = rng.standard_normal((8, spec.latent_dim)).astype(np.float32)
     cls = load_adapter_class(impl)
-    plain, staged = cls(spec), cls(spec)
-    staged.set_weights(plain.get_weights())
+    plain = cls(spec)
+    staged = cls.with_weights(spec, plain.get_weights())  # built loaded: one initialiser program, not two
     want = [plain.loss_value(plain.train_step(x, eps)) for x in batches]
     got = []
     staged_loop(lambda h: staged.train_step(h, eps), lambda b: staged.to_device(staged.host_batch(b)),

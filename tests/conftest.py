@@ -57,9 +57,11 @@ def _workers_are_marked(request):
 
 
 #: the modules whose shared fixtures start several processes for minutes (the parity workers, two at a time; the
-#: three Keras children) go first: pytest-xdist's ``load`` scheduling hands each worker a first chunk in
-#: collection order, so these fixtures run at the start, with the many short tests filling the cores beside and
-#: after them, instead of one long fixture running alone at the end (collected by folder, they started mid-run)
+#: three Keras children) go first: pytest-xdist's ``load`` scheduling hands each worker a first chunk of
+#: consecutive tests in collection order (a quarter of its share), so these fixtures run at the start, with the
+#: many short tests filling the cores beside and after them, instead of one long fixture running alone at the end
+#: (collected by folder, they started mid-run). With ``nox -s tests``' three workers the first chunk (68 tests)
+#: ends inside the Keras modules, so the second worker starts the Keras children while the first starts parity's
 LONG_FIXTURES_FIRST = ("tests/impls/test_parity.py", "tests/impls/keras/")
 
 

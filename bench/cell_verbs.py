@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from bench.data_check import check_data
@@ -82,8 +83,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.run.runner import plan_cells, run_matrix
 
-    if args.data:
-        args.data = str(Path(args.data).resolve())  # workers start in the repo root
+    if args.data:  # workers start in the repo root: hand them an absolute path
+        try:
+            args.data = str(Path(args.data).resolve())
+        except (OSError, RuntimeError):  # a link loop: check_data below names it in one line
+            args.data = os.path.abspath(args.data)
     impls = _impls(args.impl)
     specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
              for s in _specs(args.spec, ["dense"])]

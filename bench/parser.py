@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slowdown that counts as a regression (0.05 = 5%%)")
     p.add_argument("--alpha", type=probability, default=0.05, help="significance level")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged (for CI)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=["table", "csv", "md", "json"], default="table",
+                   help="table (the terminal's, full width when stdout is a file or a pipe), or the whole table as "
+                        "csv, md (Markdown) or json (every field of every cell)")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
 
     p = sub.add_parser("overhead", help="benchmark: the harness's reported step time against a bare loop")
     p.add_argument("--impl", default="torch")

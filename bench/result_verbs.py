@@ -77,7 +77,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 0, or 1 with --fail-on-regression and a regression; 2 when a run cannot be read or the
     two runs share no cell (nothing to compare is a mistake in the arguments, not a pass)."""
-    from reports.compare import cells_summary, compare_runs, print_comparison
+    from reports.compare import cells_summary, compare_runs, print_comparison, write_comparison
 
     a = _load([args.run_a], args.results_dir)
     b = _load([args.run_b], args.results_dir)
@@ -88,8 +88,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not comparisons:
         raise UsageError(f"{args.run_a} and {args.run_b} have no cell in common (impl, spec, batch and scenario): "
                          f"{args.run_a} has {cells_summary(a)}; {args.run_b} has {cells_summary(b)}")
-    if args.json:
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
         print(json.dumps(comparisons, indent=2, default=str))
+    elif fmt in ("csv", "md"):
+        write_comparison(comparisons, fmt, sys.stdout)
     else:
         from bench.render import console  # full width when stdout is not a terminal: `compare A B > f.txt`
 

@@ -93,13 +93,22 @@ def validate_run_id(run_id: Any) -> str:
     return run_id
 
 
+#: the folder of a results dir that holds each run's compilation cache (``harness.run.compile_cache``)
+CACHE_DIRNAME = "cache"
+
+
 def check_results_dir(root: str | Path) -> Path:
     """Create ``root`` and write and remove a probe file in it, or raise :class:`ResultsDirError`
     naming the path and the reason. Called before any cell runs, so that a results directory that
-    cannot be written stops the run at once instead of losing its first row."""
+    cannot be written stops the run at once instead of losing its first row; a :data:`CACHE_DIRNAME` in it
+    that is not a directory stops it too (the first cell would have ended in a traceback)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ResultsDirError(f"cannot write results to {root}: it is a file, not a directory")
+    cache = root / CACHE_DIRNAME
+    if cache.exists() and not cache.is_dir():
+        raise ResultsDirError(f"cannot write results to {root}: {cache} must be a directory, where vaebench keeps "
+                              f"each run's compilation cache; move the file or pick another --results")
     probe = root / f".vaebench-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -157,39 +157,80 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
 
 
+#: the comparison's columns, in order, with their justification in the terminal table
+COLUMNS = (("impl", "left"), ("spec", "left"), ("batch", "right"), ("A median", "right"), ("B median", "right"),
+           ("B/A time", "right"), ("95% CI", "right"), ("p", "right"), ("B/A memory", "right"), ("verdict", "left"))
+#: how the terminal table colours a verdict
+_MARKUP = {"new failure": "[red bold]new failure[/red bold]", "regression": "[red bold]regression[/red bold]",
+           "improvement": "[green]improvement[/green]", "untested": "[yellow]untested[/yellow]"}
+
+
+def verdict(d: Mapping[str, Any]) -> str:
+    if d["new_failure"]:
+        return "new failure"
+    if d["regression"]:
+        return "regression"
+    if d["improvement"]:
+        return "improvement"
+    if d["status"] != "compared":
+        return str(d["status"])
+    return "untested" if d["samples"] == "none" else "same"
+
+
+def comparison_rows(comparisons: list[dict]) -> list[dict[str, str]]:
+    """Each cell's line as plain text, by :data:`COLUMNS` name: what the table, CSV and Markdown show."""
+    rows = []
+    for d in comparisons:
+        spec = str(d.get("spec_name") or d["spec_hash"]) + (f" [{d['scenario']}]" if d.get("scenario") else "")
+        ci = "—" if not math.isfinite(d["ratio_ci_low"]) else f"{d['ratio_ci_low']:.3f}–{d['ratio_ci_high']:.3f}"
+        values = (d["impl"], spec, str(d["batch"]), _fmt(_ms(d["median_a_s"]), ".3f", " ms"),
+                  _fmt(_ms(d["median_b_s"]), ".3f", " ms"), _fmt(d["ratio"], ".3f"), ci, _fmt(d["p_value"], ".3g"),
+                  _fmt(d["memory_ratio"], ".3f"), verdict(d))
+        rows.append(dict(zip([c for c, _ in COLUMNS], values, strict=True)))
+    return rows
+
+
 def print_comparison(comparisons: list[dict], console: Any = None, title: str = "run B against run A") -> None:
     """A rich table: one line per cell, regressions in red, improvements in green, new failures flagged."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     table = Table(title=title)
-    for col, just in (("impl", "left"), ("spec", "left"), ("batch", "right"), ("A median", "right"),
-                      ("B median", "right"), ("B/A time", "right"), ("95% CI", "right"), ("p", "right"),
-                      ("B/A memory", "right"), ("verdict", "left")):
+    for col, just in COLUMNS:
         table.add_column(col, justify=just)
-    for d in comparisons:
-        if d["new_failure"]:
-            verdict = "[red bold]new failure[/red bold]"
-        elif d["regression"]:
-            verdict = "[red bold]regression[/red bold]"
-        elif d["improvement"]:
-            verdict = "[green]improvement[/green]"
-        elif d["status"] != "compared":
-            verdict = d["status"]
-        elif d["samples"] == "none":
-            verdict = "[yellow]untested[/yellow]"
-        else:
-            verdict = "same"
-        spec = str(d.get("spec_name") or d["spec_hash"]) + (f" [{d['scenario']}]" if d.get("scenario") else "")
-        ci = "—" if not math.isfinite(d["ratio_ci_low"]) else f"{d['ratio_ci_low']:.3f}–{d['ratio_ci_high']:.3f}"
-        table.add_row(d["impl"], spec, str(d["batch"]), _fmt(_ms(d["median_a_s"]), ".3f", " ms"),
-                      _fmt(_ms(d["median_b_s"]), ".3f", " ms"), _fmt(d["ratio"], ".3f"), ci,
-                      _fmt(d["p_value"], ".3g"), _fmt(d["memory_ratio"], ".3f"), verdict)
+    for row in comparison_rows(comparisons):
+        cells = [escape(v) for v in row.values()]
+        cells[-1] = _MARKUP.get(row["verdict"], cells[-1])
+        table.add_row(*cells)
     console.print(table)
     notes = {d["note"] for d in comparisons if d["note"] and d["status"] == "compared"}
     for n in sorted(notes):
-        console.print(f"[yellow]note:[/yellow] {n}")
+        console.print(f"[yellow]note:[/yellow] {escape(n)}")
+
+
+def write_comparison(comparisons: list[dict], fmt: str, stream: Any) -> None:
+    """The whole table as ``csv`` (one header line, every figure as the table prints it) or ``md`` (a Markdown
+    table), for a file or another tool: nothing is cut to a terminal's width."""
+    rows = comparison_rows(comparisons)
+    names = [c for c, _ in COLUMNS]
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(stream, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    if fmt != "md":
+        raise ValueError(f"unknown format {fmt!r}")
+    def cell(value: str) -> str:
+        return value.replace("|", "\\|")  # a pipe would end the Markdown cell
+
+    stream.write("| " + " | ".join(names) + " |\n")
+    stream.write("|" + "|".join("---:" if just == "right" else "---" for _, just in COLUMNS) + "|\n")
+    for row in rows:
+        stream.write("| " + " | ".join(cell(row[n]) for n in names) + " |\n")
 
 
 def _ms(s: float | None) -> float | None:

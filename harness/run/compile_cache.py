@@ -24,12 +24,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: the cache lives beside the run's rows: RESULTS/cache/RUN_ID/
-CACHE_DIRNAME = "cache"
+from harness.store import CACHE_DIRNAME  # the cache lives beside the run's rows: RESULTS/cache/RUN_ID/
 
 
 def cache_dir(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / CACHE_DIRNAME / run_id
+
+
+def make_cache_dir(results_dir: str | Path, run_id: str) -> Path:
+    """The run's cache dir, created before any cell runs: a ``RESULTS/cache`` that is a file (or any path that
+    cannot be made) is then one line before a worker starts, not a traceback at the first cell.
+
+    Raises ``OSError`` with the path and the fix in its message."""
+    path = cache_dir(results_dir, run_id)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot make the run's compilation cache dir {path} ({exc.strerror or exc}): "
+                      f"{Path(results_dir) / CACHE_DIRNAME} must be a directory vaebench can write; "
+                      f"move what is there or pick another --results") from exc
+    return path
 
 
 def compile_cache_env(directory: Path, gpu: bool, inherited_xla_flags: str | None = None) -> dict[str, str]:

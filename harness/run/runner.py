@@ -27,13 +27,13 @@ from harness.diagnose.failures import Failure, classify
 from harness.measure.fingerprint import machine_fingerprint
 from harness.measure.peak import mfu_fields
 from harness.row import DEFAULT_LAUNCHER, DEFAULT_PRECISION
-from harness.run.compile_cache import cache_dir, compile_cache_env
+from harness.run.compile_cache import compile_cache_env, make_cache_dir
 from harness.run.launch import run_worker
 from harness.run.peak import measured_peak
 from harness.run.task import CellTask
 from harness.run.walltime import EXIT_PHASE, wall_breakdown
 from harness.spec.schema import VAESpec, canonical_kmer_count
-from harness.store import DONE_STATUSES, ResultStore, RowNotStored, cell_key
+from harness.store import DONE_STATUSES, ResultStore, RowNotStored, StoreError, cell_key
 
 DEFAULT_TIMEOUT_S = 900.0
 #: a matrix budget never gives a cell less than this
@@ -169,12 +169,15 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
     """
     with store.writing():
         todo = plan_resume(cells, store, keep_failed).todo if resume else list(cells)
+        try:  # before the peak and any cell: a cache path that is a file is one line, not the first cell's traceback
+            shared_cache = make_cache_dir(store.root, store.run_id)
+        except OSError as exc:
+            raise StoreError(str(exc)) from exc
         fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
         if peak and cells and todo:
             fingerprint["matmul_peak"] = measured_peak(cells[0].spec.settings,
                                                        "gpu" if fingerprint.get("gpus") else "cpu",
                                                        refresh=refresh_peak)
-        shared_cache = cache_dir(store.root, store.run_id)
         for cell in todo:
             cell.compile_cache = cell.compile_cache or shared_cache
         rows: list[dict[str, Any]] = []

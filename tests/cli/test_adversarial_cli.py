@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,17 @@ def _inputs(root: Path) -> None:
     (root / "run_b.jsonl").write_text(json.dumps({**row, "run_id": "b", "cell_key": "k2", "impl": "flax",
                                                   "row": "flax", "batch": 128}) + "\n")
     (root / "not_rows.jsonl").write_text("[1, 2, 3]\n")
+    (root / "batch_word.jsonl").write_text(json.dumps({**row, "batch": "sixteen"}) + "\n")
+    (root / "latin.jsonl").write_bytes(json.dumps(row).encode() + b"\n" + b"caf\xe9\n")  # a Latin-1 line
+    for name, change in (("lr_word", {"optimizer": {"lr": "fast"}}), ("beta1_five", {"optimizer": {"beta1": 5}}),
+                         ("seed_word", {"settings": {"seed": "abc"}})):
+        (root / f"{name}.json").write_text(json.dumps({**spec, **change}))
+    (root / "beta_nan.yaml").write_text(json.dumps(spec)[:-1] + ', "loss": {"beta": .nan}}\n')  # YAML's NaN
+    os.symlink("loop.npy", root / "loop.npy")  # a link to itself
+    (root / "folder.py").mkdir()
+    os.symlink("/dev/null", root / "null.py")
+    with socket.socket(socket.AF_UNIX) as sock:  # the socket file stays after the socket is closed
+        sock.bind(str(root / "plugin.py"))
     poison = root / "poison"
     for name in FRAMEWORKS:
         (poison / name).mkdir(parents=True, exist_ok=True)
@@ -116,6 +128,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("batch-trailing-comma", run_with("--batch", "4,"), "empty item"),
     ("batch-empty", run_with("--batch", ""), "empty item"),
     ("batch-twice", run_with("--batch", "4,4"), "twice"),
+    ("batch-beyond-int64", run_with("--batch", str(2**63)), "64-bit"),
     ("steps-zero", run_with("--steps", "0"), "--steps"),
     ("repeats-zero", run_with("--repeats", "0"), "--repeats"),
     ("timeout-negative", run_with("--timeout", "-1"), "--timeout"),
@@ -136,6 +149,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("spec-negative-units", run_with("--spec", "{in}/negative_units.json"), "units"),
     ("spec-impossible-shape", run_with("--spec", "{in}/bad_shape.json"), "max_pool1d"),
     ("preset-impossible-at-k", run_with("--spec", "conv-final", "--kmer", "6"), "max_pool1d"),
+    # issue 27: these four reached a worker and exited 1
+    ("spec-lr-word", run_with("--spec", "{in}/lr_word.json"), "lr"),
+    ("spec-beta1-above-one", run_with("--spec", "{in}/beta1_five.json"), "beta1"),
+    ("spec-seed-word", run_with("--spec", "{in}/seed_word.json"), "seed"),
+    ("spec-beta-nan", run_with("--spec", "{in}/beta_nan.yaml"), "beta"),
     # ---- scenarios
     ("scenario-unknown", run_with("--scenario", "no-such-scenario"), "no-such-scenario"),
     ("scenario-wrong-impl", run_with("--scenario", "torch-loss-total"), "torch-loss-total"),
@@ -152,7 +170,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("data-zero-rows-wrap", run_with("--data", "{in}/zero_rows.npy", "--wrap"), "0 rows"),
     ("data-fewer-rows-than-batch", run_with("--data", "{in}/two_rows.npy"), "--wrap"),
     ("data-wrong-columns", run_with("--data", "{in}/wide48.npy"), "48 columns"),
-    ("data-is-a-directory", run_with("--data", "{in}/poison.npy"), "poison.npy"),
+    ("data-is-a-directory", run_with("--data", "{in}/poison"), "is a directory"),
+    ("data-symlink-loop", run_with("--data", "{in}/loop.npy"), "symbolic link loop"),
     ("columns-reversed", run_with("--data", "{in}/wide48.npy", "--columns", "48:16"), "reversed"),
     ("columns-empty", run_with("--data", "{in}/wide48.npy", "--columns", "16:16"), "empty"),
     ("columns-out-of-range", run_with("--data", "{in}/wide48.npy", "--columns", "0:100"), "outside"),
@@ -177,6 +196,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("impl-empty", run_impl(""), "empty item"),
     ("impl-no-class-after-colon", run_impl("{in}/not_adapter.py:"), "Class"),
     ("impl-twice", run_impl(f"{NUMPY_IMPL},{NUMPY_IMPL}"), "twice"),
+    ("impl-file-is-a-directory", run_impl("{in}/folder.py:VAE"), "is a directory"),
+    ("impl-file-is-a-device", run_impl("{in}/null.py:VAE"), "device"),
+    ("impl-file-is-a-socket", run_impl("{in}/plugin.py:VAE"), "socket"),
     # ---- results directory and run id
     ("results-is-a-file", run_with("--results", "{in}/a_file"), "a_file"),
     ("results-under-a-file", run_with("--results", "{in}/a_file/results"), "a_file"),
@@ -192,6 +214,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare-no-common-cell", ["compare", "{in}/run_a.jsonl", "{in}/run_b.jsonl"], "no cell in common"),
     ("compare-not-results", ["compare", "{in}/good.npy", "{in}/run_a.jsonl"], "good.npy"),
     ("compare-rows-not-objects", ["compare", "{in}/not_rows.jsonl", "{in}/run_a.jsonl"], "not_rows.jsonl"),
+    ("compare-device", ["compare", "/dev/null", "{in}/run_a.jsonl"], "/dev/null"),
+    ("compare-batch-word", ["compare", "{in}/batch_word.jsonl", "{in}/run_a.jsonl"], "sixteen"),
+    ("compare-not-utf8", ["compare", "{in}/latin.jsonl", "{in}/run_a.jsonl"], "latin.jsonl"),
+    ("report-batch-word", ["report", "{in}/batch_word.jsonl", "--out", "{results}"], "sixteen"),
+    ("report-not-utf8", ["report", "{in}/latin.jsonl", "--out", "{results}"], "latin.jsonl"),
     ("compare-negative-threshold", ["compare", "{in}/run_a.jsonl", "{in}/run_a.jsonl", "--threshold", "-1"],
      "--threshold"),
     ("compare-alpha-above-one", ["compare", "{in}/run_a.jsonl", "{in}/run_a.jsonl", "--alpha", "2"], "--alpha"),
@@ -202,6 +229,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("preflight-no-batch", ["preflight", "--spec", "dense", "--kmer", "3"], "--batch"),
     ("preflight-device-memory-unit", ["preflight", "--spec", "dense", "--kmer", "3", "--batch", "8",
                                       "--device-memory", "12XB"], "12XB"),
+    ("preflight-eval-batch-1e20", ["preflight", "--spec", "dense", "--kmer", "3", "--batch", "8", "--eval-batch",
+                                   "1e20"], "--eval-batch"),
     ("preflight-unknown-spec", ["preflight", "--spec", "nope", "--kmer", "3", "--batch", "8"], "nope"),
     ("sweep-start-zero", ["sweep", "--impl", NUMPY_IMPL, "--kmer", "3", "--start", "0"], "--start"),
     ("overhead-negative-tolerance", ["overhead", "--tolerance", "-1"], "--tolerance"),

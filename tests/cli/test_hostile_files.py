@@ -84,3 +84,24 @@ def test_a_fifo_plugin_or_results_file_is_refused_and_one_in_a_results_dir_is_sk
     capsys.readouterr()
     assert load_rows(rows.parent) == []  # skipped, said on stderr, never opened
     assert capsys.readouterr().err.strip() == f"vaebench: skipped {rows}: a FIFO (named pipe), not result rows"
+
+
+def test_an_unreadable_spec_and_a_data_link_loop_are_one_line(tmp_path, monkeypatch):
+    """A spec the user may not read (``chmod 0``: root reads it anyway, so the read is made to fail as it does
+    for other users) and a ``--data`` path that is a link to itself."""
+    from pathlib import Path
+
+    spec = tmp_path / "private.yaml"
+    spec.write_text("name: x\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(SpecError, match="private.yaml cannot be read: Permission denied"):
+        load_spec(spec)
+    monkeypatch.undo()
+    loop = tmp_path / "loop.npy"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="loop.npy is a symbolic link loop"):
+        open_npy(loop)

@@ -77,3 +77,25 @@ def test_stats_and_exit_are_their_own_stretches():
               {"phase": "stats", "at_s": 5.0}, {"phase": "exit", "at_s": 5.5}]
     wb = wall_breakdown(events, 6.0, None)
     assert wb["memory"] == 1.0 and wb["stats"] == 0.5 and wb["exit"] == 0.5
+
+
+@pytest.mark.worker
+def test_a_cache_path_that_is_a_file_is_one_line_before_any_worker(tmp_path):
+    """Issue 27: ``RESULTS/cache`` a file made the first cell's ``mkdir`` a traceback; the run's cache dir is now
+    made before the peak and any cell, and ``bench run`` says so in one line (exit 2) with no row written."""
+    import subprocess
+    import sys
+
+    from fixtures.paths import REPO
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cache").write_text("a file where the compilation cache goes\n")
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", "tests/fixtures/planted.py:NumpyVAE",
+                          "--kmer", "3", "--steps", "2", "--batch", "4", "--no-progress", "--no-preflight",
+                          "--results", str(results), "--run-id", "c"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert f"{results / 'cache'} must be a directory" in lines[0] and "--results" in lines[0], lines
+    assert not (results / "c.jsonl").exists()

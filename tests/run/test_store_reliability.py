@@ -449,11 +449,15 @@ def test_a_symlink_where_the_store_writes_is_refused_and_its_target_untouched(tm
     assert target.read_text() == "my data\n"
 
 
-def test_a_directory_where_the_lock_goes_is_one_line(tmp_path):
+def test_a_directory_where_the_lock_or_the_rows_go_is_one_line(tmp_path):
     store = ResultStore(tmp_path, "r1")
     store.lock_path.mkdir()
     with pytest.raises(StoreError, match="is a directory, where vaebench keeps a file"):
         store.lock()
+    store.lock_path.rmdir()
+    store.path.mkdir()
+    with pytest.raises(StoreError, match="r1.jsonl is a directory, where vaebench keeps a file"):
+        store.append({"row": "torch", "impl": "torch", "status": "ok", "run_id": "r1"})
 
 
 def test_the_int32_probe_cache_is_not_read_as_rows_nor_picked_for_resume(tmp_path, capsys):

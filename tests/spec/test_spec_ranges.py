@@ -85,9 +85,10 @@ def test_negative_lr_is_refused_before_any_worker_in_every_build(tmp_path):
     """The case that split the builds: one line and exit 2 from ``run`` over all five, no row written."""
     path = tmp_path / "neg-lr.yaml"
     path.write_text(yaml.safe_dump(_dense(name="neg-lr", optimizer={"lr": -0.001})))
-    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", "torch,flax,keras-jax", "--spec", str(path),
-                          "--kmer", "3", "--batch", "4", "--steps", "2", "--no-progress", "--results",
-                          str(tmp_path / "results")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    impls = "torch,flax,keras-jax,keras-torch,keras-tensorflow"
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", impls, "--spec", str(path), "--kmer", "3",
+                          "--batch", "4", "--steps", "2", "--no-progress", "--results", str(tmp_path / "results")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert "optimizer.lr must be > 0, got -0.001" in lines[0]

@@ -29,7 +29,8 @@ def _store(args: argparse.Namespace):
     """The run's store, checked and locked before any worker starts.
 
     In order, each failure one line and exit 2: the run id is a plain name (nothing written
-    otherwise); ``--results`` can be created and written (a probe file); no other process is
+    otherwise); ``--results`` can be created and written (a probe file), and its ``cache`` is a directory
+    if it is there; no other process is
     writing the run (its pid is named); an existing run is continued only with ``--resume``.
     """
     from harness.store import ResultsDirError, ResultStore, check_results_dir, new_run_id, validate_run_id
@@ -39,7 +40,7 @@ def _store(args: argparse.Namespace):
     if args.run_id is not None:
         validate_run_id(args.run_id)
     try:
-        check_results_dir(args.results)
+        check_results_dir(args.results, compile_cache=True)
     except ResultsDirError as exc:
         raise UsageError(f"{exc}; pass --results DIR") from None
     if args.resume and not args.run_id:

@@ -88,6 +88,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not comparisons:
         raise UsageError(f"{args.run_a} and {args.run_b} have no cell in common (impl, spec, batch and scenario): "
                          f"{args.run_a} has {cells_summary(a)}; {args.run_b} has {cells_summary(b)}")
+    if args.json and args.format not in ("table", "json"):
+        raise UsageError(f"--json is --format json; pass one of --json and --format {args.format}")
     fmt = "json" if args.json else args.format
     if fmt == "json":
         print(json.dumps(comparisons, indent=2, default=str))

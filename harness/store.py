@@ -97,18 +97,19 @@ def validate_run_id(run_id: Any) -> str:
 CACHE_DIRNAME = "cache"
 
 
-def check_results_dir(root: str | Path) -> Path:
+def check_results_dir(root: str | Path, compile_cache: bool = False) -> Path:
     """Create ``root`` and write and remove a probe file in it, or raise :class:`ResultsDirError`
     naming the path and the reason. Called before any cell runs, so that a results directory that
-    cannot be written stops the run at once instead of losing its first row; a :data:`CACHE_DIRNAME` in it
-    that is not a directory stops it too (the first cell would have ended in a traceback)."""
+    cannot be written stops the run at once instead of losing its first row. With ``compile_cache`` (the verbs
+    that run cells), a :data:`CACHE_DIRNAME` in it that is not a directory stops it too (the first cell's
+    ``mkdir`` ended in a traceback)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ResultsDirError(f"cannot write results to {root}: it is a file, not a directory")
     cache = root / CACHE_DIRNAME
-    if cache.exists() and not cache.is_dir():
+    if compile_cache and (cache.is_symlink() or cache.exists()) and not cache.is_dir():
         raise ResultsDirError(f"cannot write results to {root}: {cache} must be a directory, where vaebench keeps "
-                              f"each run's compilation cache; move the file or pick another --results")
+                              f"each run's compilation cache; move what is there")
     probe = root / f".vaebench-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,7 @@ def comparison_rows(comparisons: list[dict]) -> list[dict[str, str]]:
     for d in comparisons:
         spec = str(d.get("spec_name") or d["spec_hash"]) + (f" [{d['scenario']}]" if d.get("scenario") else "")
         ci = "—" if not math.isfinite(d["ratio_ci_low"]) else f"{d['ratio_ci_low']:.3f}–{d['ratio_ci_high']:.3f}"
-        values = (d["impl"], spec, str(d["batch"]), _fmt(_ms(d["median_a_s"]), ".3f", " ms"),
+        values = (str(d["impl"]), spec, str(d["batch"]), _fmt(_ms(d["median_a_s"]), ".3f", " ms"),
                   _fmt(_ms(d["median_b_s"]), ".3f", " ms"), _fmt(d["ratio"], ".3f"), ci, _fmt(d["p_value"], ".3g"),
                   _fmt(d["memory_ratio"], ".3f"), verdict(d))
         rows.append(dict(zip([c for c, _ in COLUMNS], values, strict=True)))
@@ -197,13 +197,13 @@ def print_comparison(comparisons: list[dict], console: Any = None, title: str = 
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col, just in COLUMNS:
         table.add_column(col, justify=just)
     for row in comparison_rows(comparisons):
-        cells = [escape(v) for v in row.values()]
-        cells[-1] = _MARKUP.get(row["verdict"], cells[-1])
-        table.add_row(*cells)
+        cells = {name: escape(value) for name, value in row.items()}
+        cells["verdict"] = _MARKUP.get(row["verdict"], cells["verdict"])
+        table.add_row(*cells.values())
     console.print(table)
     notes = {d["note"] for d in comparisons if d["note"] and d["status"] == "compared"}
     for n in sorted(notes):
@@ -224,13 +224,14 @@ def write_comparison(comparisons: list[dict], fmt: str, stream: Any) -> None:
         return
     if fmt != "md":
         raise ValueError(f"unknown format {fmt!r}")
-    def cell(value: str) -> str:
-        return value.replace("|", "\\|")  # a pipe would end the Markdown cell
-
     stream.write("| " + " | ".join(names) + " |\n")
     stream.write("|" + "|".join("---:" if just == "right" else "---" for _, just in COLUMNS) + "|\n")
     for row in rows:
-        stream.write("| " + " | ".join(cell(row[n]) for n in names) + " |\n")
+        stream.write("| " + " | ".join(_md_cell(row[n]) for n in names) + " |\n")
+
+
+def _md_cell(value: str) -> str:
+    return value.replace("|", "\\|")  # a pipe would end the Markdown cell
 
 
 def _ms(s: float | None) -> float | None:

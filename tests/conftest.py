@@ -60,8 +60,9 @@ def _workers_are_marked(request):
 #: three Keras children) go first: pytest-xdist's ``load`` scheduling hands each worker a first chunk of
 #: consecutive tests in collection order (a quarter of its share), so these fixtures run at the start, with the
 #: many short tests filling the cores beside and after them, instead of one long fixture running alone at the end
-#: (collected by folder, they started mid-run). With ``nox -s tests``' three workers the first chunk (68 tests)
-#: ends inside the Keras modules, so the second worker starts the Keras children while the first starts parity's
+#: (collected by folder, they started mid-run). With ``nox -s tests``' three workers a first chunk is shorter than
+#: parity's and the Keras modules' tests together, so the second worker starts the Keras children while the first
+#: starts parity's
 LONG_FIXTURES_FIRST = ("tests/impls/test_parity.py", "tests/impls/keras/")
 
 

@@ -32,17 +32,16 @@ def cache_dir(results_dir: str | Path, run_id: str) -> Path:
 
 
 def make_cache_dir(results_dir: str | Path, run_id: str) -> Path:
-    """The run's cache dir, created before any cell runs: a ``RESULTS/cache`` that is a file (or any path that
-    cannot be made) is then one line before a worker starts, not a traceback at the first cell.
+    """The run's cache dir, created before any cell runs: a path that cannot be made (``RESULTS/cache/RUN`` a
+    file, a full disk) is then one line before a worker starts, not a traceback at the first cell.
 
     Raises ``OSError`` with the path and the fix in its message."""
     path = cache_dir(results_dir, run_id)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"cannot make the run's compilation cache dir {path} ({exc.strerror or exc}): "
-                      f"{Path(results_dir) / CACHE_DIRNAME} must be a directory vaebench can write; "
-                      f"move what is there or pick another --results") from exc
+        raise OSError(f"cannot make the run's compilation cache dir {path}: {exc.strerror or exc}; each part of "
+                      f"that path must be a directory vaebench can write (or pick another --results)") from exc
     return path
 
 

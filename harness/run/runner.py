@@ -169,8 +169,8 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
     """
     with store.writing():
         todo = plan_resume(cells, store, keep_failed).todo if resume else list(cells)
-        try:  # before the peak and any cell: a cache path that is a file is one line, not the first cell's traceback
-            shared_cache = make_cache_dir(store.root, store.run_id)
+        try:  # before the peak and any cell: a cache path that cannot be made is one line, not a cell's traceback
+            shared_cache = make_cache_dir(store.root, store.run_id) if todo else None
         except OSError as exc:
             raise StoreError(str(exc)) from exc
         fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}

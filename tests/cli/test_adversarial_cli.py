@@ -103,8 +103,15 @@ def _inputs(root: Path) -> None:
     os.symlink("loop.npy", root / "loop.npy")  # a link to itself
     (root / "folder.py").mkdir()
     os.symlink("/dev/null", root / "null.py")
-    with socket.socket(socket.AF_UNIX) as sock:  # the socket file stays after the socket is closed
-        sock.bind(str(root / "plugin.py"))
+    here = os.getcwd()
+    os.chdir(root)  # a socket's path is limited to ~107 bytes, and a TMPDIR can be longer
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:  # the socket file stays after the socket is closed
+            sock.bind("plugin.py")
+    finally:
+        os.chdir(here)
+    (root / "cache_is_a_file" / "cache").parent.mkdir()
+    (root / "cache_is_a_file" / "cache").write_text("a file where the compilation cache goes\n")
     poison = root / "poison"
     for name in FRAMEWORKS:
         (poison / name).mkdir(parents=True, exist_ok=True)
@@ -150,10 +157,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("spec-impossible-shape", run_with("--spec", "{in}/bad_shape.json"), "max_pool1d"),
     ("preset-impossible-at-k", run_with("--spec", "conv-final", "--kmer", "6"), "max_pool1d"),
     # issue 27: these four reached a worker and exited 1
-    ("spec-lr-word", run_with("--spec", "{in}/lr_word.json"), "lr"),
-    ("spec-beta1-above-one", run_with("--spec", "{in}/beta1_five.json"), "beta1"),
-    ("spec-seed-word", run_with("--spec", "{in}/seed_word.json"), "seed"),
-    ("spec-beta-nan", run_with("--spec", "{in}/beta_nan.yaml"), "beta"),
+    ("spec-lr-word", run_with("--spec", "{in}/lr_word.json"), "optimizer.lr"),
+    ("spec-beta1-above-one", run_with("--spec", "{in}/beta1_five.json"), "optimizer.beta1"),
+    ("spec-seed-word", run_with("--spec", "{in}/seed_word.json"), "settings.seed"),
+    ("spec-beta-nan", run_with("--spec", "{in}/beta_nan.yaml"), "loss.beta"),
     # ---- scenarios
     ("scenario-unknown", run_with("--scenario", "no-such-scenario"), "no-such-scenario"),
     ("scenario-wrong-impl", run_with("--scenario", "torch-loss-total"), "torch-loss-total"),
@@ -197,7 +204,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("impl-no-class-after-colon", run_impl("{in}/not_adapter.py:"), "Class"),
     ("impl-twice", run_impl(f"{NUMPY_IMPL},{NUMPY_IMPL}"), "twice"),
     ("impl-file-is-a-directory", run_impl("{in}/folder.py:VAE"), "is a directory"),
-    ("impl-file-is-a-device", run_impl("{in}/null.py:VAE"), "device"),
+    ("impl-file-is-a-device", run_impl("{in}/null.py:VAE"), "character device"),
     ("impl-file-is-a-socket", run_impl("{in}/plugin.py:VAE"), "socket"),
     # ---- results directory and run id
     ("results-is-a-file", run_with("--results", "{in}/a_file"), "a_file"),
@@ -207,6 +214,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-id-slash", run_with("--run-id", "a/b"), "a/b"),
     ("run-id-empty", run_with("--run-id", ""), "run id"),
     ("results-empty", run_with("--results", ""), "empty string"),
+    ("results-cache-is-a-file", run_with("--results", "{in}/cache_is_a_file"), "cache must be a directory"),
     # ---- compare, report, preflight, sweep, overhead
     ("compare-missing-file", ["compare", "{in}/nothing.jsonl", "{in}/run_a.jsonl"], "nothing.jsonl"),
     ("compare-missing-run-id", ["compare", "no-such-run", "{in}/run_a.jsonl", "--results-dir", "{in}"],
@@ -214,11 +222,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare-no-common-cell", ["compare", "{in}/run_a.jsonl", "{in}/run_b.jsonl"], "no cell in common"),
     ("compare-not-results", ["compare", "{in}/good.npy", "{in}/run_a.jsonl"], "good.npy"),
     ("compare-rows-not-objects", ["compare", "{in}/not_rows.jsonl", "{in}/run_a.jsonl"], "not_rows.jsonl"),
-    ("compare-device", ["compare", "/dev/null", "{in}/run_a.jsonl"], "/dev/null"),
+    ("compare-device", ["compare", "/dev/null", "{in}/run_a.jsonl"], "character device"),
     ("compare-batch-word", ["compare", "{in}/batch_word.jsonl", "{in}/run_a.jsonl"], "sixteen"),
-    ("compare-not-utf8", ["compare", "{in}/latin.jsonl", "{in}/run_a.jsonl"], "latin.jsonl"),
+    ("compare-not-utf8", ["compare", "{in}/latin.jsonl", "{in}/run_a.jsonl"], "decode byte 0xe9"),
     ("report-batch-word", ["report", "{in}/batch_word.jsonl", "--out", "{results}"], "sixteen"),
-    ("report-not-utf8", ["report", "{in}/latin.jsonl", "--out", "{results}"], "latin.jsonl"),
+    ("report-not-utf8", ["report", "{in}/latin.jsonl", "--out", "{results}"], "decode byte 0xe9"),
     ("compare-negative-threshold", ["compare", "{in}/run_a.jsonl", "{in}/run_a.jsonl", "--threshold", "-1"],
      "--threshold"),
     ("compare-alpha-above-one", ["compare", "{in}/run_a.jsonl", "{in}/run_a.jsonl", "--alpha", "2"], "--alpha"),

@@ -79,23 +79,19 @@ def test_stats_and_exit_are_their_own_stretches():
     assert wb["memory"] == 1.0 and wb["stats"] == 0.5 and wb["exit"] == 0.5
 
 
-@pytest.mark.worker
-def test_a_cache_path_that_is_a_file_is_one_line_before_any_worker(tmp_path):
-    """Issue 27: ``RESULTS/cache`` a file made the first cell's ``mkdir`` a traceback; the run's cache dir is now
-    made before the peak and any cell, and ``bench run`` says so in one line (exit 2) with no row written."""
-    import subprocess
-    import sys
 
-    from fixtures.paths import REPO
+def test_a_cache_dir_that_cannot_be_made_stops_the_run_before_any_cell(tmp_path):
+    """Issue 27: the first cell's ``mkdir`` of ``RESULTS/cache/RUN`` was a traceback. The runner makes it before
+    the peak and any cell, and a path it cannot make is a ``StoreError`` (one line on the command line; ``bench
+    run`` refuses a ``RESULTS/cache`` file earlier still, in the adversarial table); a finished run makes none."""
+    from harness.store import StoreError
 
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "cache").write_text("a file where the compilation cache goes\n")
-    out = subprocess.run([sys.executable, "-m", "bench", "run", "--impl", "tests/fixtures/planted.py:NumpyVAE",
-                          "--kmer", "3", "--steps", "2", "--batch", "4", "--no-progress", "--no-preflight",
-                          "--results", str(results), "--run-id", "c"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    lines = [x for x in out.stderr.splitlines() if x.strip()]
-    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
-    assert f"{results / 'cache'} must be a directory" in lines[0] and "--results" in lines[0], lines
-    assert not (results / "c.jsonl").exists()
+    spec = resolve_spec("dense", kmer=3)
+    cells = plan_cells(["tests/fixtures/planted.py:NumpyVAE"], [spec], 3, [4], steps=2, timeout_s=60.0)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "r").write_text("a file where the run's cache dir goes\n")
+    with pytest.raises(StoreError, match=r"cache dir .*/cache/r: .*must be a directory vaebench can write"):
+        run_matrix(cells, ResultStore(tmp_path, "r"), progress=False, peak=False)
+    assert not (tmp_path / "r.jsonl").exists()
+    assert run_matrix([], ResultStore(tmp_path, "empty"), progress=False, peak=False) == []
+    assert not (tmp_path / "cache" / "empty").exists()

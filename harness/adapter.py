@@ -215,7 +215,14 @@ __all__ = ["BUILTIN", "REPO_ROOT", "BuiltinImpl", "FrameworkMissing", "PluginErr
 
 def import_file(path: Path, prefix: str) -> Any:
     """Import a Python file as module ``prefix + stem`` (registered in ``sys.modules``, so pickling and
-    dataclasses inside it work): how plug-in adapters and planted probe ops are loaded."""
+    dataclasses inside it work): how plug-in adapters and planted probe ops are loaded.
+
+    The file's own folder goes first on ``sys.path``, as ``python plugin.py`` puts it, so a plug-in
+    that imports the module beside it (``from mymodel import VAE``) loads here as it runs there; it
+    stays there, as it would in that script, for imports the plug-in makes later (issue 25)."""
+    folder = str(Path(path).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     name = f"{prefix}{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader

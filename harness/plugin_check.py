@@ -99,7 +99,7 @@ def _check_file(path: Path, attr: str, impl: str) -> str | None:
     if derives == "no":
         return (f"impl {impl!r}: class {attr} does not derive from harness.adapter.VAEAdapter; "
                 f"write class {attr}(VAEAdapter) with from harness.adapter import VAEAdapter")
-    if derives == "unsure" or not _imports_found(tree):
+    if derives == "unsure" or not _imports_found(tree, path.resolve().parent):
         return "unsure"
     missing = sorted(_ABSTRACT - methods)
     if missing:
@@ -147,9 +147,10 @@ def _names_adapter(base: ast.expr, names: dict) -> bool:
     return False
 
 
-def _imports_found(tree: ast.Module) -> bool:
-    """Every module-level absolute import can be found (without importing it); a relative import
-    cannot work in a file loaded by path, so the import check must judge it."""
+def _imports_found(tree: ast.Module, folder: Path) -> bool:
+    """Every module-level absolute import can be found (without importing it), on the path or beside the
+    file in ``folder`` (``harness.adapter.import_file`` puts it first on the path, as ``python file.py``
+    does); a relative import cannot work in a file loaded by path, so the import check must judge it."""
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
             return False
@@ -157,6 +158,8 @@ def _imports_found(tree: ast.Module) -> bool:
             [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
         for root in roots:
             top = root.split(".")[0]
+            if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+                continue
             try:
                 if top not in sys.builtin_module_names and importlib.util.find_spec(top) is None:
                     return False

@@ -102,6 +102,10 @@ def _inputs(root: Path) -> None:
     (root / "beta_nan.yaml").write_text(json.dumps(spec)[:-1] + ', "loss": {"beta": .nan}}\n')  # YAML's NaN
     os.symlink("loop.npy", root / "loop.npy")  # a link to itself
     (root / "folder.py").mkdir()
+    (root / "specdir").mkdir()
+    (root / "specdir.yaml").mkdir()
+    os.mkfifo(root / "pipe.yaml")  # read, it would block the command forever
+    (root / "binary.json").write_bytes(b"\x93NUMPY\x01\x00" + bytes(range(256)))
     os.symlink("/dev/null", root / "null.py")
     here = os.getcwd()
     os.chdir(root)  # a socket's path is limited to ~107 bytes, and a TMPDIR can be longer
@@ -156,6 +160,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("spec-negative-units", run_with("--spec", "{in}/negative_units.json"), "units"),
     ("spec-impossible-shape", run_with("--spec", "{in}/bad_shape.json"), "max_pool1d"),
     ("preset-impossible-at-k", run_with("--spec", "conv-final", "--kmer", "6"), "max_pool1d"),
+    # issue 25: a spec path that is not a regular text file (a directory printed a 28-line traceback)
+    ("spec-is-a-directory", run_with("--spec", "{in}/specdir"), "specdir is a directory"),
+    ("spec-yaml-is-a-directory", run_with("--spec", "{in}/specdir.yaml"), "specdir.yaml is a directory"),
+    ("spec-is-a-fifo", run_with("--spec", "{in}/pipe.yaml"), "pipe.yaml is a FIFO"),
+    ("spec-is-a-device", run_with("--spec", "/dev/null"), "/dev/null is a character device"),
+    ("spec-is-binary", run_with("--spec", "{in}/binary.json"), "binary.json is not UTF-8 text"),
     # issue 27: these four reached a worker and exited 1
     ("spec-lr-word", run_with("--spec", "{in}/lr_word.json"), "optimizer.lr"),
     ("spec-beta1-above-one", run_with("--spec", "{in}/beta1_five.json"), "optimizer.beta1"),

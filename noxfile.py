@@ -5,6 +5,8 @@
 * ``nox -s bench -- --kmer 7`` - the default matrix and its report.
 * ``nox -s report``            - rebuild reports from stored results.
 * ``nox -s lint``              - ruff and the import-linter layering contract (``tests`` runs both first).
+* ``nox -s leakcheck``         - injected leaks confirmed, clean cells clean, on four builds at the main
+                                 command's per-cell budget (about 5 minutes).
 * ``nox -s microbench``        - pytest-benchmark timings of preflight, report building, result loading and
                                  each impl's staged train step.
 
@@ -114,6 +116,15 @@ def bench(session: nox.Session) -> None:
         args = ["--kmer", "7", *args]
     args.append("--gpu" if cuda else "--cpu")  # plan the matrix for the builds just installed
     session.run("python", "-m", "bench", "matrix", *args)
+
+
+@nox.session(python=PYTHON)
+def leakcheck(session: nox.Session) -> None:
+    """Injected leaks confirmed and clean cells clean on torch, flax, keras-jax and keras-torch, at the CPU
+    main command's per-cell budget (``bench/leakcheck``): some 5 minutes, so not part of ``tests``."""
+    install(session, cuda=False)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "bench/leakcheck",
+                *session.posargs)
 
 
 @nox.session(python=PYTHON)

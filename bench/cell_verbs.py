@@ -95,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_data(args, {spec.input_length for spec in specs})
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
-                       columns=args.columns, timeout_s=args.timeout, heap=args.heap)
+                       columns=args.columns, timeout_s=args.timeout, heap=args.heap,
+                       time_budget_s=args.cell_budget)
     _apply_keras_loop(cells, args.keras_loop, args.confirm)
     if args.scenario:
         from harness.diagnose.scenarios import check_scenario

@@ -371,6 +371,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue a run (latest unless --run-id): skip ok and skipped cells, retry failed ones")
     p.add_argument("--keep-failed", action="store_true", help="with --resume, do not retry failed cells")
     p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds per cell")
+    p.add_argument("--cell-budget", type=positive_float, metavar="SECONDS",
+                   help="seconds each cell may spend, as a matrix budget hands one (about 21 s in the CPU main "
+                        "command): the steady phase is cut to fit, the leak phase sized within it")
     p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
     p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")

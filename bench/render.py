@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.diagnose.evidence import leak_label
+from harness.diagnose.leak import power_line
 from harness.row import parse_row
 from harness.spec.schema import canonical_kmer_count
 
@@ -96,7 +97,7 @@ def print_rows(rows) -> None:
         energy = f"{r.energy.joules_per_step:.3g}" if r.energy and r.energy.joules_per_step is not None else "-"
         table.add_row(*head, "ok", f"{r.compile.compile_s:.2f}", f"{st.median_s * 1e3:.2f}", f"{st.iqr_s * 1e3:.2f}",
                       f"{st.samples_per_s:.0f}", mem_txt, f"{leak.slope_bytes_per_batch or 0:,.0f}",
-                      leak_label(r["leak"]), energy)
+                      leak_text(r["leak"]), energy)
     console.print(table)
     if any(r.ok and r.memory and r.memory.cpu_standin for r in typed):
         console.print("* peak RSS (VmHWM) stands in for device memory on CPU")
@@ -193,3 +194,12 @@ def print_scenarios(scenarios) -> None:
         if sc.anti is None:
             table.add_row(sc.name, ", ".join(sc.impls), sc.what, sc.expected_cause, sc.fix)
     console.print(table)
+
+
+def leak_text(leak: dict) -> str:
+    """The verdict and what its series could see: "no leak above 96 KiB/batch", "inconclusive (could not rule
+    out 2.1 MiB/batch in 13 steps)", "leak (confirmed)"."""
+    label, power = leak_label(leak), power_line(leak)
+    if label == "no leak" and power.startswith("no leak"):
+        return power
+    return f"{label} ({power})" if power and not label.startswith("leak") else label

@@ -192,20 +192,54 @@ class BatchSource:
         return self.data.shape[1]
 
     def next(self) -> np.ndarray:
+        """The next batch, in a fresh array."""
+        return self.next_into(np.empty((self.batch, self.width), dtype=np.float32))
+
+    def next_into(self, out: np.ndarray) -> np.ndarray:
+        """The next batch, written into ``out`` (``batch`` x ``width`` float32), which is returned."""
         n = self.data.shape[0]
         if self._pos + self.batch > n:
             self._pos = 0
         if self.batch > n:  # a memmap smaller than one batch: wrap around
             idx = np.arange(self._pos, self._pos + self.batch) % n
-            block = np.asarray(self.data[idx], dtype=np.float32)
+            out[...] = self.data[idx]
         else:
-            block = np.array(self.data[self._pos : self._pos + self.batch], dtype=np.float32)
+            np.copyto(out, self.data[self._pos : self._pos + self.batch], casting="same_kind")
         self._pos += self.batch
-        return block
+        return out
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
             yield self.next()
+
+
+class BatchRing:
+    """A fixed ring of ``slots`` host buffers, refilled in place from a :class:`BatchSource`.
+
+    What a real input pipeline holds: a few pinned or pooled buffers, reused batch after batch,
+    so its footprint is constant. The leak phase (``harness.run.phases.leak``) trains from one,
+    so that the RSS it samples moves with the framework and the model, not with a fresh 16 MiB
+    array allocated and freed per batch by the harness (``BatchSource.next``), which swung a
+    dense k=7 b=512 cell's RSS by about 120 MiB (issue 25). Its bytes are recorded in the row.
+    Each slot is overwritten only ``slots`` steps after it was handed out, and every step of the
+    leak phase is synchronised before the next, so no step still reads a slot being refilled.
+    """
+
+    def __init__(self, source: BatchSource, slots: int = 2) -> None:
+        if slots < 1:
+            raise ValueError(f"a batch ring needs at least one slot, got {slots}")
+        self.source = source
+        self.buffers = [np.zeros((source.batch, source.width), dtype=np.float32) for _ in range(slots)]
+        self._i = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+    def next(self) -> np.ndarray:
+        buf = self.buffers[self._i % len(self.buffers)]
+        self._i += 1
+        return self.source.next_into(buf)
 
 
 def synthetic_binary(width: int, rows: int, density: float = 0.1, seed: int = 0) -> np.ndarray:

@@ -266,6 +266,13 @@ class Leak(_Part):
     slope_ci_low: float | None = None
     slope_ci_high: float | None = None
     threshold_bytes_per_batch: float | None = None
+    #: the power of the series that decided (``harness.diagnose.leak``): the largest leak a batch it cannot
+    #: rule out, the smallest it flags with 80% power, and its judged length; absent in rows before issue 25
+    bound_bytes_per_batch: float | None = None
+    detectable_bytes_per_batch: float | None = None
+    judged_steps: int | None = None
+    #: the leak phase that took the series (``harness.run.phases.leak``): steps, ring bytes, why it stopped
+    phase: dict | None = None
     decided_by: str | None = None
     evidence: list | None = None
     cause: dict | None = None

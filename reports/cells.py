@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from harness.diagnose.evidence import is_confirmed_leak, leak_label
+from harness.diagnose.leak import power_line
 from harness.measure.peak import mfu_fields
 from harness.row import Row, StepStats, parse_row
 from reports.formatting import fmt_time
@@ -110,6 +111,10 @@ class ImplCell:
     #: the evidence that decided ("rss", "heap", "compile") and the threshold used (None on old rows)
     leak_evidence: list[str] = field(default_factory=list)
     leak_threshold: float | None = None
+    #: what the deciding series could see ("no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch in
+    #: 13 steps": ``harness.diagnose.leak.power_line``), and the smallest leak it flags with 80% power
+    leak_power: str = ""
+    leak_detectable: float | None = None
     preflight_estimate: float | None = None
     #: achieved dense + conv TFLOP/s of a step (median over repeats); None for rows that predate FLOP counts
     tflops: float | None = None
@@ -215,6 +220,8 @@ def _memory_and_leak(cell: ImplCell, ok: list[Row]) -> None:
     cell.slope_ci_high = num(leak.get("slope_ci_high"))
     cell.leak_reason = str(leak.get("reason") or "")
     cell.leak_cause = leak.get("cause") or {}
+    cell.leak_power = power_line(leak)
+    cell.leak_detectable = num(leak.get("detectable_bytes_per_batch"))
 
 
 def _energy(cell: ImplCell, ok: list[Row]) -> None:

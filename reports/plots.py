@@ -118,10 +118,12 @@ def plot_step_times(title: str, by_batch: dict[int, list[ImplCell]], colors: dic
 def plot_rss(title: str, cells: list[ImplCell], colors: dict, path: Path) -> bool:
     """Anonymous RSS (solid) and file-backed RSS (dashed) per step, first ok repeat of each impl."""
     series = []
+    r_of = {}
     for c in cells:
         r = next((r for r in c.rows if row_status(r) == "ok" and nested(r, "host", "rss_anon")), None)
         if r is not None:
             series.append((c, r["host"]))
+            r_of[c.impl] = r
     if not series:
         return False
     plt = _plt()
@@ -135,7 +137,10 @@ def plot_rss(title: str, cells: list[ImplCell], colors: dict, path: Path) -> boo
                     ls="--", label=f"{c.label} file")
         if host.get("steady_from"):
             ax.axvline(host["steady_from"], color=color, ls=":", lw=0.8)
-    ax.set_xlabel("batch index (dotted: start of steady state)")
+        leak_from = nested(r_of[c.impl], "leak", "phase", "rss_from") if c.impl in r_of else None
+        if isinstance(leak_from, int):
+            ax.axvline(leak_from, color=color, ls="-.", lw=0.8)
+    ax.set_xlabel("batch index (dotted: start of steady state; dash-dot: the leak phase, the series judged)")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -41,7 +41,7 @@ def device_text(rows: list[dict]) -> str:
 
 
 #: the stretches of a worker's life, in order (``harness.run.walltime``)
-WALL_PARTS = ("process_start", "import", "build", "compile", "warmup", "steady", "device_step", "heap", "memory",
+WALL_PARTS = ("process_start", "import", "build", "compile", "warmup", "steady", "device_step", "leak", "heap", "memory",
               "stats", "confirm", "exit")
 
 

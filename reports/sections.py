@@ -95,9 +95,12 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
           "with several repeats, the median over repeats of each repeat's median (IQR likewise). "
           "\"× best\" is the median step time over the fastest ok impl's (leaking ones included). \"est/meas\" is "
           "the preflight memory estimate over the measured peak. The anon RSS slope is the Theil-Sen slope of "
-          "anonymous RSS per batch in the steady state, with its 95% CI; \"leak\" is the verdict on all the evidence "
+          "anonymous RSS per batch over the leak phase (untimed, synchronised steps from a fixed ring of host "
+          "buffers), with its 95% CI; \"leak\" is the verdict on all the evidence "
           "(that slope, the Python heap, compile counters) against a threshold scaled to the batch, and a leak reads "
-          "\"(confirmed)\" or \"(not confirmed)\" after an untimed confirmation phase. "
+          "\"(confirmed)\" or \"(not confirmed)\" after an untimed confirmation phase. Beside it, what the series "
+          "could see: the largest leak it cannot rule out (\"no leak above\", \"could not rule out\"), and "
+          "\"catches\", the smallest leak a batch it flags with 80% power on its own noise and length. "
           "\"TFLOP/s\" is the dense and conv FLOPs of one "
           "training step (2 per multiply-add, backward twice the forward) over the median step time; \"MFU\" is that "
           "rate over the float32 matmul peak measured on the same device: the fastest installed framework's own square "
@@ -173,7 +176,7 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
                                "—" if c.tflops is None else f"{c.tflops:.3g}",
                                "—" if c.mfu is None else f"{c.mfu:.1%}",
                                *([_joules(c.joules_per_step), _joules(c.samples_per_joule)] if energy else []),
-                               mem, est, slope, c.leak_label or "—", failure or "—"])
+                               mem, est, slope, leak_cell(c), failure or "—"])
             n = len(headers)
             off = 1 if pidx else 0
             doc.table(headers, rows, right={i + off for i in range(1, 11 + 2 * energy)} & set(range(n)))
@@ -307,16 +310,16 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
     if leaks:
         for where, c in leaks:
             doc.p(f"**{where}**: leak (confirmed, on {', '.join(c.leak_evidence) or 'rss'}); anonymous RSS grows "
-                  f"{fmt_rate(c.slope)} in the steady window (95% CI {fmt_rate(c.slope_ci_low)} to "
+                  f"{fmt_rate(c.slope)} in the leak phase (95% CI {fmt_rate(c.slope_ci_low)} to "
                   f"{fmt_rate(c.slope_ci_high)}). {c.leak_reason} Cause and fix under [what broke](#what-broke).")
     else:
         doc.p("No confirmed leak in the benchmark cells.")
     unconfirmed = [(f"{c.label} at {title(k)}, batch {b}", c) for k, bb in grouped.items()
                    for b, cs in bb.items() for c in cs if c.status == "ok" and c.unconfirmed_leak]
     if unconfirmed:
-        doc.p("Warning, leak not confirmed (the steady window read a leak that the confirmation phase did not "
+        doc.p("Warning, leak not confirmed (the leak phase read a leak that the confirmation phase did not "
               "confirm, or the row predates confirmations; such a row stays eligible):")
-        doc.ul([f"{w}: {fmt_rate(c.slope)} in the steady window. {c.leak_reason or 'no reason given'}"
+        doc.ul([f"{w}: {fmt_rate(c.slope)} in the leak phase. {c.leak_reason or 'no reason given'}"
                 for w, c in unconfirmed])
     inconclusive = [((c.label, title(k), b), c.leak_reason or "no reason given") for k, bb in grouped.items()
                     for b, cs in bb.items() for c in cs if c.leak_verdict == "inconclusive"]
@@ -414,3 +417,20 @@ def _cells_text(keys: list[tuple[str, str, int]]) -> str:
 
 def _joules(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
+
+
+def leak_cell(c: ImplCell) -> str:
+    """The results table's "leak" cell: the verdict with what its series could see ("no leak above 96 KiB/batch,
+    catches 180 KiB/batch"); a row from before the leak phase shows its label alone."""
+    if not c.leak_label:
+        return "—"
+    power = c.leak_power
+    if c.leak_verdict == "leak":
+        text = c.leak_label + (f", {power}" if power else "")
+    elif power and c.leak_verdict in ("no leak", "inconclusive") and not power.startswith("too short"):
+        text = power if c.leak_verdict == "no leak" else f"inconclusive: {power}"
+    else:
+        text = c.leak_label + (f" ({power})" if power else "")
+    if c.leak_detectable is not None and c.leak_verdict != "leak":
+        text += f", catches {format_bytes(c.leak_detectable)}/batch"
+    return text

@@ -1,6 +1,7 @@
 """All the evidence for a leak verdict, and the confirmation that settles one before it counts.
 
-The steady window's anonymous RSS (:func:`harness.diagnose.leak.leak_verdict`) is one
+The leak phase's anonymous RSS (:func:`harness.diagnose.leak.leak_verdict`), sampled after
+each synchronised step from a fixed ring of host buffers (``harness.run.phases.leak``), is one
 witness. The row holds two more:
 
 * **Python heap**: tracemalloc's traced bytes after each step of the heap phase (numpy
@@ -10,7 +11,7 @@ witness. The row holds two more:
 * **Compile counters**: a counter whose name holds "compile" or "trace" that rose during
   the steady window (each new input signature keeps one more compiled program).
 
-**Steady verdict** (:func:`judge_steady`), T the cell's threshold
+**Leak-phase verdict** (:func:`judge_steady`), T the cell's threshold
 (:func:`harness.diagnose.leak.scaled_threshold`):
 
 1. A *signal* is any of: RSS reads "leak"; the heap rises (:func:`heap_trend`: its
@@ -21,7 +22,7 @@ witness. The row holds two more:
 3. Otherwise "inconclusive" (too few steps, or a slow or irregular RSS trend).
 
 **Confirmation** (:func:`judge_confirmation`): an untimed phase after the memory phase
-(``harness.run.confirm``), ``CONFIRM_MIN_STEPS`` (150) steps or twice the steady window,
+(``harness.run.confirm``), ``CONFIRM_MIN_STEPS`` (150) steps or twice the leak phase,
 whichever is more, stopped after ``CONFIRM_MAX_S`` (60 s). The heap is traced there when
 it was a signal or unclear. The memory phase has just trimmed the C heap, so RSS first
 regrows: the first fifth of the series (at least 5 steps) is its warm-up and is not judged.
@@ -42,8 +43,10 @@ untraced), "leak (confirmed)" on a signal, and stays "inconclusive" otherwise.
 
 Rows keep ``verdict`` ("leak", "no leak", "inconclusive"), and add ``confirmed`` (True,
 False, or None where no confirmation ran), ``label``, ``evidence`` (the witnesses that
-decided: "rss", "heap", "compile"), ``decided_by`` ("steady window" or "confirmation"),
-``rss_verdict`` (the steady window's RSS alone), ``heap``, ``compile``, ``confirmation``
+decided: "rss", "heap", "compile"), ``decided_by`` ("leak phase" or "confirmation"; rows from before
+the leak phase read "steady window"), ``rss_verdict`` (the leak phase's RSS alone), the power of the
+deciding series (``bound_bytes_per_batch``, ``detectable_bytes_per_batch``, ``judged_steps``:
+:mod:`harness.diagnose.leak`), ``heap``, ``compile``, ``confirmation``
 and the threshold. :func:`leak_label` and :func:`is_confirmed_leak` read old rows too: a
 "leak" stored before confirmations existed is an unconfirmed one.
 
@@ -57,12 +60,12 @@ from typing import Any
 
 import numpy as np
 
-from harness.diagnose.leak import _theil, format_bytes, leak_verdict, threshold_rule
+from harness.diagnose.leak import _theil, floor, format_bytes, leak_verdict, threshold_rule
 
 __all__ = ["CONFIRM_MAX_S", "CONFIRM_MIN_STEPS", "compile_rise", "confirmation_plan", "confirmation_warmup",
            "heap_trend", "is_confirmed_leak", "judge_confirmation", "judge_steady", "leak_label", "settle"]
 
-#: a confirmation runs at least this many steps (or twice the steady window) ...
+#: a confirmation runs at least this many steps (or twice the leak phase) ...
 CONFIRM_MIN_STEPS = 150
 #: ... and stops after this many seconds, whichever comes first
 CONFIRM_MAX_S = 60.0
@@ -112,9 +115,14 @@ def compile_rise(before: dict[str, Any] | None, after: dict[str, Any] | None) ->
 
 
 def judge_steady(anon: list[int], heap: list[int] | None, counters_steady: dict[str, Any] | None,
-                 counters_end: dict[str, Any] | None, threshold: float, batch_bytes: float | None = None) -> dict[str, Any]:
-    """The steady window's verdict on all the evidence (rules in the module docstring): the row's ``leak`` fields."""
-    rss = leak_verdict(anon, warmup_steps=0, threshold_bytes_per_batch=threshold)
+                 counters_end: dict[str, Any] | None, threshold: float, batch_bytes: float | None = None,
+                 min_window: int = 20, floor_window: int = 1, warmup: int = 0) -> dict[str, Any]:
+    """The leak phase's verdict on all the evidence (rules in the module docstring): the row's ``leak`` fields.
+    ``anon`` is the series, its first ``warmup`` samples not judged (the floor still reads them); ``min_window``:
+    the fewest samples judged
+    (the leak phase's trimmed, synchronised samples need fewer than a noisier series would)."""
+    rss = leak_verdict(anon, warmup_steps=warmup, threshold_bytes_per_batch=threshold, min_window=min_window,
+                       floor_window=floor_window)
     heap_t = heap_trend(heap, threshold)
     rose = compile_rise(counters_steady, counters_end)
     signals = [name for name, on in (("rss", rss.verdict == "leak"), ("heap", heap_t["trend"] == "rising"),
@@ -137,7 +145,7 @@ def judge_steady(anon: list[int], heap: list[int] | None, counters_steady: dict[
         evidence = ["rss"] + (["heap"] if heap_t["trend"] == "flat" else [])
         reason = rss_txt + (f"; {heap_t['reason']}, flat" if heap_t["trend"] == "flat" else "") + "."
     out = {**rss.to_dict(), "verdict": verdict, "rss_verdict": rss.verdict, "confirmed": None,
-           "evidence": evidence, "decided_by": "steady window", "reason": reason, "heap": heap_t,
+           "evidence": evidence, "decided_by": "leak phase", "reason": reason, "heap": heap_t,
            "compile": {"rose": rose}, "threshold_bytes_per_batch": float(threshold),
            "threshold_rule": threshold_rule(batch_bytes) if batch_bytes else f"{format_bytes(threshold)}{_PER}",
            "pending_confirmation": pending, "confirmation": None}
@@ -146,7 +154,7 @@ def judge_steady(anon: list[int], heap: list[int] | None, counters_steady: dict[
 
 
 def confirmation_plan(steady_steps: int, min_steps: int | None = None, max_s: float | None = None) -> tuple[int, float]:
-    """(steps, seconds) of a confirmation after a steady window of ``steady_steps``."""
+    """(steps, seconds) of a confirmation after a leak phase of ``steady_steps``."""
     steps = max(min_steps if min_steps is not None else CONFIRM_MIN_STEPS, 2 * int(steady_steps))
     return steps, float(CONFIRM_MAX_S if max_s is None else max_s)
 
@@ -167,13 +175,13 @@ def _quarter_rises(y: np.ndarray) -> list[float]:
 
 def judge_confirmation(anon: list[int], heap: list[int] | None, counters_before: dict[str, Any] | None,
                        counters_after: dict[str, Any] | None, threshold: float, seconds: float | None = None,
-                       stopped_by: str | None = None) -> dict[str, Any]:
+                       stopped_by: str | None = None, floor_window: int = 1) -> dict[str, Any]:
     """The confirmation series' own verdict (rules in the module docstring): ``signals`` empty means not confirmed."""
     n = len(anon)
     w = confirmation_warmup(n)
     t = float(threshold)
-    rss = leak_verdict(anon, warmup_steps=w, threshold_bytes_per_batch=t)
-    rises = _quarter_rises(np.asarray(anon[w:], dtype=float))
+    rss = leak_verdict(anon, warmup_steps=w, threshold_bytes_per_batch=t, floor_window=floor_window)
+    rises = _quarter_rises(floor(np.asarray(anon, dtype=float), floor_window)[w:])
     recurring = len(rises) == 3 and all(r > t / 2 for r in rises)
     heap_t = heap_trend(heap, t, skip=w) if heap else None
     rose = compile_rise(counters_before, counters_after)
@@ -207,6 +215,10 @@ def settle(steady: dict[str, Any], confirmation: dict[str, Any] | None) -> dict[
         return out
     out["confirmation"] = confirmation
     out["decided_by"] = "confirmation"
+    rss = confirmation.get("rss") or {}
+    for name in ("bound_bytes_per_batch", "detectable_bytes_per_batch", "judged_steps"):
+        if name in rss:  # the longer series that decided states the power
+            out[name] = rss[name]
     signals = confirmation["signals"]
     head = f"confirmation ({confirmation['steps']} untimed steps"
     head += f", stopped by {confirmation['stopped_by']})" if confirmation.get("stopped_by") else ")"
@@ -214,14 +226,14 @@ def settle(steady: dict[str, Any], confirmation: dict[str, Any] | None) -> dict[
         out["confirmed"] = bool(signals)
         out["evidence"] = signals if signals else _refuting(confirmation)
         word = "confirms" if signals else "does not confirm"
-        out["reason"] = f"{head} {word} it: {confirmation['reason']} Steady window: {steady['reason']}"
+        out["reason"] = f"{head} {word} it: {confirmation['reason']} Leak phase: {steady['reason']}"
     elif signals:
         out.update(verdict="leak", confirmed=True, evidence=signals,
-                   reason=f"{head} finds a leak: {confirmation['reason']} Steady window: {steady['reason']}")
+                   reason=f"{head} finds a leak: {confirmation['reason']} Leak phase: {steady['reason']}")
     else:
         out["verdict"] = confirmation["verdict"]
         out["evidence"] = _refuting(confirmation)
-        out["reason"] = f"{head} reads {confirmation['verdict']}: {confirmation['reason']} Steady window: {steady['reason']}"
+        out["reason"] = f"{head} reads {confirmation['verdict']}: {confirmation['reason']} Leak phase: {steady['reason']}"
     out["label"] = leak_label(out)
     return out
 

@@ -8,23 +8,46 @@ apart without being fooled by page quantisation or by one isolated jump.
 
 Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_threshold`):
 
+0. **Floor** (the leak phase and the confirmation: ``floor_window`` 2). Each sample is the least of it
+   and the one before: a buffer a framework holds every other step comes and goes; a leak stays.
 1. **Window.** Only samples after ``warmup_steps`` count. Fewer than ``min_window``
    (default 20) samples: *inconclusive* - too short to tell a trend from noise.
-2. **One jump removed.** If the single largest batch-to-batch increase exceeds both
-   T and median + 10 MAD of all increases, it is treated as a one-off (an allocator
-   arena growing once) and replaced by the median increase before fitting. Only one:
-   growth that recurs is what a leak looks like.
+2. **Spikes, then one jump, removed.** A sample more than ``SPIKE_OVER_THRESHOLD`` T away
+   from the median of the five samples around it is a spike - the allocator
+   holding a freed 100 MiB buffer at that sample and returning it at the next - and is
+   replaced by that median. Then, if the single largest batch-to-batch increase exceeds
+   both T and median + 10 MAD of all increases (and + 4 T: a noiseless series has no
+   MAD), and the level after it stays up by at
+   least half of it, it is treated as a one-off (an allocator arena growing once) and
+   replaced by the median increase before fitting. Only one: growth that recurs is what
+   a leak looks like. (Without the level check, a dip followed by its recovery was taken
+   for a jump, and everything after it lowered: a clean flax dense k=7 b=512 leak phase
+   read -1.3 MiB/batch, and an injected 256 KiB/batch read "inconclusive".)
 3. **Slopes.** Theil-Sen (median of all pairwise slopes; robust to outliers and to
    the 4 KiB steps of quantised RSS) over the whole window, with its 95% CI, and
    separately over each half of the window.
 4. **Leak** when the whole-window CI low > T, *and* the second-half slope > T (still
    growing at the end, so early growth that plateaued is not a leak), *and* total
-   growth over the window > 4 T (more than a few pages).
+   growth over the window > 4 T (more than a few pages; from the median of its first
+   five samples to that of its last five).
 5. **No leak** when the whole-window CI high < T and the second half grows by at most T
    a batch (a series flat for most of the window that starts to climb at its end - a
    leak that first filled free heap pages - is not "no leak"), or when the second-half
    slope is <= T/4 (the growth has plateaued).
 6. Otherwise **inconclusive** (a slow or irregular trend: run longer to decide).
+
+**Every verdict states its power.** From the slope's 95% CI the verdict derives the slope's
+standard error SE = (CI high - CI low) / (2 x 1.96), and two figures a user can read:
+
+* ``bound_bytes_per_batch``: the CI's high end, the largest leak a batch the series cannot rule
+  out ("no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch in 13 steps");
+* ``detectable_bytes_per_batch``: T + (1.96 + 0.84) SE, the smallest leak a batch that rule 4
+  flags with 80% power on a series this noisy and this long (its estimate must clear T by 1.96 SE,
+  and does so 80% of the time when the true slope sits 0.84 SE further up).
+
+The leak phase (``harness.run.phases.leak``) uses the second to size itself: SE falls as the
+window grows (n^-3/2 for independent noise), so :func:`steps_for` says how many samples would
+bring the detectable leak down to a target.
 
 **The threshold scales with the cell** (:func:`scaled_threshold`): T = 1/128 of the
 bytes of one input batch, at least 8 KiB and at most 1 MiB a batch. A step that
@@ -53,19 +76,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LeakVerdict", "leak_verdict", "scaled_threshold", "threshold_rule", "attribute_growth", "format_bytes",
-           "CAUSES", "FIXES"]
+__all__ = ["LeakVerdict", "floor", "leak_verdict", "scaled_threshold", "threshold_rule", "attribute_growth", "format_bytes",
+           "detectable_leak", "power_line", "steps_for", "CAUSES", "FIXES", "POWER"]
 
 #: Theil-Sen keeps every pairwise slope (O(n^2) memory); longer windows are thinned to this many evenly
 #: spaced samples, which leaves the slope unbiased and only widens its CI a little
 MAX_FIT_POINTS = 1000
 #: a batch-to-batch increase above median + JUMP_MADS x MAD of the increases is a candidate one-off jump
 JUMP_MADS = 10.0
+#: a sample this many thresholds off the median of its neighbours is a spike
+SPIKE_OVER_THRESHOLD = 4.0
+#: a series shorter than its ``min_window`` is "inconclusive", but from this many samples its slope's CI is
+#: still computed, so the row can say what it could not rule out
+SHORT_FIT_MIN = 6
+#: neighbours on each side that a sample's spike test looks at
+SPIKE_HALF_WINDOW = 2
 _MAD_TO_SIGMA = 1.4826
 #: the threshold of a cell: this fraction of one input batch's bytes, between the floor and the cap
 THRESHOLD_FRACTION = 1 / 128
 THRESHOLD_FLOOR = 8 * 1024
 THRESHOLD_CAP = 1024 * 1024
+#: the power a row's detectable leak is stated at, and the normal quantiles behind it
+POWER = 0.80
+_Z_CI = 1.959964  # two-sided 95%: the slope's CI
+_Z_POWER = 0.841621  # one-sided 80%
 
 
 @dataclass(frozen=True)
@@ -88,11 +122,54 @@ class LeakVerdict:
     reason: str
     jump_bytes: int = 0
     jump_step: int | None = None
+    #: the largest leak a batch the window cannot rule out (the slope CI's high end); NaN if too short
+    bound_bytes_per_batch: float = math.nan
+    #: the smallest leak a batch rule 4 flags with ``POWER`` on this window's noise and length
+    detectable_bytes_per_batch: float = math.nan
+
+    @property
+    def judged_steps(self) -> int:
+        return self.window[1] - self.window[0]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["window"] = list(self.window)
+        d["judged_steps"] = self.judged_steps
         return d
+
+
+def detectable_leak(threshold: float, ci_low: float, ci_high: float) -> float:
+    """T + (1.96 + 0.84) SE, SE from the slope's 95% CI: the smallest leak a batch flagged with 80% power."""
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return math.nan
+    se = max(0.0, ci_high - ci_low) / (2 * _Z_CI)
+    return float(threshold + (_Z_CI + _Z_POWER) * se)
+
+
+def steps_for(target: float, threshold: float, detectable: float, n: int) -> int | None:
+    """Samples that would bring the detectable leak from ``detectable`` (on ``n`` samples) to ``target``,
+    with SE falling as n^-3/2; None where no length can (``target`` at or below T)."""
+    if target <= threshold or not math.isfinite(detectable) or n < 2:
+        return None
+    if detectable <= target:
+        return n
+    return int(math.ceil(n * ((detectable - threshold) / (target - threshold)) ** (2 / 3)))
+
+
+def power_line(leak: dict[str, Any] | None) -> str:
+    """What a verdict could see, in a phrase: "no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch
+    in 13 steps", "catches 180 KiB/batch" (an empty string for a row from before bounds were stored)."""
+    leak = leak or {}
+    bound, n = leak.get("bound_bytes_per_batch"), leak.get("judged_steps")
+    verdict = leak.get("verdict")
+    if not isinstance(bound, (int, float)) or not math.isfinite(bound):
+        return f"too short to judge ({n} steps)" if isinstance(n, int) and verdict == "inconclusive" else ""
+    if verdict == "no leak":
+        return f"no leak above {format_bytes(max(bound, 0.0))}/batch"
+    if verdict == "inconclusive":
+        return f"could not rule out {format_bytes(bound)}/batch in {n} steps"
+    low = leak.get("slope_ci_low")
+    return f"at least {format_bytes(low)}/batch" if isinstance(low, (int, float)) and math.isfinite(low) else ""
 
 
 def scaled_threshold(batch_bytes: float) -> float:
@@ -132,15 +209,51 @@ def _theil(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
     return float(res[0]), float(res[2]), float(res[3])
 
 
-def _remove_one_jump(y: np.ndarray, threshold: float) -> tuple[np.ndarray, int, int | None]:
-    """Rule 2: replace the single largest increase by the median one if it is an outlier."""
-    if y.size < 3:
+def floor(y: np.ndarray, window: int) -> np.ndarray:
+    """Each sample the least of itself and the ``window - 1`` before it: the memory held at every one of
+    those steps. A framework that holds one step's 16 MiB output until the next step's (keras-torch at
+    dense k=7 b=512 alternated 17.6 MiB up and down, step after step, after a heap trim) moves RSS by a
+    buffer that comes and goes, which is no leak; a leak lifts the floor as it lifts every sample."""
+    if window <= 1 or y.size == 0:
+        return y
+    padded = np.concatenate([np.full(window - 1, np.inf), y])
+    return np.min(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+
+
+def _remove_spikes(y: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """Rule 2, first part: samples far off the median of the five around them, replaced by it (a Hampel
+    filter with a fixed bound; one or two samples in a row). A linear trend, however steep, is its own local
+    median, so a leak is never filtered."""
+    n = y.size
+    if n < 2 * SPIKE_HALF_WINDOW + 1:
+        return y, 0
+    out = y.copy()
+    spikes = 0
+    for i in range(n):
+        lo, hi = max(0, i - SPIKE_HALF_WINDOW), min(n, i + SPIKE_HALF_WINDOW + 1)
+        window = y[lo:hi]
+        med = float(np.median(window))
+        if abs(y[i] - med) > SPIKE_OVER_THRESHOLD * threshold:
+            out[i] = med
+            spikes += 1
+    return out, spikes
+
+
+def _remove_one_jump(y: np.ndarray, threshold: float, lag: int = 1) -> tuple[np.ndarray, int, int | None]:
+    """Rule 2, second part: replace the single largest increase by the median one if it is an outlier and
+    the level after it stays up (a step, not a dip's recovery). The typical increase is taken over ``lag``
+    steps, per step: a floor over 2 steps turns a steady 256 KiB a step into a staircase of 0 and 512 KiB,
+    whose 512 KiB risers are no jump."""
+    if y.size < max(3, lag + 2):
         return y, 0, None
     d = np.diff(y)
     i = int(np.argmax(d))
-    med = float(np.median(d))
-    mad = _MAD_TO_SIGMA * float(np.median(np.abs(d - med)))
-    if d[i] > threshold and d[i] > med + JUMP_MADS * mad:
+    typical = (y[lag:] - y[:-lag]) / lag
+    med = float(np.median(typical))
+    mad = _MAD_TO_SIGMA * float(np.median(np.abs(typical - med)))
+    level = float(np.median(y[i + 1:]) - np.median(y[:i + 1]))
+    if d[i] > threshold and d[i] > med + max(JUMP_MADS * mad, SPIKE_OVER_THRESHOLD * threshold) \
+            and level >= 0.5 * d[i]:
         jump = float(d[i] - med)
         fixed = y.copy()
         fixed[i + 1:] -= jump
@@ -149,13 +262,15 @@ def _remove_one_jump(y: np.ndarray, threshold: float) -> tuple[np.ndarray, int, 
 
 
 def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_per_batch: float = 8192,
-                 min_window: int = 20) -> LeakVerdict:
+                 min_window: int = 20, floor_window: int = 1) -> LeakVerdict:
     """Judge a per-batch anonymous-RSS series: "leak", "no leak" or "inconclusive".
 
     ``rss_anon_bytes[i]`` is RssAnon in bytes after batch ``i``; the rule is in the
-    module docstring. ``reason`` is one sentence naming the rule that fired.
+    module docstring. ``reason`` is one sentence naming the rule that fired. ``floor_window``
+    above 1 judges the series' floor, each sample the least of it and the ``floor_window - 1``
+    before it (``floor``).
     """
-    y_all = np.asarray(rss_anon_bytes, dtype=float).ravel()
+    y_all = floor(np.asarray(rss_anon_bytes, dtype=float).ravel(), floor_window)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
     if threshold_bytes_per_batch <= 0:
@@ -168,22 +283,33 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
     growth = int(round(y[-1] - y[0])) if n else 0
     nan = math.nan
     if n < max(int(min_window), 2):
-        return LeakVerdict("inconclusive", nan, nan, nan, nan, nan, (start, stop), growth,
+        # too short for a verdict; from SHORT_FIT_MIN samples the slope's CI still bounds what it could see
+        slope, low, high = _theil(y, x) if n >= SHORT_FIT_MIN else (nan, nan, nan)
+        return LeakVerdict("inconclusive", slope, low, high, nan, nan, (start, stop), growth,
                            f"only {n} samples after {start} warm-up steps, fewer than the {min_window} needed "
-                           "to tell a trend from noise; run more steps")
+                           "to tell a trend from noise; run more steps", bound_bytes_per_batch=high,
+                           detectable_bytes_per_batch=detectable_leak(t, low, high))
 
-    fixed, jump, jump_at = _remove_one_jump(y, t)
+    despiked, spikes = _remove_spikes(y, t)
+    fixed, jump, jump_at = _remove_one_jump(despiked, t, lag=max(1, int(floor_window)))
     jump_step = None if jump_at is None else start + jump_at
     slope, low, high = _theil(fixed, x)
     half = n // 2
     first = _theil(fixed[:half], x[:half])[0]
     second = _theil(fixed[half:], x[half:])[0]
-    fixed_growth = float(fixed[-1] - fixed[0])
-    jump_note = f" (after setting aside one {format_bytes(jump)} jump at step {jump_step})" if jump else ""
+    # growth between the medians of the first and last five samples: an end sample caught mid-trim moves it less
+    ends = min(5, max(1, n // 4))
+    fixed_growth = float(np.median(fixed[-ends:]) - np.median(fixed[:ends]))
+    notes = ([f"{spikes} spike{'s' if spikes > 1 else ''} set to the median of {'their' if spikes > 1 else 'its'} "
+              "neighbours"] if spikes else []) + (
+        [f"one {format_bytes(jump)} jump at step {jump_step} set aside"] if jump else [])
+    jump_note = f" (after {' and '.join(notes)})" if notes else ""
+
+    detectable = detectable_leak(t, low, high)
 
     def verdict(v: str, reason: str) -> LeakVerdict:
         return LeakVerdict(v, slope, low, high, first, second, (start, stop), growth, reason + jump_note,
-                           jump, jump_step)
+                           jump, jump_step, bound_bytes_per_batch=high, detectable_bytes_per_batch=detectable)
 
     per = "/batch"
     if low > t and second > t and fixed_growth > 4 * t:

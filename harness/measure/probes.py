@@ -8,10 +8,12 @@ A detector watching plain RSS would call it one.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.measure.tracker import Tracking
 
@@ -115,15 +117,24 @@ def release_free_heap() -> bool:
     count the compiler's scratch as training memory. Frees nothing still in use;
     False where the C library has no ``malloc_trim`` (musl, macOS).
     """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``, and the leak phase trims
+    after every step); None where the C library has none."""
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-        return True
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def peak_rss_bytes() -> int:

@@ -19,6 +19,11 @@ placed, each in its module of ``harness.run.phases``:
                 Its energy is tracked (``harness.measure.energy``).
 ``device_step`` on an accelerator, the same loop on batches staged on the
                 device before each window's clock: the framework's compute alone.
+``leak``        untimed, synchronised steps from a fixed ring of reused host
+                buffers, RSS sampled after each finished step: the leak verdict's
+                series, sized to detect the cell's threshold with 80% power
+                within the cell's budget (``harness.run.phases.leak``). The timed
+                windows' samples catch steps in flight, so no verdict reads them.
 ``heap``        a few more steps with tracemalloc on, after the timing and
                 untimed: tracemalloc slows Python-heavy steps far more than 5%,
                 so it never runs while the clock does.
@@ -26,12 +31,13 @@ placed, each in its module of ``harness.run.phases``:
                 in for device memory.
 ``stats``       the statistics, FLOP rates and leak verdict, from what the
                 phases above took (no steps).
-``confirm``     only where the steady window's leak verdict is pending (it read
+``confirm``     only where the leak phase's verdict is pending (it read
                 "leak", or its evidence disagrees): untimed steps that settle it
                 (``harness.run.confirm``), after every other figure is taken.
 
 After every step the anonymous and file-backed RSS are sampled (``RssSampler``,
-from the compile step to the end of the heap phase).
+from the compile step to the end of the heap phase); only the leak phase's samples
+are judged.
 """
 
 from __future__ import annotations
@@ -39,12 +45,14 @@ from __future__ import annotations
 from typing import Any
 
 from harness.diagnose.evidence import CONFIRM_MAX_S
+from harness.measure.probes import release_free_heap
 from harness.run.confirm import confirm_leak
 from harness.run.events import emit
 from harness.run.phases import stats, timed, untimed
 from harness.run.phases.build import build
 from harness.run.phases.context import CellContext, InjectedLeak, NonFiniteLoss
-from harness.run.phases.parts import CellParts, SteadyPart, StepPlan
+from harness.run.phases.leak import FLOOR_WINDOW, LeakSeries, leak_series
+from harness.run.phases.parts import CellParts, StepPlan
 from harness.run.phases.payload import cell_payload
 from harness.run.phases.warm import compile_step, plan_steady, warmup
 from harness.run.schedule import confirmation_cap
@@ -62,27 +70,30 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     timed.loop_warmup(ctx)
     steady = timed.steady(ctx, plan)
     device = timed.device_step(ctx, plan)
+    series = leak_series(ctx, plan, cap_s=untimed.leak_cap(ctx, plan))
     heap = untimed.heap(ctx, plan)
     ctx.rss.stop()  # the per-step RSS series ends here: the memory phase reads the peak instead
     memory = untimed.memory(ctx, plan, heap)
     emit(phase="stats")
     timing = stats.timing(ctx, plan, steady, device)
-    leak = stats.leak(ctx, steady, heap)
+    leak = stats.leak(ctx, steady, series, heap)
     figures = stats.memory_figures(ctx, build=built, compiled=compiled, plan=plan, memory=memory)
     parts = CellParts(build=built, compiled=compiled, warmup=warm, plan=plan, steady=steady, device_step=device,
-                      heap=heap, memory=memory, timing=timing, leak=leak, figures=figures)
+                      leak_series=series, heap=heap, memory=memory, timing=timing, leak=leak, figures=figures)
     payload = cell_payload(ctx, parts)
-    payload["leak"] = confirm(ctx, plan, steady, payload["leak"])
+    payload["leak"] = confirm(ctx, plan, series, payload["leak"])
     return payload
 
 
-def confirm(ctx: CellContext, plan: StepPlan, steady: SteadyPart, leak: dict[str, Any]) -> dict[str, Any]:
+def confirm(ctx: CellContext, plan: StepPlan, series: LeakSeries, leak: dict[str, Any]) -> dict[str, Any]:
     """Untimed, after everything else: settles a pending leak verdict (``harness.run.confirm``); in a
-    budgeted cell it is capped by the cell's budget (``harness.run.schedule.confirmation_cap``)."""
+    budgeted cell it is capped by the cell's budget (``harness.run.schedule.confirmation_cap``). Its
+    batches come from a ring of reused buffers and each sample follows a heap trim, as the leak phase's do."""
     task = ctx.task
-    settled = confirm_leak(leak, mode=task.confirm, step=lambda: ctx.step_fn(ctx.source.next()), model=ctx.model,
-                           after_step=ctx.leak.step, check_loss=ctx.loss, steady_steps=len(steady.anon),
-                           min_steps=task.confirm_steps,
+    settled = confirm_leak(leak, mode=task.confirm, step=lambda: ctx.step_fn(ctx.ring_batch()), model=ctx.model,
+                           after_step=lambda: (ctx.leak.step(), release_free_heap()), check_loss=ctx.loss,
+                           steady_steps=len(series.anon),
+                           min_steps=task.confirm_steps, floor_window=FLOOR_WINDOW,
                            max_s=confirmation_cap(task.confirm_max_s, plan.budget_s, CONFIRM_MAX_S))
     settled["confirm_mode"] = task.confirm  # "off" is why a leak can stay unconfirmed
     return settled

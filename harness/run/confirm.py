@@ -39,13 +39,14 @@ def wants_confirmation(leak: dict[str, Any], mode: str) -> bool:
 
 def confirm_leak(leak: dict[str, Any], *, mode: str, step: Callable[[], Any], model: Any,
                  after_step: Callable[[], None], check_loss: Callable[[Any, int], Any], steady_steps: int,
-                 min_steps: int | None = None, max_s: float | None = None) -> dict[str, Any]:
+                 min_steps: int | None = None, max_s: float | None = None, floor_window: int = 1) -> dict[str, Any]:
     """Run the confirmation if ``leak`` (the steady verdict) wants one, and return the settled ``leak`` fields.
 
     ``step()`` runs one training step on a fresh batch and returns its handle; ``after_step()`` is what
     the cell does after each of its steps (the injected leak); ``check_loss(handle, i)`` raises on a
     non-finite loss. ``steady_steps``: the steady window's length, which sizes the plan with ``min_steps``
-    and ``max_s`` (``harness.diagnose.evidence.confirmation_plan``)."""
+    and ``max_s`` (``harness.diagnose.evidence.confirmation_plan``); ``floor_window``: the series judged is its
+    floor over that many steps (``harness.diagnose.leak.floor``)."""
     if not wants_confirmation(leak, mode):
         return settle(leak, None)
     steps, cap = confirmation_plan(steady_steps, min_steps, max_s)
@@ -86,5 +87,5 @@ def confirm_leak(leak: dict[str, Any], *, mode: str, step: Callable[[], Any], mo
     confirmation = judge_confirmation(rss.anon, heap.result() if heap is not None else None,
                                       counters_before=counters_before, counters_after=model.counters(),
                                       threshold=float(leak["threshold_bytes_per_batch"]), seconds=seconds,
-                                      stopped_by=stopped)
+                                      stopped_by=stopped, floor_window=floor_window)
     return settle(leak, {**confirmation, "max_s": cap})  # the cap it ran under (a budgeted cell's is its budget)

@@ -43,7 +43,7 @@ MIN_CELL_BUDGET_S = 5.0
 #: the worker's schedule and loop options a cell may set; each is part of the cell's identity when set
 #: (None leaves the worker's default, and the key as it was before the option existed)
 TASK_OPTIONS = ("warmup_steps", "steps_per_window", "heap_steps", "shared_init", "sweep", "loop", "confirm",
-                "confirm_steps", "confirm_max_s")
+                "confirm_steps", "confirm_max_s", "leak_steps")
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Cell:
     confirm: str | None = None
     confirm_steps: int | None = None
     confirm_max_s: float | None = None
+    #: the leak phase's steps (``harness.run.phases.leak``); None sizes it to the cell's threshold
+    leak_steps: int | None = None
     #: seconds this cell may spend (set by ``run_matrix`` from a matrix budget); not part of its identity
     time_budget_s: float | None = None
     #: the run's shared compilation cache (set by ``run_matrix``); not part of the cell's identity

@@ -25,6 +25,11 @@ MIN_BUDGET_STEPS = 5
 #: CPU reference run (k=7, 2 cores) measured 0.93-1.22 for dense and conv-final in all five builds,
 #: up to 1.77 for masked-multiomics' 18 ms steps, where the heap phase costs well under a second
 HEAP_SLOWDOWN = 1.25
+#: a budgeted cell keeps this share of the budget left after its warm-up for the leak phase, which runs
+#: past its minimum only where its series is too noisy to catch a leak of 1.5 thresholds (rarely: its
+#: samples follow a heap trim)
+#: (``harness.run.phases.leak``); what it leaves unused goes back to the matrix's later cells
+LEAK_BUDGET_SHARE = 0.15
 #: seconds a cell spends after its last step (statistics, verdicts, the row), planned by a budget: the
 #: CPU reference run's ``stats`` stretch took 0.7-1.6 s, most of it scipy.stats' import
 TAIL_S = 1.5
@@ -80,3 +85,13 @@ def confirmation_cap(task_cap_s: float | None, budget_s: float | None, default_s
     if task_cap_s is not None:
         return task_cap_s
     return min(default_s, float(budget_s)) if budget_s else None
+
+
+def leak_cap_s(budget_s: float | None, elapsed_s: float, step_s: float, steps_after: float) -> float | None:
+    """Seconds a budgeted cell's leak phase may run: its budget less what is spent (``elapsed_s``), the
+    ``steps_after`` it (heap steps at ``HEAP_SLOWDOWN``, the memory phase's) at ``step_s``, and ``TAIL_S``;
+    None outside a budget (the phase's own cap applies)."""
+    if not budget_s:
+        return None
+    per = step_s if step_s > 0 and math.isfinite(step_s) else 0.0
+    return max(0.0, float(budget_s) - elapsed_s - per * steps_after - TAIL_S)

@@ -67,6 +67,8 @@ class CellTask(BareTask):
     confirm: str = "auto"
     confirm_steps: int | None = None
     confirm_max_s: float | None = None
+    #: the leak phase's steps (``harness.run.phases.leak``): None sizes it to its threshold, a number fixes it
+    leak_steps: int | None = None
 
 
 @dataclass(kw_only=True)

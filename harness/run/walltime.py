@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 #: the phases in the order a cell runs them (``harness.run.cell``)
-PHASES = ("build", "compile", "warmup", "steady", "device_step", "heap", "memory", "stats", "confirm", "exit")
+PHASES = ("build", "compile", "warmup", "steady", "device_step", "leak", "heap", "memory", "stats", "confirm", "exit")
 #: the worker's marker after its result is written (``harness.run.worker``): never where a cell failed
 EXIT_PHASE = "exit"
 

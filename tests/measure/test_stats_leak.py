@@ -78,7 +78,12 @@ def test_too_few_samples_is_inconclusive():
     v = leak_verdict(rss_series(np.full(25, MIB, dtype=float), 0, seed=6), warmup_steps=10)
     assert v.verdict == "inconclusive"
     assert "15 samples" in v.reason and "20" in v.reason
-    assert math.isnan(v.slope_bytes_per_batch)
+    # too short for a verdict, yet long enough (6+ samples) to say what it could not rule out
+    assert v.slope_bytes_per_batch == pytest.approx(MIB, rel=0.01)
+    assert v.bound_bytes_per_batch >= v.slope_bytes_per_batch
+    five = leak_verdict(rss_series(np.full(15, MIB, dtype=float), 0, seed=6), warmup_steps=10)
+    assert five.verdict == "inconclusive" and math.isnan(five.slope_bytes_per_batch)
+    assert math.isnan(five.bound_bytes_per_batch)
 
 
 def test_quantised_flat_without_noise_is_no_leak():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pynvml
 import pytest
 
@@ -24,7 +25,9 @@ from harness.measure.probes import NvmlMemory, RssSampler
 from harness.measure.tracker import CompileCounters, DeviceMemory, HeapTracker, Tracker
 from harness.run.cell import run_cell
 from harness.run.phases import warm
+from harness.run.phases.leak import LEAK_MIN_STEPS
 from harness.run.runner import plan_cells, run_matrix
+from harness.run.schedule import LEAK_BUDGET_SHARE
 from harness.run.task import CellTask
 from harness.run.windows import WindowHooks, Windows
 from harness.spec.presets import resolve_spec
@@ -71,12 +74,18 @@ def test_a_cpu_cell_keeps_its_payload_keys_and_adds_energy():
     assert list(row["host"]) == HOST_KEYS
     assert list(row["counters"]) == ["start", "steady", "end"]
     assert list(row["energy"]) == ENERGY_KEYS
-    # the phases ran in order: 40 timed steps in 20 windows of 2, a heap phase of 10, 3 memory steps
+    # the phases ran in order: 40 timed steps in 20 windows of 2, a leak phase of at least 14 synchronised
+    # steps from a 2-slot ring, a heap phase of 10, 3 memory steps
     assert row["steps_measured"] == 40 and len(row["step_stats"]["window_times_s"]) == 20 - row[
         "steady_windows_dropped"]
     assert len(row["host"]["heap_bytes"]) == 10 and row["memory"]["memory_phase_steps"] == 3
     assert row["host"]["steady_from"] == 1 + len(row["warmup_step_times_s"]) + 2  # compile, warm-up, loop warm-up
-    assert len(row["host"]["rss_anon"]) == row["host"]["steady_from"] + 40 + 10
+    phase = row["leak"]["phase"]
+    assert phase["rss_from"] == row["host"]["steady_from"] + 40 and phase["steps"] >= 14
+    assert phase["ring_bytes"] == 2 * 32 * 32 * 4 and phase["rss_anon"] == row["host"]["rss_anon"][
+        phase["rss_from"]:phase["rss_from"] + phase["steps"]]
+    assert len(row["host"]["rss_anon"]) == phase["rss_from"] + phase["steps"] + 10
+    assert row["leak"]["judged_steps"] > 0 and row["leak"]["detectable_bytes_per_batch"] > 0
     assert row["leak"]["confirm_mode"] == "on" and row["leak"]["confirmation"] is not None
 
 
@@ -102,6 +111,32 @@ def test_energy_reaches_the_stored_row(tmp_path):
     assert (row["energy"]["joules"] is not None) == (row["energy"]["source"] is not None)
     if row["energy"]["source"] is None:
         assert row["energy"]["absent_reason"]
+
+
+class RecordsInputsVAE(load_adapter_class(PLANTED + "NumpyVAE")):
+    """The planted numpy model, noting the address of every batch it trains on."""
+
+    addresses: list[int] = []
+
+    def train_step(self, x: np.ndarray, eps: np.ndarray | None = None) -> Any:
+        RecordsInputsVAE.addresses.append(x.__array_interface__["data"][0])
+        return super().train_step(x, eps)
+
+
+def test_the_leak_and_heap_phases_train_from_a_fixed_ring_of_two_buffers():
+    """What the untimed phases train on holds a constant footprint (issue 25): two host buffers, reused, where
+    the timed loop's batches are fresh arrays (each window's, made ready off the clock)."""
+    RecordsInputsVAE.addresses.clear()
+    spec = resolve_spec("dense", kmer=3)
+    row = run_cell(CellTask(impl=f"{__name__}:RecordsInputsVAE", spec=spec.to_dict(), kmer=3, batch=32, steps=40,
+                            confirm="off"))
+    seen = RecordsInputsVAE.addresses
+    start, leak_steps, heap_steps = row["leak"]["phase"]["rss_from"], row["leak"]["phase"]["steps"], 10
+    assert len(row["host"]["heap_bytes"]) == heap_steps
+    ring = seen[start:start + leak_steps + heap_steps]
+    assert len(ring) == leak_steps + heap_steps and len(set(ring)) == 2, ring
+    assert ring[0::2] == [ring[0]] * len(ring[0::2])  # the slots take turns
+    assert row["leak"]["phase"]["ring_bytes"] == 2 * 32 * 32 * 4
 
 
 class FakeGpuVAE(load_adapter_class(PLANTED + "NumpyVAE")):
@@ -142,7 +177,8 @@ def test_a_staging_accelerator_cell_takes_device_step_and_nvml_energy(monkeypatc
 
 def test_a_budget_plans_the_steady_steps_from_the_cells_own_facts(monkeypatch):
     """The plan hands ``budgeted_steps`` what the cell measured: its time so far, the slower of the warm-up
-    step and the whole warm-up iteration, the untimed steps after the timing, and one timed pass on a CPU."""
+    step and the whole warm-up iteration, the untimed steps after the timing, and one timed pass on a CPU;
+    the budget it plans from is less the leak phase's share of what is left (issue 25)."""
     calls = []
 
     def budgeted(budget_s, elapsed_s, step_s, requested, **kw):
@@ -153,9 +189,11 @@ def test_a_budget_plans_the_steady_steps_from_the_cells_own_facts(monkeypatch):
     row = cell(steps=40, time_budget_s=30.0)
     ((budget_s, elapsed_s, step_s, requested, kw),) = calls
     warm_times = row["warmup_step_times_s"]
-    assert budget_s == 30.0 and requested == 40 and 0 < elapsed_s < 30.0
+    assert requested == 40 and 0 < elapsed_s < 30.0
+    assert budget_s == pytest.approx(30.0 - LEAK_BUDGET_SHARE * (30.0 - elapsed_s), rel=1e-3)
     assert step_s >= sorted(warm_times[len(warm_times) // 2:])[0] > 0
-    assert kw == {"timed_passes": 1, "untimed_steps": 2 + 3, "heap": None}  # loop warm-up + memory phase
+    # loop warm-up + leak phase + memory phase
+    assert kw == {"timed_passes": 1, "untimed_steps": 2 + LEAK_MIN_STEPS + 3, "heap": None}
     assert row["steps_measured"] == 7 and row["steps_requested"] == 40 and row["time_budget_s"] == 30.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.run.phases.leak import LEAK_MIN_STEPS
 from harness.run.runner import plan_cells, run_matrix
 from harness.run.schedule import (
     BUDGETED_HEAP_MIN_STEPS,
@@ -16,6 +17,7 @@ from harness.run.schedule import (
     budgeted_steps,
     confirmation_cap,
     heap_steps,
+    leak_cap_s,
 )
 from harness.spec.presets import resolve_spec
 from harness.store import ResultStore
@@ -73,6 +75,19 @@ def test_a_budgeted_cell_ends_within_its_budget(tmp_path):
     inside = wb["total"] - wb["process_start"] - wb.get("exit", 0.0)
     assert inside <= budget * 1.2, wb
     assert len(row["host"]["heap_bytes"]) == heap_steps(row["steps_measured"], budgeted=True)
+    # the leak phase ran within the budget too: its minimum, and its series judged
+    phase = row["leak"]["phase"]
+    assert LEAK_MIN_STEPS <= phase["steps"] and phase["cap_s"] is not None
+    assert phase["seconds"] <= max(phase["cap_s"], LEAK_MIN_STEPS * 0.05 * 1.5) + 1.0, phase
+    assert row["leak"]["judged_steps"] == phase["steps"] - phase["warmup"]
+
+
+def test_the_leak_phase_gets_what_the_budget_leaves_after_the_phases_behind_it():
+    # 21 s budget, 12 s spent, 0.5 s steps, 5 heap steps at 1.25 and 3 memory steps after it, the tail
+    assert leak_cap_s(21.0, 12.0, 0.5, HEAP_SLOWDOWN * 5 + 3) == pytest.approx(21.0 - 12.0 - 0.5 * 9.25 - TAIL_S)
+    assert leak_cap_s(21.0, 30.0, 0.5, 8) == 0.0  # overspent: nothing, and the phase runs its minimum
+    assert leak_cap_s(None, 12.0, 0.5, 8) is None  # unbudgeted: the phase's own cap
+    assert leak_cap_s(21.0, 12.0, float("nan"), 8) == pytest.approx(21.0 - 12.0 - TAIL_S)
 
 
 def test_a_budgeted_cells_confirmation_is_capped_by_its_budget():

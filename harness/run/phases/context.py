@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.data import BatchSource
+from harness.data import BatchRing, BatchSource
 from harness.measure.probes import RssSampler
 from harness.measure.tracker import CompileCounters
 from harness.run.events import emit
@@ -27,6 +27,8 @@ MEMORY_STEPS = 3
 LOOP_WARMUP_STEPS = 2
 #: batches prefetched for one timing window are capped at this many bytes
 PREFETCH_BYTES = 256 * 2**20
+#: host buffers in the untimed phases' ring (``CellContext.ring_batch``)
+RING_SLOTS = 2
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -107,6 +109,8 @@ class CellContext:
     #: perf_counter at the build's start: a time budget is the cell's wall time from here
     t0: float
     progress: Progress = field(default_factory=Progress)
+    #: the untimed phases' fixed ring of reused host buffers (``ring_batch``), made on first use
+    ring: BatchRing | None = None
 
     @property
     def batch(self) -> int:
@@ -116,6 +120,18 @@ class CellContext:
     def batch_bytes(self) -> int:
         """float32 bytes of one input batch."""
         return self.task.batch * self.source.width * 4
+
+    def ring_batch(self) -> np.ndarray:
+        """The next batch from the cell's ring of ``RING_SLOTS`` reused host buffers: what the untimed phases
+        (leak, heap, confirmation) train on, so the harness's staging holds a constant footprint there and
+        tracemalloc never counts a batch array that happens to be alive at its sample."""
+        return self.host_ring().next()
+
+    def host_ring(self) -> BatchRing:
+        """The cell's ring, made on first use."""
+        if self.ring is None:
+            self.ring = BatchRing(self.source, RING_SLOTS)
+        return self.ring
 
     def after_step(self) -> None:
         """What the cell does after each of its steps: the injected leak, then the RSS sample."""

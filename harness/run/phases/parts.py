@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from harness.measure.host_peak import StandinPeak
 from harness.measure.tracker import DeviceMemoryResult
 from harness.run.windows import WindowTimes
 from harness.spec.params import ParamCounts
+
+if TYPE_CHECKING:  # the leak phase's module reads StepPlan from here
+    from harness.run.phases.leak import LeakSeries
 
 
 @dataclass
@@ -75,6 +78,8 @@ class StepPlan:
     passes: int
     warmup_steps: int
     budget_s: float | None
+    #: the warm-up's step time (with its fetch and samples) that planned the budget; NaN where unknown
+    step_s: float = math.nan
 
 
 @dataclass
@@ -85,7 +90,8 @@ class SteadyPart:
     device_memory: DeviceMemoryResult
     #: index of the first RSS sample of the steady phase (``host.steady_from``)
     rss_from: int
-    #: RssAnon after each steady step: the leak verdict's series
+    #: RssAnon after each steady step, some taken with a step in flight: shown, never judged (the leak
+    #: phase's series is, ``harness.run.phases.leak``)
     anon: list[int]
     energy: EnergyReading
     loss: float
@@ -136,7 +142,7 @@ class TimingStats:
 
 @dataclass
 class LeakPart:
-    """``stats``: the steady window's leak verdict with its cause."""
+    """``stats``: the leak phase's verdict on all the evidence, with its cause."""
 
     fields: dict[str, Any]
     heap_growth: int | None
@@ -161,6 +167,7 @@ class CellParts:
     plan: StepPlan
     steady: SteadyPart
     device_step: DeviceStepPart
+    leak_series: LeakSeries
     heap: HeapPart
     memory: MemoryPart
     timing: TimingStats

@@ -13,6 +13,7 @@ from harness.measure.host_peak import cpu_standin_peak, weights_and_state_bytes
 from harness.measure.probes import nvml_process_memory, proc_status
 from harness.measure.stats import detect_warmup, summarize_steps
 from harness.run.phases.context import CellContext
+from harness.run.phases.leak import FLOOR_WINDOW, LEAK_JUDGED_MIN, LeakSeries
 from harness.run.phases.parts import (
     BuildPart,
     CompilePart,
@@ -58,16 +59,20 @@ def _device_step_same_reason(ctx: CellContext) -> str:
     return "same as step: a scenario replaces the train step"
 
 
-def leak(ctx: CellContext, steady: SteadyPart, heap: HeapPart) -> LeakPart:
-    """The steady window's verdict on all the evidence, with a threshold scaled to the batch
-    (``harness.diagnose.evidence``), and the likeliest cause of any growth."""
+def leak(ctx: CellContext, steady: SteadyPart, series: LeakSeries, heap: HeapPart) -> LeakPart:
+    """The leak phase's verdict on all the evidence, with a threshold scaled to the batch
+    (``harness.diagnose.evidence``), and the likeliest cause of any growth. The compile counters
+    are read over the steady window, the RSS over the leak phase's clean samples."""
     counters = ctx.counters.result()
-    anon, heap_bytes = steady.anon, heap.bytes
+    anon, heap_bytes = series.anon, heap.bytes
     verdict = judge_steady(anon, heap_bytes, counters_steady=counters["steady"], counters_end=counters["end"],
-                           threshold=scaled_threshold(ctx.batch_bytes), batch_bytes=ctx.batch_bytes)
+                           threshold=scaled_threshold(ctx.batch_bytes), batch_bytes=ctx.batch_bytes,
+                           min_window=LEAK_JUDGED_MIN, floor_window=FLOOR_WINDOW, warmup=series.warmup)
+    anon = anon[series.warmup:]
+    verdict["phase"] = series.fields()
     heap_growth = None
     if len(heap_bytes) > 1 and len(anon) > 1:
-        # heap growth per batch in the heap phase, scaled to the steady window the verdict used
+        # heap growth per batch in the heap phase, scaled to the leak phase's window the verdict used
         heap_growth = int((heap_bytes[-1] - heap_bytes[0]) / (len(heap_bytes) - 1) * (len(anon) - 1))
     cause = attribute_growth(counters["steady"], counters["end"], heap_growth_bytes=heap_growth,
                              anon_growth_bytes=anon[-1] - anon[0] if anon else 0,

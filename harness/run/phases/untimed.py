@@ -1,6 +1,8 @@
 """The untimed phases after the timing: ``heap`` and ``memory``.
 
-``heap``    a few more steps with tracemalloc on (``HeapTracker``), untimed:
+``heap``    a few more steps with tracemalloc on (``HeapTracker``), untimed, from the
+            cell's ring of reused host buffers (a fresh 16 MiB batch alive at one
+            sample read as +16 MiB of Python heap at flax dense k=7 b=512):
             tracemalloc slows Python-heavy steps far more than 5%, so it never
             runs while the clock does.
 ``memory``  on a CPU, a few steps on a trimmed heap whose peak RSS stands in for
@@ -9,26 +11,44 @@
 
 from __future__ import annotations
 
+import time
+
 from harness.measure.probes import peak_rss_bytes, release_free_heap, reset_peak_rss
 from harness.measure.tracker import HeapTracker
 from harness.run.events import emit
 from harness.run.phases.context import MEMORY_STEPS, CellContext
 from harness.run.phases.parts import HeapPart, MemoryPart, StepPlan
-from harness.run.schedule import heap_steps
+from harness.run.schedule import HEAP_SLOWDOWN, heap_steps, leak_cap_s
+
+
+def planned_heap_steps(ctx: CellContext, plan: StepPlan) -> int:
+    """The heap phase's steps ("off": none)."""
+    task = ctx.task
+    if task.heap == "off":
+        return 0
+    return task.heap_steps or heap_steps(plan.steps, budgeted=bool(plan.budget_s))
+
+
+def leak_cap(ctx: CellContext, plan: StepPlan) -> float | None:
+    """The leak phase's time cap in a budgeted cell: what the budget leaves once the heap and memory
+    phases after it are paid (``harness.run.schedule.leak_cap_s``); None outside a budget."""
+    after = HEAP_SLOWDOWN * planned_heap_steps(ctx, plan) + (0 if ctx.model.device_memory() else MEMORY_STEPS)
+    return leak_cap_s(plan.budget_s, time.perf_counter() - ctx.t0, plan.step_s, after)
 
 
 def heap(ctx: CellContext, plan: StepPlan) -> HeapPart:
     """The Python heap after each of a few untimed steps, for the leak's attribution ("off": none)."""
-    task, model = ctx.task, ctx.model
+    model = ctx.model
     part = HeapPart(bytes=[], anon=[], loss=None)
-    if task.heap == "off":
+    n_heap = planned_heap_steps(ctx, plan)
+    if not n_heap:
         return part
     emit(phase="heap")
-    n_heap = task.heap_steps or heap_steps(plan.steps, budgeted=bool(plan.budget_s))
     handle = None
+    ctx.host_ring()  # the ring's buffers exist before tracemalloc starts: it never counts a batch array
     with HeapTracker() as traced:
         for _ in range(n_heap):
-            handle = ctx.step_fn(ctx.source.next())
+            handle = ctx.step_fn(ctx.ring_batch())
             # one step in flight at a time: unsynced, Flax queued 15 steps' inputs
             # here (+230 MiB at dense k=7 b=512) that no training loop would hold
             model.synchronize()

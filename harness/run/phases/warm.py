@@ -15,8 +15,9 @@ from harness.measure.probes import peak_rss_bytes
 from harness.run.compile_cache import compile_cached
 from harness.run.events import emit
 from harness.run.phases.context import LOOP_WARMUP_STEPS, MEMORY_STEPS, PREFETCH_BYTES, CellContext
+from harness.run.phases.leak import LEAK_MIN_STEPS
 from harness.run.phases.parts import CompilePart, StepPlan, WarmupPart
-from harness.run.schedule import budgeted_steps, steps_per_window, warmup_steps
+from harness.run.schedule import LEAK_BUDGET_SHARE, budgeted_steps, steps_per_window, warmup_steps
 
 
 def compile_step(ctx: CellContext) -> CompilePart:
@@ -79,11 +80,15 @@ def plan_steady(ctx: CellContext, warm: WarmupPart) -> StepPlan:
     if budget and plain > 0:
         # planned from the whole iteration: a sub-millisecond step costs less than its RSS sample
         per_step = max(plain, warm.iteration_s)
-        untimed = LOOP_WARMUP_STEPS + (0 if model.device_memory() else MEMORY_STEPS)
+        leak = LEAK_MIN_STEPS if task.leak_steps is None else task.leak_steps
+        untimed = LOOP_WARMUP_STEPS + (0 if model.device_memory() else MEMORY_STEPS) + leak
         heap_planned = 0 if task.heap == "off" else task.heap_steps
-        steps = budgeted_steps(float(budget), time.perf_counter() - ctx.t0, per_step, steps, timed_passes=passes,
+        elapsed = time.perf_counter() - ctx.t0
+        # the leak phase's share, kept back for it to run longer where its series is noisy
+        reserve = LEAK_BUDGET_SHARE * max(0.0, float(budget) - elapsed) if task.leak_steps is None else 0.0
+        steps = budgeted_steps(float(budget) - reserve, elapsed, per_step, steps, timed_passes=passes,
                                untimed_steps=untimed, heap=heap_planned)
     spw = task.steps_per_window or steps_per_window(steps)
     spw = max(1, min(spw, PREFETCH_BYTES // max(1, ctx.batch_bytes)))
     return StepPlan(requested=task.steps, steps=steps, steps_per_window=spw, passes=passes, warmup_steps=warm.steps,
-                    budget_s=budget)
+                    budget_s=budget, step_s=max(plain, warm.iteration_s) if warm.times else float("nan"))

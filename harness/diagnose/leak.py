@@ -29,7 +29,10 @@ Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_t
 4. **Leak** when the whole-window CI low > T, *and* the second-half slope > T (still
    growing at the end, so early growth that plateaued is not a leak), *and* total
    growth over the window > 4 T (more than a few pages; from the median of its first
-   five samples to that of its last five).
+   five samples to that of its last five) and > 3 robust SDs of the series' noise about
+   its line (keras-tensorflow conv-final k=7 b=32 switched between two levels 7.5 MiB
+   apart; with more high samples late, 12 samples read a slope against an 8 KiB T).
+   A slope that passes the first two but not this reads *inconclusive*.
 5. **No leak** when the whole-window CI high < T and the second half grows by at most T
    a batch (a series flat for most of the window that starts to climb at its end - a
    leak that first filled free heap pages - is not "no leak"), or when the second-half
@@ -84,6 +87,8 @@ __all__ = ["LeakVerdict", "floor", "leak_verdict", "scaled_threshold", "threshol
 MAX_FIT_POINTS = 1000
 #: a batch-to-batch increase above median + JUMP_MADS x MAD of the increases is a candidate one-off jump
 JUMP_MADS = 10.0
+#: rule 4's growth must also pass this many robust SDs of the series' noise about its fitted line
+GROWTH_OVER_NOISE = 3.0
 #: a sample this many thresholds off the median of its neighbours is a spike
 SPIKE_OVER_THRESHOLD = 4.0
 #: a series shorter than its ``min_window`` is "inconclusive", but from this many samples its slope's CI is
@@ -300,6 +305,9 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
     # growth between the medians of the first and last five samples: an end sample caught mid-trim moves it less
     ends = min(5, max(1, n // 4))
     fixed_growth = float(np.median(fixed[-ends:]) - np.median(fixed[:ends]))
+    # the noise about the fitted line, robustly: growth that a level switch of this size explains is no trend
+    residuals = fixed - slope * x
+    noise = _MAD_TO_SIGMA * float(np.median(np.abs(residuals - np.median(residuals))))
     notes = ([f"{spikes} spike{'s' if spikes > 1 else ''} set to the median of {'their' if spikes > 1 else 'its'} "
               "neighbours"] if spikes else []) + (
         [f"one {format_bytes(jump)} jump at step {jump_step} set aside"] if jump else [])
@@ -312,13 +320,18 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
                            jump, jump_step, bound_bytes_per_batch=high, detectable_bytes_per_batch=detectable)
 
     per = "/batch"
-    if low > t and second > t and fixed_growth > 4 * t:
+    if low > t and second > t and fixed_growth > max(4 * t, GROWTH_OVER_NOISE * noise):
         return verdict("leak", f"RSS grows {format_bytes(slope)}{per} (95% CI low {format_bytes(low)}{per}) "
                                f"and still {format_bytes(second)}{per} in the second half, above the "
                                f"{format_bytes(t)}{per} threshold")
     if high < t and second <= t:
         return verdict("no leak", f"slope 95% CI high {format_bytes(high)}{per} is below the "
                                   f"{format_bytes(t)}{per} threshold")
+    if low > t and second > t:
+        return verdict("inconclusive", f"RSS grows {format_bytes(slope)}{per} (95% CI low {format_bytes(low)}{per}), "
+                                       f"but its {format_bytes(fixed_growth)} over the window is within "
+                                       f"{GROWTH_OVER_NOISE:g} x its {format_bytes(noise)} noise about the line "
+                                       "(a level the allocator switches to and from); run longer")
     if second <= t / 4:
         return verdict("no leak", f"growth plateaued: second-half slope {format_bytes(second)}{per} is at most "
                                   f"a quarter of the {format_bytes(t)}{per} threshold")

@@ -5,7 +5,7 @@ inside a window can catch that step (or the next one, JAX dispatching ahead) sti
 flight, its activations resident; and the harness allocates and frees each window's
 batches at the boundaries. At dense k=7 b=512 that swung flax's anonymous RSS between
 554 and 802 MiB with the period of the windows, and a 256 KiB-a-batch injected leak read
-"no leak". So the verdict no longer reads the timed windows' samples. This phase, untimed,
+"no leak" (issue 25, measured at bd859c4). So the verdict no longer reads the timed windows' samples. This phase, untimed,
 after the timing:
 
 * trains from the cell's :class:`harness.data.BatchRing` (``CellContext.ring_batch``), a fixed

@@ -5,7 +5,7 @@ cell is ``python -m bench run`` with ``--cell-budget 21``, the share of the CPU 
 budget each of its 20 running cells gets, so the leak phase and the confirmation are sized as they are
 there. With ``--inject-leak 256KiB`` (twice the cell's 128 KiB threshold) every build must read
 "leak (confirmed)" with its slope near 256 KiB a batch; without it, no build may read a leak, confirmed or
-not. The rows are kept under ``reports/out/leakcheck/`` for the figures a note quotes.
+not. The rows are kept under ``reports/out/leakcheck/<session's start>/`` for the figures a note quotes.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "reports" / "out" / "leakcheck"
+#: each session's rows in a folder of their own, so that a second session never meets the first one's run ids
+OUT = REPO / "reports" / "out" / "leakcheck" / time.strftime("%Y%m%d-%H%M%S")
 IMPLS = ["torch", "flax", "keras-jax", "keras-torch"]
 KIB = 1024
 CELL_BUDGET_S = 21

@@ -197,8 +197,8 @@ def print_scenarios(scenarios) -> None:
 
 
 def leak_text(leak: dict) -> str:
-    """The verdict and what its series could see: "no leak above 96 KiB/batch", "inconclusive (could not rule
-    out 2.1 MiB/batch in 13 steps)", "leak (confirmed)"."""
+    """The verdict and what its series could see: "no leak above 3.4 KiB/batch", "inconclusive (could not rule
+    out 23.2 KiB/batch in 12 steps)", "leak (confirmed)"."""
     label, power = leak_label(leak), power_line(leak)
     if label == "no leak" and power.startswith("no leak"):
         return power

@@ -220,7 +220,7 @@ class BatchRing:
     so its footprint is constant. The leak phase (``harness.run.phases.leak``) trains from one,
     so that the RSS it samples moves with the framework and the model, not with a fresh 16 MiB
     array allocated and freed per batch by the harness (``BatchSource.next``), which swung a
-    dense k=7 b=512 cell's RSS by about 120 MiB (issue 25). Its bytes are recorded in the row.
+    dense k=7 b=512 cell's RSS by about 120 MiB (issue 25's measurement). Its bytes are recorded in the row.
     Each slot is overwritten only ``slots`` steps after it was handed out, and every step of the
     leak phase is synchronised before the next, so no step still reads a slot being refilled.
     """

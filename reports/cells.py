@@ -111,8 +111,8 @@ class ImplCell:
     #: the evidence that decided ("rss", "heap", "compile") and the threshold used (None on old rows)
     leak_evidence: list[str] = field(default_factory=list)
     leak_threshold: float | None = None
-    #: what the deciding series could see ("no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch in
-    #: 13 steps": ``harness.diagnose.leak.power_line``), and the smallest leak it flags with 80% power
+    #: what the deciding series could see ("no leak above 3.4 KiB/batch", "could not rule out 23.2 KiB/batch in
+    #: 12 steps": ``harness.diagnose.leak.power_line``), and the smallest leak it flags with 80% power
     leak_power: str = ""
     leak_detectable: float | None = None
     preflight_estimate: float | None = None

@@ -420,8 +420,8 @@ def _joules(value: float | None) -> str:
 
 
 def leak_cell(c: ImplCell) -> str:
-    """The results table's "leak" cell: the verdict with what its series could see ("no leak above 96 KiB/batch,
-    catches 180 KiB/batch"); a row from before the leak phase shows its label alone."""
+    """The results table's "leak" cell: the verdict with what its series could see ("no leak above 3.4 KiB/batch,
+    catches 131.4 KiB/batch"); a row from before the leak phase shows its label alone."""
     if not c.leak_label:
         return "—"
     power = c.leak_power

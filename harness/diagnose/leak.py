@@ -43,7 +43,8 @@ Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_t
 standard error SE = (CI high - CI low) / (2 x 1.96), and two figures a user can read:
 
 * ``bound_bytes_per_batch``: the CI's high end, the largest leak a batch the series cannot rule
-  out ("no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch in 13 steps");
+  out ("no leak above 3.4 KiB/batch", "could not rule out 23.2 KiB/batch in 12 steps": torch dense k=7
+  b=512 and keras-tensorflow conv-final k=7 b=32, measured on a 2-core CPU on 2026-12-07);
 * ``detectable_bytes_per_batch``: T + (1.96 + 0.84) SE, the smallest leak a batch that rule 4
   flags with 80% power on a series this noisy and this long (its estimate must clear T by 1.96 SE,
   and does so 80% of the time when the true slope sits 0.84 SE further up).
@@ -162,8 +163,8 @@ def steps_for(target: float, threshold: float, detectable: float, n: int) -> int
 
 
 def power_line(leak: dict[str, Any] | None) -> str:
-    """What a verdict could see, in a phrase: "no leak above 96 KiB/batch", "could not rule out 2.1 MiB/batch
-    in 13 steps", "catches 180 KiB/batch" (an empty string for a row from before bounds were stored)."""
+    """What a verdict could see, in a phrase: "no leak above 3.4 KiB/batch", "could not rule out 23.2 KiB/batch
+    in 12 steps", "at least 253.0 KiB/batch" (a leak); an empty string for a row from before bounds were stored."""
     leak = leak or {}
     bound, n = leak.get("bound_bytes_per_batch"), leak.get("judged_steps")
     verdict = leak.get("verdict")

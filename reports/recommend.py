@@ -88,7 +88,7 @@ def recommend_cells(cells: list[ImplCell]) -> Recommendation:
             f" had a faster median ({', '.join(fmt_time(c.median_s) for c in leaking_faster)}) but leaks (confirmed)."
     if unconfirmed:
         tail += " Warning: leak not confirmed for " + "; ".join(
-            f"{c.label} ({fmt_rate(c.slope)} in the steady window; {short(c.leak_reason, 200) or 'no reason given'})"
+            f"{c.label} ({fmt_rate(c.slope)} in the leak phase; {short(c.leak_reason, 200) or 'no reason given'})"
             for c in unconfirmed) + ", so it stays eligible."
     if inconclusive:
         tail += " Leak verdict inconclusive for " + "; ".join(

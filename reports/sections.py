@@ -97,8 +97,10 @@ def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir
           "the preflight memory estimate over the measured peak. The anon RSS slope is the Theil-Sen slope of "
           "anonymous RSS per batch over the leak phase (untimed, synchronised steps from a fixed ring of host "
           "buffers), with its 95% CI; \"leak\" is the verdict on all the evidence "
-          "(that slope, the Python heap, compile counters) against a threshold scaled to the batch, and a leak reads "
-          "\"(confirmed)\" or \"(not confirmed)\" after an untimed confirmation phase. Beside it, what the series "
+          "(that slope, the Python heap, compile counters) against a threshold scaled to the batch; a leak is "
+          "\"(confirmed)\" by an untimed confirmation phase, reads what that longer phase found where it refutes it, "
+          "and \"(not confirmed)\" where none ran. Where RSS churns, the CI is widened to the series' step noise. "
+          "Beside it, what the series "
           "could see: the largest leak it cannot rule out (\"no leak above\", \"could not rule out\"), and "
           "\"catches\", the smallest leak a batch it flags with 80% power on its own noise and length. "
           "\"TFLOP/s\" is the dense and conv FLOPs of one "
@@ -317,8 +319,8 @@ def section_diagnosis(doc: Doc, rows: list[dict], grouped: dict, multi_hash: boo
     unconfirmed = [(f"{c.label} at {title(k)}, batch {b}", c) for k, bb in grouped.items()
                    for b, cs in bb.items() for c in cs if c.status == "ok" and c.unconfirmed_leak]
     if unconfirmed:
-        doc.p("Warning, leak not confirmed (the leak phase read a leak that the confirmation phase did not "
-              "confirm, or the row predates confirmations; such a row stays eligible):")
+        doc.p("Warning, leak not confirmed (the leak phase read a leak and no confirmation ran: it was off, "
+              "its budget was spent, or the row predates confirmations; such a row stays eligible):")
         doc.ul([f"{w}: {fmt_rate(c.slope)} in the leak phase. {c.leak_reason or 'no reason given'}"
                 for w, c in unconfirmed])
     inconclusive = [((c.label, title(k), b), c.leak_reason or "no reason given") for k, bb in grouped.items()

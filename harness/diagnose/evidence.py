@@ -36,13 +36,18 @@ Signals on the rest:
   fifth step on, so a loop that first calls the plain step there may compile it once).
 
 Any signal: the leak is **confirmed** ("leak (confirmed)": the only leak that excludes a
-row from a recommendation). None: **not confirmed**; the verdict stays "leak" and the row
-reads "leak (not confirmed)", a warning. A cell pending only because its evidence
-disagreed reads "no leak" when the confirmation finds RSS "no leak" and the heap flat (or
-untraced), "leak (confirmed)" on a signal, and stays "inconclusive" otherwise.
+row from a recommendation). None: the leak phase's leak is **refuted**, and the row reads what
+the longer series found: "no leak" when its RSS reads "no leak" and the heap is flat (or
+untraced), "inconclusive" otherwise, with ``confirmed`` False and ``phase_verdict`` "leak" (a clean
+keras-tensorflow conv-final k=7 b=32 cell's 12-step leak phase read 65 KiB/batch of allocator creep
+after a 31.6 MiB arena jump, on a 8 KiB threshold; its confirmation saw none of it). A "leak" with no
+confirmation behind it (``--confirm off``, or no budget left) reads "leak (not confirmed)", a warning.
+A cell pending only because its evidence disagreed reads "no leak" when the confirmation finds RSS
+"no leak" and the heap flat (or untraced), "leak (confirmed)" on a signal, and stays "inconclusive" otherwise.
 
 Rows keep ``verdict`` ("leak", "no leak", "inconclusive"), and add ``confirmed`` (True,
-False, or None where no confirmation ran), ``label``, ``evidence`` (the witnesses that
+False, or None where no confirmation ran), ``phase_verdict`` (the leak phase's, before a confirmation
+settled it), ``label``, ``evidence`` (the witnesses that
 decided: "rss", "heap", "compile"), ``decided_by`` ("leak phase" or "confirmation"; rows from before
 the leak phase read "steady window"), ``rss_verdict`` (the leak phase's RSS alone), the power of the
 deciding series (``bound_bytes_per_batch``, ``detectable_bytes_per_batch``, ``judged_steps``:
@@ -222,11 +227,16 @@ def settle(steady: dict[str, Any], confirmation: dict[str, Any] | None) -> dict[
     signals = confirmation["signals"]
     head = f"confirmation ({confirmation['steps']} untimed steps"
     head += f", stopped by {confirmation['stopped_by']})" if confirmation.get("stopped_by") else ")"
-    if steady["verdict"] == "leak":
-        out["confirmed"] = bool(signals)
-        out["evidence"] = signals if signals else _refuting(confirmation)
-        word = "confirms" if signals else "does not confirm"
-        out["reason"] = f"{head} {word} it: {confirmation['reason']} Leak phase: {steady['reason']}"
+    out["phase_verdict"] = steady["verdict"]
+    if steady["verdict"] == "leak" and signals:
+        out["confirmed"] = True
+        out["evidence"] = signals
+        out["reason"] = f"{head} confirms it: {confirmation['reason']} Leak phase: {steady['reason']}"
+    elif steady["verdict"] == "leak":
+        # the longer series outweighs the short one: the row reads what the confirmation found
+        out.update(verdict=confirmation["verdict"], confirmed=False, evidence=_refuting(confirmation),
+                   reason=f"{head} does not confirm the leak phase's leak and reads {confirmation['verdict']}: "
+                          f"{confirmation['reason']} Leak phase: {steady['reason']}")
     elif signals:
         out.update(verdict="leak", confirmed=True, evidence=signals,
                    reason=f"{head} finds a leak: {confirmation['reason']} Leak phase: {steady['reason']}")

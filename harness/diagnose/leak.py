@@ -25,7 +25,15 @@ Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_t
    read -1.3 MiB/batch, and an injected 256 KiB/batch read "inconclusive".)
 3. **Slopes.** Theil-Sen (median of all pairwise slopes; robust to outliers and to
    the 4 KiB steps of quantised RSS) over the whole window, with its 95% CI, and
-   separately over each half of the window.
+   separately over each half of the window. **Churn** bounds that CI: the series' step noise
+   (:func:`step_noise`, the robust SD of its changes) gives a least-squares slope CI
+   (:func:`churn_ci_half_width`), and the wider of the two is the slope's. Where more than a quarter
+   of the samples are spikes, they are no outliers but the series' churn: no spike is set aside,
+   and the reason says how much RSS churns. (Clean flax conv-final k=7 b=32 leak phases moved
+   RSS by 28-51 MiB from step to step; a running median of five smoothed that into a line, and
+   12 steps read "leak" at 6.7 MiB/batch, CI low 4.1 MiB, against an 8 KiB threshold. Now they
+   read "could not rule out 7.5-18.7 MiB/batch".) The plateau rule of 5 needs the second half's
+   slope below T by that half's churn CI too.
 4. **Leak** when the whole-window CI low > T, *and* the second-half slope > T (still
    growing at the end, so early growth that plateaued is not a leak), *and* total
    growth over the window > 4 T (more than a few pages; from the median of its first
@@ -36,7 +44,7 @@ Rule, in order (T = ``threshold_bytes_per_batch``; a cell passes :func:`scaled_t
 5. **No leak** when the whole-window CI high < T and the second half grows by at most T
    a batch (a series flat for most of the window that starts to climb at its end - a
    leak that first filled free heap pages - is not "no leak"), or when the second-half
-   slope is <= T/4 (the growth has plateaued).
+   slope is <= T/4 and its churn CI's high end <= T (the growth has plateaued).
 6. Otherwise **inconclusive** (a slow or irregular trend: run longer to decide).
 
 **Every verdict states its power.** From the slope's 95% CI the verdict derives the slope's
@@ -81,7 +89,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LeakVerdict", "floor", "leak_verdict", "scaled_threshold", "threshold_rule", "attribute_growth", "format_bytes",
-           "detectable_leak", "power_line", "steps_for", "CAUSES", "FIXES", "POWER"]
+           "detectable_leak", "power_line", "churn_ci_half_width", "slope_se", "step_noise", "steps_for", "CAUSES",
+           "FIXES", "POWER"]
 
 #: Theil-Sen keeps every pairwise slope (O(n^2) memory); longer windows are thinned to this many evenly
 #: spaced samples, which leaves the slope unbiased and only widens its CI a little
@@ -95,6 +104,9 @@ SPIKE_OVER_THRESHOLD = 4.0
 #: a series shorter than its ``min_window`` is "inconclusive", but from this many samples its slope's CI is
 #: still computed, so the row can say what it could not rule out
 SHORT_FIT_MIN = 6
+#: up to this share of a window's samples, spikes are outliers the filter sets aside; beyond it they are the
+#: series' own churn, and its step noise is taken with them (:func:`step_noise`)
+MAX_SPIKE_SHARE = 0.25
 #: neighbours on each side that a sample's spike test looks at
 SPIKE_HALF_WINDOW = 2
 _MAD_TO_SIGMA = 1.4826
@@ -132,6 +144,10 @@ class LeakVerdict:
     bound_bytes_per_batch: float = math.nan
     #: the smallest leak a batch rule 4 flags with ``POWER`` on this window's noise and length
     detectable_bytes_per_batch: float = math.nan
+    #: the robust SD of the window's step-to-step changes over sqrt 2 (:func:`step_noise`); NaN if too short
+    step_noise_bytes: float = math.nan
+    #: what the slope's CI came from: "theil-sen" (its own CI) or "step noise" (wider: the series churns)
+    ci_from: str = "theil-sen"
 
     @property
     def judged_steps(self) -> int:
@@ -150,6 +166,46 @@ def detectable_leak(threshold: float, ci_low: float, ci_high: float) -> float:
         return math.nan
     se = max(0.0, ci_high - ci_low) / (2 * _Z_CI)
     return float(threshold + (_Z_CI + _Z_POWER) * se)
+
+
+def step_noise(y: np.ndarray, lag: int = 1) -> float:
+    """The series' noise about any smooth trend: the robust SD (1.4826 MAD) of its changes over ``lag`` steps,
+    over sqrt 2 (a change is the difference of two independent draws). A trend moves every change alike and
+    drops out with the median; an isolated spike or one arena jump moves one or two changes, which the median
+    ignores; an allocator that returns and retakes hundreds of MiB every few steps moves most of them.
+    A floored series (:func:`floor`) repeats a sample for ``lag - 1`` steps, so its changes are taken ``lag``
+    apart: over one step, every other change of a floor over 2 is zero and the MAD would halve the churn (a clean
+    flax conv-final k=7 b=32 leak phase read 10.5 MiB that way, 47 MiB over two steps)."""
+    y = np.asarray(y, dtype=float)
+    lag = max(1, int(lag))
+    if y.size <= lag:
+        return math.nan
+    d = y[lag:] - y[:-lag]
+    if d.size < 2:
+        return math.nan
+    return float(_MAD_TO_SIGMA * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+
+
+def slope_se(noise: float, n: int) -> float:
+    """The least-squares slope's standard error over ``n`` evenly spaced samples with independent noise of
+    SD ``noise``: noise / sqrt(n (n^2 - 1) / 12). It falls as n^-3/2, which :func:`steps_for` relies on."""
+    if n < 3 or not math.isfinite(noise):
+        return 0.0
+    return float(noise / math.sqrt(n * (n * n - 1) / 12.0))
+
+
+def churn_ci_half_width(noise: float, n: int, floor_window: int = 1) -> float:
+    """Half the 95% CI of a slope over ``n`` samples whose step noise is ``noise``: Student's t on n - 2 degrees
+    of freedom times :func:`slope_se`, times sqrt(``floor_window``), because a floor over w steps makes
+    neighbours share draws (a moving window's variance inflation is at most w). Checked by simulation
+    (``tests/diagnose/test_leak_power.py::test_churn_ci_holds_its_coverage``): on independent normal and
+    Student-t(3) noise, 12 to 48 samples, floors over 1 and 2 steps, the slope falls outside it about 5% of the
+    time, as a 95% CI should."""
+    if n < 3 or not math.isfinite(noise):
+        return 0.0
+    from scipy import stats  # on first use, as in _theil
+
+    return float(stats.t.ppf(0.975, n - 2) * math.sqrt(max(1, int(floor_window))) * slope_se(noise, n))
 
 
 def steps_for(target: float, threshold: float, detectable: float, n: int) -> int | None:
@@ -291,34 +347,56 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
     if n < max(int(min_window), 2):
         # too short for a verdict; from SHORT_FIT_MIN samples the slope's CI still bounds what it could see
         slope, low, high = _theil(y, x) if n >= SHORT_FIT_MIN else (nan, nan, nan)
+        churn = step_noise(y, floor_window) if n >= SHORT_FIT_MIN else nan
+        churned = churn_ci_half_width(churn, n, floor_window) > (high - low) / 2
+        if churned:
+            low, high = slope - churn_ci_half_width(churn, n, floor_window), slope + churn_ci_half_width(
+                churn, n, floor_window)
         return LeakVerdict("inconclusive", slope, low, high, nan, nan, (start, stop), growth,
                            f"only {n} samples after {start} warm-up steps, fewer than the {min_window} needed "
                            "to tell a trend from noise; run more steps", bound_bytes_per_batch=high,
-                           detectable_bytes_per_batch=detectable_leak(t, low, high))
+                           detectable_bytes_per_batch=detectable_leak(t, low, high), step_noise_bytes=churn,
+                           ci_from="step noise" if churned else "theil-sen")
 
     despiked, spikes = _remove_spikes(y, t)
+    if spikes > n * MAX_SPIKE_SHARE:
+        # not outliers but the series' own churn: a running median of it would fake a smooth line, so the
+        # series is fitted as it is, and its churn bounds the slope's CI (rule 3, second part)
+        despiked, spikes, churning = y, 0, True
+    else:
+        churning = False
     fixed, jump, jump_at = _remove_one_jump(despiked, t, lag=max(1, int(floor_window)))
     jump_step = None if jump_at is None else start + jump_at
     slope, low, high = _theil(fixed, x)
+    churn = step_noise(fixed, floor_window)
+    churn_half = churn_ci_half_width(churn, n, floor_window)
+    churned = churn_half > (high - low) / 2
+    if churned:
+        low, high = slope - churn_half, slope + churn_half
     half = n // 2
     first = _theil(fixed[:half], x[:half])[0]
     second = _theil(fixed[half:], x[half:])[0]
+    second_half_width = churn_ci_half_width(churn, n - half, floor_window)
     # growth between the medians of the first and last five samples: an end sample caught mid-trim moves it less
     ends = min(5, max(1, n // 4))
     fixed_growth = float(np.median(fixed[-ends:]) - np.median(fixed[:ends]))
     # the noise about the fitted line, robustly: growth that a level switch of this size explains is no trend
     residuals = fixed - slope * x
     noise = _MAD_TO_SIGMA * float(np.median(np.abs(residuals - np.median(residuals))))
+    churn_note = (f"; RSS churns by {format_bytes(churn)} from step to step (robust SD of its changes; the allocator "
+                  f"returns and retakes pages), so {n} steps resolve no less than {format_bytes(high - slope)}/batch "
+                  "either side of the slope") if churned or churning else ""
     notes = ([f"{spikes} spike{'s' if spikes > 1 else ''} set to the median of {'their' if spikes > 1 else 'its'} "
               "neighbours"] if spikes else []) + (
         [f"one {format_bytes(jump)} jump at step {jump_step} set aside"] if jump else [])
-    jump_note = f" (after {' and '.join(notes)})" if notes else ""
+    jump_note = (f" (after {' and '.join(notes)})" if notes else "") + churn_note
 
     detectable = detectable_leak(t, low, high)
 
     def verdict(v: str, reason: str) -> LeakVerdict:
         return LeakVerdict(v, slope, low, high, first, second, (start, stop), growth, reason + jump_note,
-                           jump, jump_step, bound_bytes_per_batch=high, detectable_bytes_per_batch=detectable)
+                           jump, jump_step, bound_bytes_per_batch=high, detectable_bytes_per_batch=detectable,
+                           step_noise_bytes=churn, ci_from="step noise" if churned else "theil-sen")
 
     per = "/batch"
     if low > t and second > t and fixed_growth > max(4 * t, GROWTH_OVER_NOISE * noise):
@@ -333,7 +411,7 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
                                        f"but its {format_bytes(fixed_growth)} over the window is within "
                                        f"{GROWTH_OVER_NOISE:g} x its {format_bytes(noise)} noise about the line "
                                        "(a level the allocator switches to and from); run longer")
-    if second <= t / 4:
+    if second <= t / 4 and second + second_half_width <= t:
         return verdict("no leak", f"growth plateaued: second-half slope {format_bytes(second)}{per} is at most "
                                   f"a quarter of the {format_bytes(t)}{per} threshold")
     return verdict("inconclusive", f"slope {format_bytes(slope)}{per} (95% CI {format_bytes(low)} to "

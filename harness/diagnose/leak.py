@@ -385,7 +385,7 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
     noise = _MAD_TO_SIGMA * float(np.median(np.abs(residuals - np.median(residuals))))
     churn_note = (f"; RSS churns by {format_bytes(churn)} from step to step (robust SD of its changes; the allocator "
                   f"returns and retakes pages), so {n} steps resolve no less than {format_bytes(high - slope)}/batch "
-                  "either side of the slope") if churned or churning else ""
+                  "either side of the slope") if churning or (churned and churn_half > t) else ""
     notes = ([f"{spikes} spike{'s' if spikes > 1 else ''} set to the median of {'their' if spikes > 1 else 'its'} "
               "neighbours"] if spikes else []) + (
         [f"one {format_bytes(jump)} jump at step {jump_step} set aside"] if jump else [])

@@ -38,7 +38,7 @@ import numpy as np
 
 from harness.diagnose.memory import MODEL, estimate_memory, fitted_bytes
 from harness.diagnose.preflight import tensor_table
-from harness.measure.host_peak import STANDIN_METHOD, held_bytes
+from harness.measure.host_peak import held_bytes
 from harness.row import Memory, Row, parse_row
 from harness.spec.presets import resolve_spec
 from harness.spec.schema import canonical_kmer_count
@@ -58,7 +58,7 @@ def measured_peak(row: Row | dict[str, Any]) -> tuple[int | None, str]:
     extra = m.rest
     if (m.device or {}).get("peak_bytes"):
         return int(m.device["peak_bytes"]), "allocator peak"
-    if extra.get("standin_method", 1) >= STANDIN_METHOD:
+    if extra.get("standin_method", 1) >= 2:  # method 2 on: the row stores its peak (1 needs recomputing)
         if extra.get("peak_floor_applied"):
             return None, "the floor applied: a bound, not a measurement"
         v = m.peak_bytes

@@ -57,6 +57,8 @@ class CellTask(BareTask):
     heap_steps: int | None = None
     #: load the shared canonical initial weights (parity of starting points); a sweep probe skips it
     shared_init: bool = True
+    #: train a tiny model of the adapter first, to measure the runtime's footprint (harness.run.phases.footprint)
+    warm_runtime: bool = True
     #: a max-batch sweep probe (part of the cell's identity, so a probe never resumes a matrix cell)
     sweep: bool = False
     #: the adapter's training loop to time (``VAEAdapter.loops``; Keras: "fit" or "train_on_batch");

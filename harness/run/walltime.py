@@ -35,7 +35,10 @@ def wall_breakdown(events: list[dict[str, Any]], wall_s: float, result: dict[str
     if "build" in out and isinstance(result.get("import_s"), (int, float)):
         # the worker's clock splits the build stretch: the framework import, then model and data
         imp = float(result["import_s"])
+        run = float(result.get("runtime_s") or 0.0)  # the runtime warm-up (harness.run.phases.footprint)
         out["import"] = imp
-        out["build"] = max(0.0, out["build"] - imp)
+        if run:
+            out["runtime"] = run
+        out["build"] = max(0.0, out["build"] - imp - run)
     out["total"] = wall_s
     return {k: round(v, 3) for k, v in out.items()}

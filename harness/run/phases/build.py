@@ -12,6 +12,7 @@ from harness.measure.probes import RssSampler, proc_status, reset_peak_rss
 from harness.measure.tracker import CompileCounters
 from harness.run.events import emit
 from harness.run.phases.context import CellContext, InjectedLeak, WrongParamCount
+from harness.run.phases.footprint import import_harness_modules, warm_up_runtime
 from harness.run.phases.parts import BuildPart
 from harness.run.task import CellTask
 from harness.spec.params import count_params
@@ -23,17 +24,19 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     """The cell's context and what building it took; the compile step's peak RSS starts after it."""
     spec = VAESpec.from_dict(task.spec)
     emit(phase="build")
+    harness_anon = import_harness_modules()  # before t0: the harness's own, not the framework's
     t0 = time.perf_counter()
     cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
     import_s = time.perf_counter() - t0
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
+    runtime_anon, runtime_s, runtime_error = _warmed(cls, spec, task)
     model = _built(cls, spec, task)
     if task.loop:
         model.use_loop(task.loop)
     counts, expected = model.param_counts(), count_params(spec)
     if _differ(counts, expected):
         raise WrongParamCount(_wrong_count(task.impl, counts, expected))
-    build_s = time.perf_counter() - t0
+    build_s = time.perf_counter() - t0 - runtime_s
     source = make_source(task.kmer, task.batch, task.data, task.columns, seed=spec.settings.seed,
                          width=spec.input_length)
     reset_peak_rss()  # the compile step's peak starts here, after build and the shared weights
@@ -44,7 +47,22 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
                       rss=RssSampler(), counters=CompileCounters(model.counters), t0=t0)
     ctx.rss.start()
     return ctx, BuildPart(import_s=import_s, build_s=build_s, import_anon=import_anon, counts=counts,
-                          expected=expected)
+                          expected=expected, harness_anon=harness_anon, runtime_anon=runtime_anon, runtime_s=runtime_s,
+                          runtime_error=runtime_error)
+
+
+def _warmed(cls: Any, spec: VAESpec, task: CellTask) -> tuple[int | None, float, str | None]:
+    """The runtime's footprint (``harness.run.phases.footprint``), or (None, 0, why) where the task turns the
+    warm-up off or the adapter cannot train the tiny model (a plug-in bound to its own layers): the cell runs on,
+    and its estimate has no measured constant."""
+    if not task.warm_runtime:
+        return None, 0.0, "off"
+    t0 = time.perf_counter()
+    try:
+        anon, seconds = warm_up_runtime(cls, spec)
+    except Exception as exc:  # noqa: BLE001 - a footprint it cannot take is a missing figure, not a failed cell
+        return None, time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return anon, seconds, None
 
 
 def _built(cls: Any, spec: VAESpec, task: CellTask) -> Any:

@@ -33,6 +33,12 @@ class BuildPart:
     import_anon: int
     counts: ParamCounts
     expected: ParamCounts
+    #: RssAnon with the harness's own modules loaded, before the framework (``harness.run.phases.footprint``)
+    harness_anon: int = 0
+    #: RssAnon after the runtime warm-up, and its seconds; None (and why) where it did not run
+    runtime_anon: int | None = None
+    runtime_s: float = 0.0
+    runtime_error: str | None = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ def cell_payload(ctx: CellContext, parts: CellParts) -> dict[str, Any]:
         "pid": os.getpid(),
         "import_s": p.build.import_s,
         "build_s": p.build.build_s,
+        "runtime_s": p.build.runtime_s,
         "compile_s": p.compiled.seconds,
         "compile_cached": p.compiled.cached,
         "warmup_step_times_s": p.warmup.times,
@@ -71,6 +72,12 @@ def _memory(p: CellParts) -> dict[str, Any]:
         "nvml_bytes": p.figures.nvml,
         "peak_rss_bytes": p.memory.peak_rss,
         "import_anon_bytes": p.build.import_anon,
+        "harness_anon_bytes": p.build.harness_anon,
+        "runtime_anon_bytes": p.build.runtime_anon,
+        # the framework's footprint past its import: the memory estimate's measured constant
+        "runtime_footprint_bytes": None if p.build.runtime_anon is None else max(
+            0, p.build.runtime_anon - p.build.import_anon),
+        "runtime_warm_up": {"seconds": round(p.build.runtime_s, 3), "error": p.build.runtime_error},
         "training_peak_rss_bytes": standin.training_bytes,
         "compile_peak_rss_bytes": standin.compile_bytes,
         "memory_phase_steps": p.memory.steps,

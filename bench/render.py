@@ -128,9 +128,18 @@ def print_preflight(rep, show_all: bool = True) -> None:
         table.add_row(t.pass_, t.layer, t.kind, "×".join(map(str, t.shape)), f"{t.elements:,}", _bytes(t.bytes), flag)
     console.print(table)
     e = rep.estimate
-    console.print(f"training memory estimate: {_bytes(e.train_bytes)} = state {_bytes(e.state_bytes)} "
-                  f"(weights, grads, Adam m and v) + activations {_bytes(e.activation_bytes)} + "
-                  f"workspace {_bytes(e.workspace_bytes)} (2 x largest activation or 2 x weights, the larger)")
+    if e.fitted_bytes is not None and e.factors:
+        f = e.factors
+        interval = (f"; {_bytes(e.interval_bytes[0])} to {_bytes(e.interval_bytes[1])} from the fit's held-out specs"
+                    if e.interval_bytes else "")
+        console.print(f"training memory estimate ({f['impl']} on {f['device']}): {_bytes(e.train_bytes)} = "
+                      f"{f['f_state']:.2f} x state {_bytes(e.state_bytes)} + {f['f_activation']:.2f} x activations "
+                      f"{_bytes(e.activation_bytes)} + runtime {_bytes(f.get('constant_used_bytes') or 0)} "
+                      f"({f.get('constant_from', 'fitted')}){interval}")
+    else:
+        console.print(f"training memory estimate: {_bytes(e.train_bytes)} = state {_bytes(e.state_bytes)} "
+                      f"(weights, grads, Adam m and v) + activations {_bytes(e.activation_bytes)} + "
+                      f"workspace {_bytes(e.workspace_bytes)} (2 x largest activation or 2 x weights, the larger)")
     if rep.eval_batch:
         console.print(f"eval memory estimate: {_bytes(e.eval_bytes)}")
     avail = _bytes(rep.available_bytes) if rep.available_bytes else "unknown"

@@ -18,6 +18,19 @@ across a step). They are fitted, not guessed: ``python -m bench fit-memory`` fit
 measured cells (:mod:`harness.diagnose.memory_fit`) and writes the file with the device,
 framework versions and cells they came from. An impl or device kind without a fit (a plug-in
 adapter) keeps the framework-free estimate.
+
+**The constant is measured** where the fit's rows carry it (CPU fits since issue 25): each worker
+measures its framework's footprint past the import, after a tiny model's first steps and before the
+cell's model is built (``harness.run.phases.footprint``). Only the two factors are fitted then, on
+what each cell measured past its own worker's footprint; the estimate's constant is this machine's
+latest footprint readings (``harness.diagnose.footprints``), else the median of the fit's workers'.
+At small k the constant is most of a cell (the runtime's 60-70 MiB against a few MiB of model): a
+constant fitted to k=7 cells on another machine was off by 100-190 MiB there.
+
+**An interval.** Such a fit is validated leave one spec out (``held_out``): every spec's cells are
+estimated from the other specs' fit, and the least and greatest of those held-out ratios bound what
+a new spec's estimate E stands for: a measured peak between E / ratio_high and E / ratio_low
+(``interval_bytes``). Preflight's memory verdict compares the high end (``upper_bytes``).
 """
 
 from __future__ import annotations
@@ -43,6 +56,13 @@ class MemoryEstimate:
     fitted_bytes: int | None = None
     #: the fit applied: impl, device, factors and where they came from
     factors: dict[str, Any] | None = None
+    #: the interval the fit's held-out cells give the estimate: (low, high) bytes; None without one
+    interval_bytes: tuple[int, int] | None = None
+
+    @property
+    def upper_bytes(self) -> int:
+        """The interval's high end where there is one: what preflight's memory verdict compares."""
+        return self.interval_bytes[1] if self.interval_bytes else self.train_bytes
 
     @property
     def framework_free_bytes(self) -> int:
@@ -53,7 +73,8 @@ class MemoryEstimate:
         return self.fitted_bytes if self.fitted_bytes is not None else self.framework_free_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "framework_free_bytes": self.framework_free_bytes, "train_bytes": self.train_bytes}
+        return {**asdict(self), "framework_free_bytes": self.framework_free_bytes, "train_bytes": self.train_bytes,
+                "upper_bytes": self.upper_bytes}
 
 
 def device_kind(device: str | None) -> str | None:
@@ -92,9 +113,25 @@ def impl_factors(impl: str | None, device: str | None, factors: dict[str, Any] |
     return None
 
 
-def fitted_bytes(fit: dict[str, Any], state_bytes: float, activation_bytes: float) -> float:
-    """:data:`MODEL` for one fit."""
-    return fit["f_state"] * state_bytes + fit["f_activation"] * activation_bytes + fit["constant_bytes"]
+def fitted_bytes(fit: dict[str, Any], state_bytes: float, activation_bytes: float,
+                 constant: float | None = None) -> float:
+    """:data:`MODEL` for one fit; ``constant`` replaces the fit's own where given (a footprint measured here)."""
+    const = fit["constant_bytes"] if constant is None else constant
+    return fit["f_state"] * state_bytes + fit["f_activation"] * activation_bytes + const
+
+
+def _constant(fit: dict[str, Any], impl: str, device: str | None) -> tuple[float, str]:
+    """The constant and where it came from: this machine's measured footprint (``harness.diagnose.footprints``),
+    else the median the fit's workers measured, else (an older fit) the fitted one."""
+    if fit.get("constant") != "measured":
+        return float(fit["constant_bytes"]), "fitted"
+    if device_kind(device) == "cpu":
+        from harness.diagnose.footprints import local_footprint
+
+        local = local_footprint(impl)
+        if local is not None:
+            return float(local), "measured on this machine"
+    return float(fit["constant_bytes"]), f"measured on {fit.get('device_name') or 'the fit machine'}"
 
 
 def estimate_memory(tensors: list[Any], impl: str | None = None, device: str | None = None,
@@ -113,7 +150,12 @@ def estimate_memory(tensors: list[Any], impl: str | None = None, device: str | N
     est = MemoryEstimate(state, activation, workspace, eval_bytes)
     fit = impl_factors(impl, device, factors)
     if fit is not None:
-        est.fitted_bytes = int(round(fitted_bytes(fit, state, activation)))
+        constant, constant_from = _constant(fit, str(impl), device)
+        est.fitted_bytes = int(round(fitted_bytes(fit, state, activation, constant)))
         est.factors = {k: fit.get(k) for k in ("impl", "device", "device_name", "f_state", "f_activation",
-                                               "constant_bytes", "versions", "source")}
+                                               "constant_bytes", "versions", "source", "held_out")}
+        est.factors.update(constant_used_bytes=int(round(constant)), constant_from=constant_from)
+        held = fit.get("held_out") or {}
+        if held.get("ratio_low") and held.get("ratio_high"):
+            est.interval_bytes = (int(est.fitted_bytes / held["ratio_high"]), int(est.fitted_bytes / held["ratio_low"]))
     return est

@@ -45,6 +45,8 @@ from harness.spec.schema import canonical_kmer_count
 
 RIDGE = 0.01
 PRIOR = (1.0, 1.0, 0.0)
+#: the estimate / measured band a held-out cell should fall in (issue 25's acceptance)
+BAND = (0.70, 1.30)
 
 
 class FitError(ValueError):
@@ -118,15 +120,30 @@ def cells_from_rows(rows: Iterable[Row | dict[str, Any]], run_id: str | None = N
             "device_name": gpus[0].get("name") if gpus and kind == "gpu" else fp.get("cpu_model"),
             "spec": ident.spec_name, "kmer": ident.kmer, "batch": ident.batch, "run_id": ident.run_id,
             "measured_bytes": meas, "measured_source": how, "state_bytes": terms[0], "activation_bytes": terms[1],
+            "footprint_bytes": (r.memory.rest.get("runtime_footprint_bytes") if r.memory else None),
             "versions": r.build.versions or {}, "git_commit": fp.get("git_commit"),
         })
     return cells, skipped
 
 
+def measured_constant(cells: list[dict[str, Any]]) -> bool:
+    """Whether every cell carries its worker's runtime footprint: then the constant is measured, not fitted."""
+    return bool(cells) and all(isinstance(c.get("footprint_bytes"), (int, float)) for c in cells)
+
+
 def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> tuple[float, float, float]:
+    """(f_state, f_activation, constant). With measured footprints only the two factors are fitted, on what each
+    cell measured past its own worker's footprint, and the constant is the footprints' median."""
     from scipy.optimize import lsq_linear
 
     y = np.array([c["measured_bytes"] for c in cells], float)
+    if measured_constant(cells):
+        fp = np.array([c["footprint_bytes"] for c in cells], float)
+        x = np.array([[c["state_bytes"], c["activation_bytes"]] for c in cells], float) / y[:, None]
+        pen = np.sqrt(ridge) * np.eye(2)
+        sol = lsq_linear(np.vstack([x, pen]), np.concatenate([1.0 - fp / y, pen @ np.array(PRIOR[:2])]),
+                         bounds=(0.0, np.inf)).x
+        return float(sol[0]), float(sol[1]), float(np.median(fp))
     scale = float(np.median(y))
     # unknowns: f_state, f_activation, constant as a fraction of the median cell
     x = np.array([[c["state_bytes"], c["activation_bytes"], scale] for c in cells], float) / y[:, None]
@@ -140,8 +157,10 @@ def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> tuple[float, fl
 def fit_group(cells: list[dict[str, Any]], source: str | None = None, ridge: float = RIDGE) -> dict[str, Any]:
     """One (impl, device) fit with its cells' ratios (estimate / measured)."""
     f_s, f_a, const = _solve(cells, ridge)
+    measured = measured_constant(cells)
     fit = {"impl": cells[0]["impl"], "device": cells[0]["device"], "device_name": cells[0]["device_name"],
            "f_state": round(f_s, 4), "f_activation": round(f_a, 4), "constant_bytes": int(round(const)),
+           "constant": "measured" if measured else "fitted",
            "versions": cells[0]["versions"], "source": source, "run_ids": sorted({str(c["run_id"]) for c in cells}),
            "git_commits": sorted({str(c["git_commit"]) for c in cells if c.get("git_commit")})}
     out = []
@@ -150,13 +169,38 @@ def fit_group(cells: list[dict[str, Any]], source: str | None = None, ridge: flo
         cell = {k: c[k] for k in ("spec", "kmer", "batch", "measured_bytes", "measured_source", "state_bytes",
                                   "activation_bytes")}
         cell.update(estimate_bytes=int(round(est)), ratio=round(est / c["measured_bytes"], 3))
-        if len(cells) >= 3:
+        if measured:
+            cell["footprint_bytes"] = int(c["footprint_bytes"])
+        if len(cells) >= 3 and not measured:
             rest = cells[:i] + cells[i + 1:]
             g = dict(zip(("f_state", "f_activation", "constant_bytes"), _solve(rest, ridge), strict=True))
             cell["loo_ratio"] = round(fitted_bytes(g, c["state_bytes"], c["activation_bytes"]) / c["measured_bytes"], 3)
         out.append(cell)
     fit["cells"] = out
+    if measured:
+        _held_out_by_spec(fit, cells, ridge)
     return fit
+
+
+def _held_out_by_spec(fit: dict[str, Any], cells: list[dict[str, Any]], ridge: float) -> None:
+    """Leave one spec out: each spec's cells estimated from a fit to the other specs' cells, with the constant
+    those other workers measured (what preflight would use), as ``held_out_ratio``; and the fit's interval,
+    the least and greatest held-out ratio (``held_out``). An estimate E then stands for a measured peak
+    between E / ratio_high and E / ratio_low."""
+    specs = sorted({str(c["spec"]) for c in cells})
+    if len(specs) < 2:
+        return
+    for spec in specs:
+        rest = [c for c in cells if str(c["spec"]) != spec]
+        g = dict(zip(("f_state", "f_activation", "constant_bytes"), _solve(rest, ridge), strict=True))
+        for c, cell in zip(cells, fit["cells"], strict=True):
+            if str(c["spec"]) == spec:
+                cell["held_out_ratio"] = round(fitted_bytes(g, c["state_bytes"], c["activation_bytes"])
+                                               / c["measured_bytes"], 3)
+    ratios = [cell["held_out_ratio"] for cell in fit["cells"]]
+    fit["held_out"] = {"by": "spec", "specs": len(specs), "cells": len(ratios), "ratio_low": min(ratios),
+                       "ratio_high": max(ratios),
+                       "within_band": sum(BAND[0] <= r <= BAND[1] for r in ratios), "band": list(BAND)}
 
 
 def fit_cells(cells: list[dict[str, Any]], source: str | None = None, ridge: float = RIDGE) -> list[dict[str, Any]]:

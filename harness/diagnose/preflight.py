@@ -203,8 +203,10 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     if int32_applies is None:
         int32_applies = device == "gpu"
     _judge_int32(rep, int32_applies, results_dir, versions or {})
-    if available and est.train_bytes > available:
-        rep.reasons.append(f"would need {_gb(est.train_bytes)} of {_gb(available)} {device} memory")
+    if available and est.upper_bytes > available:  # the interval's high end, where the fit gives one
+        need = _gb(est.upper_bytes) + (f" (the high end of {_gb(est.interval_bytes[0])}-{_gb(est.interval_bytes[1])})"
+                                       if est.interval_bytes else "")
+        rep.reasons.append(f"would need {need} of {_gb(available)} {device} memory")
     if available and eval_batch and est.eval_bytes > available:  # issue 27: --eval-batch 1e20 read "fits"
         rep.reasons.append(f"the eval batch of {eval_batch:,} would need {_gb(est.eval_bytes)} of {_gb(available)} "
                            f"{device} memory")

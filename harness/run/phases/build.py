@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from harness.adapter import load_adapter_class, staged_loop
 from harness.data import make_source
+from harness.diagnose.footprints import record_footprint
 from harness.diagnose.scenarios import scenario_step
 from harness.measure.probes import RssSampler, proc_status, reset_peak_rss
 from harness.measure.tracker import CompileCounters
@@ -58,10 +59,13 @@ def _warmed(cls: Any, spec: VAESpec, task: CellTask) -> tuple[int | None, float,
     if not task.warm_runtime:
         return None, 0.0, "off"
     t0 = time.perf_counter()
+    before = proc_status().get("RssAnon", 0)
     try:
-        anon, seconds = warm_up_runtime(cls, spec)
+        anon, seconds = warm_up_runtime(cls, spec, task.loop)
     except Exception as exc:  # noqa: BLE001 - a footprint it cannot take is a missing figure, not a failed cell
         return None, time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if cls.device_kind() == "cpu":  # the next estimate's constant on this machine (harness.diagnose.footprints)
+        record_footprint(task.impl, max(0, anon - before))
     return anon, seconds, None
 
 

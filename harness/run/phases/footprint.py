@@ -9,7 +9,7 @@ Three RssAnon readings, taken in the ``build`` phase (``harness.run.phases.build
   harness's statistics as the model's (stand-in method 2; method 3 imports it first).
 * **import** (``import_anon``): after the framework's import, as before.
 * **runtime** (``runtime_anon``): after :func:`warm_up_runtime` has trained a tiny model of the same
-  adapter class for two steps and dropped it. Importing a framework does not start it: its thread
+  adapter class, through the loop the cell times, and dropped it. Importing a framework does not start it: its thread
   pools, allocator arenas, compiler and autograd engine come up on the first training step. On the
   same machine a two-layer model's first steps added 71 MiB in torch, 62 MiB in JAX + Flax NNX and
   57 MiB in Keras on JAX after their imports. That is the framework's footprint before any model, and
@@ -53,14 +53,17 @@ def warm_up_spec(spec: VAESpec) -> VAESpec:
         output_length_policy="exact", latent_heads=type(spec.latent_heads)(), loss=Loss())
 
 
-def warm_up_runtime(cls: Any, spec: VAESpec) -> tuple[int, float]:
-    """Train a tiny model of adapter ``cls`` for ``WARM_UP_STEPS`` steps, drop it and trim the heap;
-    return (RssAnon after, seconds it took)."""
+def warm_up_runtime(cls: Any, spec: VAESpec, loop: str | None = None) -> tuple[int, float]:
+    """Train a tiny model of adapter ``cls``: one step (its compile), then ``WARM_UP_STEPS`` through the training
+    loop the cell times (Keras: ``fit`` over a ``PyDataset``, whose machinery a bare step never starts); drop it
+    and trim the heap; return (RssAnon after, seconds it took)."""
     t0 = time.perf_counter()
     tiny = cls(warm_up_spec(spec))
+    if loop:
+        tiny.use_loop(loop)
     x = np.full((2, WARM_UP_INPUT), 1.0 / WARM_UP_INPUT, dtype=np.float32)
-    for _ in range(WARM_UP_STEPS):
-        tiny.train_step(x)
+    tiny.train_step(x)
+    tiny.train_steps(lambda: x, WARM_UP_STEPS, lambda i, handle: None)
     tiny.synchronize()
     del tiny
     gc.collect()

@@ -16,14 +16,19 @@ Three RssAnon readings, taken in the ``build`` phase (``harness.run.phases.build
   the memory estimate's constant (``harness.diagnose.memory``): measured in each worker, on this
   machine, never fitted.
 
-The tiny model is the cell's spec with its layers replaced (8 inputs, a dense layer of 4, a latent of
-2), so it trains under the cell's own settings and optimizer; its own state is a few hundred bytes.
+The tiny model is the cell's spec with its layers replaced (8 inputs, a dense layer of 4 to 1,024 units, a
+latent of 2), so it trains under the cell's own settings and optimizer; its own state is at most a few tens
+of KiB. Its width is drawn from the worker's pid, so that its program is never in the run's compilation cache
+(``harness.run.compile_cache``): a cached tiny program loads without starting XLA's compiler, and the first
+flax cell of a run read a 33 MiB footprint where every later one, loading the same program, read 16 MiB;
+the cell's own model compiles cold all the same, and the compiler it starts is the framework's, not the model's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import time
 from typing import Any
 
@@ -46,10 +51,10 @@ def import_harness_modules() -> int:
 
 
 def warm_up_spec(spec: VAESpec) -> VAESpec:
-    """The tiny model: ``spec``'s settings and optimizer around two dense layers."""
+    """The tiny model: ``spec``'s settings and optimizer around two dense layers, its width the worker's own."""
     return dataclasses.replace(
         spec, name="runtime-warm-up", input_length=WARM_UP_INPUT, latent_dim=2,
-        encoder=(L("dense", units=4), L("relu")), decoder=(L("dense", units=WARM_UP_INPUT),),
+        encoder=(L("dense", units=4 + os.getpid() % 1021), L("relu")), decoder=(L("dense", units=WARM_UP_INPUT),),
         output_length_policy="exact", latent_heads=type(spec.latent_heads)(), loss=Loss())
 
 

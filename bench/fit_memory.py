@@ -5,7 +5,8 @@
 
 reads result rows (a JSONL file, a directory of them, or a run id in ``--results-dir``), fits
 ``f_state * state + f_activation * activations + constant`` per impl and device kind
-(:mod:`harness.diagnose.memory_fit`), prints each fit with its cells' estimate / measured ratios,
+(:mod:`harness.diagnose.memory_fit`; where the rows carry their workers' runtime footprints the constant is
+those, and each spec is held out once), prints each fit with its cells' estimate / measured ratios,
 and with ``--out`` merges the fits into that factors file (replacing earlier fits of the same impl
 and device kind, keeping the others). Bad input is one line on stderr and exit 2.
 """
@@ -97,10 +98,17 @@ def _print(fits: list[dict[str, Any]], skipped: list[str]) -> None:
     mib = 2**20
     print(f"model: f_state * state + f_activation * activations + constant ({len(fits)} fit(s))")
     for f in fits:
+        how = "measured: the median runtime footprint of its workers" if f.get("constant") == "measured" else "fitted"
         print(f"{f['impl']} on {f['device']} ({f['device_name']}): f_state {f['f_state']:.3f}, "
-              f"f_activation {f['f_activation']:.3f}, constant {f['constant_bytes'] / mib:.1f} MiB")
+              f"f_activation {f['f_activation']:.3f}, constant {f['constant_bytes'] / mib:.1f} MiB ({how})")
+        held = f.get("held_out")
+        if held:
+            print(f"  held out by spec ({held['specs']} specs, {held['cells']} cells): estimate / measured "
+                  f"{held['ratio_low']:.2f} to {held['ratio_high']:.2f}, {held['within_band']} of {held['cells']} "
+                  f"within {held['band'][0]:.2f}-{held['band'][1]:.2f}")
         for c in f["cells"]:
             loo = f", leave-one-out {c['loo_ratio']:.2f}" if "loo_ratio" in c else ""
+            loo += f", held out {c['held_out_ratio']:.2f}" if "held_out_ratio" in c else ""
             print(f"  {c['spec']} k={c['kmer']} b={c['batch']}: estimate {c['estimate_bytes'] / mib:.1f} MiB / "
                   f"measured {c['measured_bytes'] / mib:.1f} MiB = {c['ratio']:.2f}{loo} ({c['measured_source']})")
     if skipped:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.diagnose.evidence import CONFIRM_MAX_S
+from harness.diagnose.evidence import CONFIRM_MAX_S, settle
 from harness.measure.probes import release_free_heap
 from harness.run.confirm import confirm_leak
 from harness.run.events import emit
@@ -90,6 +90,10 @@ def confirm(ctx: CellContext, plan: StepPlan, series: LeakSeries, leak: dict[str
     budgeted cell it is capped by the cell's budget (``harness.run.schedule.confirmation_cap``). Its
     batches come from a ring of reused buffers and each sample follows a heap trim, as the leak phase's do."""
     task = ctx.task
+    if ctx.near_deadline():  # no time left before the parent's kill: the row, without a confirmation
+        settled = settle(leak, None)
+        settled.update(confirm_mode=task.confirm, confirm_skipped="the cell neared its timeout")
+        return settled
     settled = confirm_leak(leak, mode=task.confirm, step=lambda: ctx.step_fn(ctx.ring_batch()), model=ctx.model,
                            after_step=lambda: (ctx.leak.step(), release_free_heap()), check_loss=ctx.loss,
                            steady_steps=len(series.anon),

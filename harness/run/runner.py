@@ -103,7 +103,8 @@ class Cell:
         """The worker's task: the cell's fields, and the options it sets."""
         return CellTask(spec=self.spec.to_dict(), kmer=self.kmer, batch=self.batch, steps=self.steps,
                         scenario=self.scenario, inject_leak_bytes=self.inject_leak_bytes, data=self.data,
-                        columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s, **self.options())
+                        columns=self.columns, heap=self.heap, time_budget_s=self.time_budget_s,
+                        deadline_s=self.timeout_s, **self.options())
 
 
 def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int | None, batches: list[int], repeats: int = 1,

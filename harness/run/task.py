@@ -71,6 +71,9 @@ class CellTask(BareTask):
     confirm_max_s: float | None = None
     #: the leak phase's steps (``harness.run.phases.leak``): None sizes it to its threshold, a number fixes it
     leak_steps: int | None = None
+    #: seconds after which the parent kills the worker (the cell's timeout); the untimed phases stop short of
+    #: it (``CellContext.near_deadline``), so a slow cell ends with a row, not a timeout
+    deadline_s: float | None = None
 
 
 @dataclass(kw_only=True)

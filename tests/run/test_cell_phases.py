@@ -258,3 +258,17 @@ def test_each_measurement_is_a_tracker():
 
     for tracker in (compiled, device, heap, rss, NvmlMemory()):
         assert isinstance(tracker, Tracker)
+
+
+def test_a_cell_near_its_timeout_skips_its_untimed_phases_and_keeps_its_row():
+    """A cell past ``DEADLINE_SHARE`` of its timeout runs no leak, heap or confirmation step, so its memory
+    phase and row still come back (a conv-original k=5 b=256 cell was killed in its leak phase and lost every
+    figure it had measured)."""
+    spec = resolve_spec("dense", kmer=3)
+    row = run_cell(CellTask(impl=PLANTED + "NumpyVAE", spec=spec.to_dict(), kmer=3, batch=32, steps=20,
+                            inject_leak_bytes=256 * 1024, confirm="on", deadline_s=1e-6))
+    leak = row["leak"]
+    assert leak["phase"]["stopped_by"] == "deadline" and leak["phase"]["steps"] == 0
+    assert leak["verdict"] == "inconclusive" and leak["confirm_skipped"] == "the cell neared its timeout"
+    assert row["host"]["heap_bytes"] == [] and row["steps_measured"] > 0
+    assert row["memory"]["peak_bytes"] > 0

@@ -29,6 +29,8 @@ LOOP_WARMUP_STEPS = 2
 PREFETCH_BYTES = 256 * 2**20
 #: host buffers in the untimed phases' ring (``CellContext.ring_batch``)
 RING_SLOTS = 2
+#: the share of its timeout a cell may use before its untimed phases stop (``CellContext.near_deadline``)
+DEADLINE_SHARE = 0.7
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -132,6 +134,14 @@ class CellContext:
         if self.ring is None:
             self.ring = BatchRing(self.source, RING_SLOTS)
         return self.ring
+
+    def near_deadline(self) -> bool:
+        """Whether the cell has used ``DEADLINE_SHARE`` of the time before the parent kills it: the untimed
+        phases (leak, heap, confirmation) stop there, however short of their plan, so that the memory phase and
+        the row still fit. (A conv-original k=5 b=256 cell, 7 s a step on a 2-core CPU, was killed in its leak
+        phase's 14 steps at a matrix's 225 s timeout, and every figure it had measured was lost.)"""
+        deadline = self.task.deadline_s
+        return bool(deadline) and time.perf_counter() - self.t0 > DEADLINE_SHARE * float(deadline)
 
     def after_step(self) -> None:
         """What the cell does after each of its steps: the injected leak, then the RSS sample."""

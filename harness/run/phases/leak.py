@@ -74,7 +74,7 @@ class LeakSeries:
     seconds: float
     #: why the phase stopped: "target" (the target reached), "cap" (its time cap, after running past its
     #: minimum), "steps" (the task's own count or the step cap), "min" (its minimum, where the noise asked for
-    #: more than its cap allows)
+    #: more than its cap allows), "deadline" (the cell neared its timeout, even short of its minimum)
     stopped_by: str
     cap_s: float | None
 
@@ -111,11 +111,14 @@ def leak_series(ctx: CellContext, plan: StepPlan, cap_s: float | None) -> LeakSe
     stopped = "steps"
     t0 = time.perf_counter()
     while True:
-        while done < target:
+        while done < target and not ctx.near_deadline():
             handle = ctx.step_fn(ctx.ring_batch())
             model.synchronize()
             trimmed_sample(ctx)
             done += 1
+        if done < target:
+            stopped = "deadline"
+            break
         if fixed is not None or done >= LEAK_MAX_STEPS:
             break
         anon = ctx.rss.anon[first:]

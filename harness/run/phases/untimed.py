@@ -48,6 +48,8 @@ def heap(ctx: CellContext, plan: StepPlan) -> HeapPart:
     ctx.host_ring()  # the ring's buffers exist before tracemalloc starts: it never counts a batch array
     with HeapTracker() as traced:
         for _ in range(n_heap):
+            if ctx.near_deadline():  # the memory phase and the row come first
+                break
             handle = ctx.step_fn(ctx.ring_batch())
             # one step in flight at a time: unsynced, Flax queued 15 steps' inputs
             # here (+230 MiB at dense k=7 b=512) that no training loop would hold
@@ -57,7 +59,7 @@ def heap(ctx: CellContext, plan: StepPlan) -> HeapPart:
             part.anon.append(ctx.rss.anon[-1])
         model.synchronize()
     part.bytes = traced.result()
-    part.loss = ctx.loss(handle, plan.warmup_steps + plan.steps + n_heap)
+    part.loss = None if handle is None else ctx.loss(handle, plan.warmup_steps + plan.steps + len(part.anon))
     return part
 
 

@@ -1,8 +1,8 @@
 """The per-impl memory estimate (``harness.diagnose.memory``) against measured peaks, and its fit command.
 
-* CPU: estimate / measured within 0.70-1.30 for every impl in the committed reference run's dense and
-  conv-final cells at k=7 (whatever rows are committed there; rows from before the stand-in fix are
-  read as ``harness.diagnose.memory_fit.measured_peak`` recomputes them).
+* CPU: the shipped fits of torch, flax, keras-jax and keras-torch are the committed k=5 rows of every preset
+  (``reports/reference/cpu/memory-k5``) refitted, each spec held out once, and the held-out cells outside
+  0.70-1.30 are exactly the ones docs/diagnosis.md lists (issue 25); the older k=7 reference rows still read.
 * GPU: the H200 allocator peaks of ``../shared/measurements/h200-2026-11-26/README.md`` section 4,
   replayed against the estimator with device "gpu", in the same band.
 * ``python -m bench fit-memory`` on a small synthetic rows file recovers the factors it was made with,
@@ -19,12 +19,23 @@ from fixtures.paths import REPO
 
 from bench.cli import main
 from harness.diagnose.memory import FACTORS_PATH, estimate_memory, impl_factors, load_factors
-from harness.diagnose.memory_fit import measured_peak
+from harness.diagnose.memory_fit import cells_from_rows, fit_cells, measured_peak
 from harness.diagnose.preflight import tensor_table
 from harness.spec.presets import resolve_spec
 from harness.store import load_rows
 
 CPU_REFERENCE = REPO / "reports" / "reference" / "cpu" / "k7-2core-cpu" / "results.jsonl"
+#: every preset at k=5, batches 16 and 256 (conv-original 16 and 64), four impls: the CPU fits' rows (issue 25)
+MEMORY_ROWS = REPO / "reports" / "reference" / "cpu" / "memory-k5"
+HELD_OUT_IMPLS = ("torch", "flax", "keras-jax", "keras-torch")
+#: held-out cells outside the band, per impl (docs/diagnosis.md says why)
+OUTSIDE: dict[str, set[tuple[str, int]]] = {
+    "flax": {("autoencoder-kl", 64), ("conv-final", 16), ("conv-original", 16), ("conv-original", 64),
+             ("conv-strided", 16), ("dense", 256), ("resvae", 16)},
+    "keras-jax": {("autoencoder-kl", 64), ("conv-final", 16), ("conv-original", 16), ("conv-original", 64),
+                  ("conv-strided", 16), ("dense", 16), ("resvae", 16)},
+    "keras-torch": {("conv-strided", 256)},
+}
 IMPLS = ("torch", "flax", "keras-jax", "keras-torch", "keras-tensorflow")
 BAND = (0.70, 1.30)
 MIB = 2**20
@@ -54,19 +65,31 @@ def test_shipped_factors_name_device_versions_and_cells():
             assert {"spec", "kmer", "batch", "measured_bytes", "estimate_bytes", "ratio"} <= c.keys()
 
 
-def test_cpu_reference_cells_within_band():
+def test_cpu_reference_rows_still_read_their_peaks():
+    """The older CPU reference run's rows (stand-in method 1) keep a measured peak the fit can read."""
     rows = [r for r in load_rows(CPU_REFERENCE) if r.get("status") == "ok" and r.get("kmer") == 7
             and r.get("spec_name") in ("dense", "conv-final") and not r.get("scenario")]
-    seen, ratios = set(), {}
+    assert {(r["impl"], r["spec_name"]) for r in rows} >= {(i, s) for i in IMPLS for s in ("dense", "conv-final")}
     for r in rows:
         meas, how = measured_peak(r)
-        assert meas is not None, f"{r['impl']} {r['spec_name']} b={r['batch']}: {how}"
-        est = estimate(r["spec_name"], 7, r["batch"], r["impl"], "cpu")
-        ratios[(r["impl"], r["spec_name"], r["batch"])] = round(est / meas, 3)
-        seen.add((r["impl"], r["spec_name"]))
-    assert {(i, s) for i in IMPLS for s in ("dense", "conv-final")} <= seen, seen
-    bad = {k: v for k, v in ratios.items() if not BAND[0] <= v <= BAND[1]}
-    assert not bad, f"outside {BAND}: {bad} (all: {ratios})"
+        assert meas is not None and meas > 0, f"{r['impl']} {r['spec_name']} b={r['batch']}: {how}"
+
+
+def test_shipped_cpu_fits_are_their_committed_rows_held_out_by_spec():
+    """Refit from the committed rows of every preset at k=5 and two batches (``MEMORY_ROWS``): the shipped CPU
+    fits of the four impls measured there are these fits, with a measured constant, and each cell's held-out
+    ratio (the estimate from a fit that never saw its spec) is within 0.70-1.30 but for the cells listed in
+    ``OUTSIDE``, which docs/diagnosis.md names and explains."""
+    cells, skipped = cells_from_rows(load_rows(MEMORY_ROWS), device="cpu")
+    fits = {f["impl"]: f for f in fit_cells(cells)}
+    shipped = load_factors(FACTORS_PATH)
+    for impl in HELD_OUT_IMPLS:
+        fit, ship = fits[impl], impl_factors(impl, "cpu", shipped)
+        assert ship["constant"] == "measured" and ship["held_out"] == fit["held_out"], impl
+        assert (ship["f_state"], ship["f_activation"]) == (fit["f_state"], fit["f_activation"])
+        assert fit["held_out"]["specs"] == 8 and fit["held_out"]["cells"] == 16, fit["held_out"]
+        outside = {(c["spec"], c["batch"]) for c in fit["cells"] if not BAND[0] <= c["held_out_ratio"] <= BAND[1]}
+        assert outside == OUTSIDE.get(impl, set()), (impl, outside)
 
 
 @pytest.mark.parametrize("cell", list(H200_SECTION_4), ids=lambda c: f"{c[0]}-b{c[1]}")

@@ -9,7 +9,8 @@ from harness.adapter import load_adapter_class, staged_loop
 from harness.data import make_source
 from harness.diagnose.footprints import record_footprint
 from harness.diagnose.scenarios import scenario_step
-from harness.measure.probes import RssSampler, proc_status, reset_peak_rss
+from harness.impls_registry import BUILTIN
+from harness.measure.probes import RssSampler, proc_status, release_free_heap, reset_peak_rss
 from harness.measure.tracker import CompileCounters
 from harness.run.events import emit
 from harness.run.phases.context import CellContext, InjectedLeak, WrongParamCount
@@ -29,6 +30,7 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     t0 = time.perf_counter()
     cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
     import_s = time.perf_counter() - t0
+    release_free_heap()  # the import's freed scratch is no footprint: a later trim would return it
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
     runtime_anon, runtime_s, runtime_error = _warmed(cls, spec, task)
     model = _built(cls, spec, task)
@@ -58,6 +60,8 @@ def _warmed(cls: Any, spec: VAESpec, task: CellTask) -> tuple[int | None, float,
     and its estimate has no measured constant."""
     if not task.warm_runtime:
         return None, 0.0, "off"
+    if task.impl not in BUILTIN:  # a plug-in has no fit to use it, and its steps are its own (a planted
+        return None, 0.0, "a plug-in"  # failure counts them): the tiny model runs for the built-in impls only
     t0 = time.perf_counter()
     before = proc_status().get("RssAnon", 0)
     try:

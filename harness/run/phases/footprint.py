@@ -47,6 +47,7 @@ def import_harness_modules() -> int:
     """Load what the harness itself imports later in a cell, and return RssAnon after it."""
     from scipy import stats  # noqa: F401 - imported for its footprint, before the framework's
 
+    release_free_heap()
     return int(proc_status().get("RssAnon", 0))
 
 

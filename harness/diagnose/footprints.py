@@ -17,10 +17,9 @@ import os
 import statistics
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from harness.measure.fingerprint import cpu_model
-from harness.measure.peak import default_cache_dir
+from harness.measure.peak import default_cache_dir, read_json_object
 
 FILE = "footprints.json"
 #: readings kept per key, the newest last
@@ -51,21 +50,13 @@ def footprint_key(impl: str, stack: dict[str, str] | None = None) -> str:
     return f"{impl}|{cpu_model()}|" + ",".join(f"{k}={stack[k]}" for k in sorted(stack))
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def record_footprint(impl: str, footprint_bytes: int) -> None:
     """Add one worker's reading (best effort: a cache that cannot be written costs the next estimate its local
     constant, never the cell)."""
     path = footprint_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read(path)
+        data = read_json_object(path)
         key = footprint_key(impl)
         data[key] = (list(data.get(key) or []) + [int(footprint_bytes)])[-KEEP:]
         tmp = path.with_name(f".{FILE}.{os.getpid()}.tmp")
@@ -77,6 +68,6 @@ def record_footprint(impl: str, footprint_bytes: int) -> None:
 
 def local_footprint(impl: str) -> int | None:
     """The median of this machine's readings for ``impl`` at the installed versions; None where there are none."""
-    readings = _read(footprint_path()).get(footprint_key(impl)) or []
+    readings = read_json_object(footprint_path()).get(footprint_key(impl)) or []
     readings = [int(r) for r in readings if isinstance(r, (int, float))]
     return int(statistics.median(readings)) if readings else None

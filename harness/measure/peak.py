@@ -84,7 +84,7 @@ CPU_TARGET_S = 1.0
 
 __all__ = ["CACHE_FILE", "DTYPE", "FAR_BELOW", "FRAMEWORKS", "PEAK_MODULE", "combine_peaks", "cpu_model",
            "default_cache_dir", "flop_fields", "framework_versions", "installed_frameworks", "mfu_fields",
-           "peak_key", "peak_text", "read_cached", "slow_frameworks", "write_cached"]
+           "peak_key", "peak_text", "read_cached", "read_json_object", "slow_frameworks", "write_cached"]
 
 
 # ------------------------------------------------------------------------------ what to measure
@@ -148,7 +148,7 @@ def key_id(key: dict[str, Any]) -> str:
 
 def read_cached(cache_dir: str | Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The cached entry for ``key``, or None (also for a missing or unreadable cache)."""
-    entry = _read(Path(cache_dir) / CACHE_FILE).get(key_id(key))
+    entry = read_json_object(Path(cache_dir) / CACHE_FILE).get(key_id(key))
     if isinstance(entry, dict) and entry.get("key") == key and _finite(entry.get("tflops")):
         return entry
     return None
@@ -164,7 +164,7 @@ def write_cached(cache_dir: str | Path, key: dict[str, Any], result: dict[str, A
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        entries = _read(path)
+        entries = read_json_object(path)
         entries[key_id(key)] = entry
         tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
         tmp.replace(path)
@@ -173,7 +173,8 @@ def write_cached(cache_dir: str | Path, key: dict[str, Any], result: dict[str, A
     return entry
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A cache file's JSON object; ``{}`` where it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -348,10 +348,10 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
         # too short for a verdict; from SHORT_FIT_MIN samples the slope's CI still bounds what it could see
         slope, low, high = _theil(y, x) if n >= SHORT_FIT_MIN else (nan, nan, nan)
         churn = step_noise(y, floor_window) if n >= SHORT_FIT_MIN else nan
-        churned = churn_ci_half_width(churn, n, floor_window) > (high - low) / 2
+        half_width = churn_ci_half_width(churn, n, floor_window)
+        churned = half_width > (high - low) / 2
         if churned:
-            low, high = slope - churn_ci_half_width(churn, n, floor_window), slope + churn_ci_half_width(
-                churn, n, floor_window)
+            low, high = slope - half_width, slope + half_width
         return LeakVerdict("inconclusive", slope, low, high, nan, nan, (start, stop), growth,
                            f"only {n} samples after {start} warm-up steps, fewer than the {min_window} needed "
                            "to tell a trend from noise; run more steps", bound_bytes_per_batch=high,

@@ -32,7 +32,7 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     import_s = time.perf_counter() - t0
     release_free_heap()  # the import's freed scratch is no footprint: a later trim would return it
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model
-    runtime_anon, runtime_s, runtime_error = _warmed(cls, spec, task)
+    runtime_anon, runtime_s, runtime_error = _warmed(cls, spec, task, import_anon)
     model = _built(cls, spec, task)
     if task.loop:
         model.use_loop(task.loop)
@@ -54,22 +54,21 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
                           runtime_error=runtime_error)
 
 
-def _warmed(cls: Any, spec: VAESpec, task: CellTask) -> tuple[int | None, float, str | None]:
+def _warmed(cls: Any, spec: VAESpec, task: CellTask, import_anon: int) -> tuple[int | None, float, str | None]:
     """The runtime's footprint (``harness.run.phases.footprint``), or (None, 0, why) where the task turns the
-    warm-up off or the adapter cannot train the tiny model (a plug-in bound to its own layers): the cell runs on,
-    and its estimate has no measured constant."""
+    warm-up off, the impl is a plug-in, or the adapter cannot train the tiny model: the cell runs on, and its
+    estimate has no measured constant."""
     if not task.warm_runtime:
         return None, 0.0, "off"
     if task.impl not in BUILTIN:  # a plug-in has no fit to use it, and its steps are its own (a planted
         return None, 0.0, "a plug-in"  # failure counts them): the tiny model runs for the built-in impls only
     t0 = time.perf_counter()
-    before = proc_status().get("RssAnon", 0)
     try:
         anon, seconds = warm_up_runtime(cls, spec, task.loop)
     except Exception as exc:  # noqa: BLE001 - a footprint it cannot take is a missing figure, not a failed cell
         return None, time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if cls.device_kind() == "cpu":  # the next estimate's constant on this machine (harness.diagnose.footprints)
-        record_footprint(task.impl, max(0, anon - before))
+        record_footprint(task.impl, max(0, anon - import_anon))
     return anon, seconds, None
 
 

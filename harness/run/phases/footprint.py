@@ -10,9 +10,10 @@ Three RssAnon readings, taken in the ``build`` phase (``harness.run.phases.build
 * **import** (``import_anon``): after the framework's import, as before.
 * **runtime** (``runtime_anon``): after :func:`warm_up_runtime` has trained a tiny model of the same
   adapter class, through the loop the cell times, and dropped it. Importing a framework does not start it: its thread
-  pools, allocator arenas, compiler and autograd engine come up on the first training step. On the
-  same machine a two-layer model's first steps added 71 MiB in torch, 62 MiB in JAX + Flax NNX and
-  57 MiB in Keras on JAX after their imports. That is the framework's footprint before any model, and
+  pools, allocator arenas, compiler and autograd engine come up on the first training step. In the
+  16 workers of each impl behind the CPU fits (``reports/reference/cpu/memory-k5``) the median was
+  67.5 MiB in torch, 31 MiB in flax, 46 MiB in keras-jax and 1 MiB in keras-torch (whose import already
+  starts torch). That is the framework's footprint before any model, and
   the memory estimate's constant (``harness.diagnose.memory``): measured in each worker, on this
   machine, never fitted.
 

@@ -4,7 +4,7 @@
         --out harness/diagnose/memory_factors.json
 
 reads result rows (a JSONL file, a directory of them, or a run id in ``--results-dir``), fits
-``f_state * state + f_activation * activations + constant`` per impl and device kind
+``f_state * state + f_activation * activations + f_program * ops + constant`` per impl and device kind
 (:mod:`harness.diagnose.memory_fit`; where the rows carry their workers' runtime footprints the constant is
 those, and each spec is held out once), prints each fit with its cells' estimate / measured ratios,
 and with ``--out`` merges the fits into that factors file (replacing earlier fits of the same impl
@@ -96,11 +96,12 @@ def cmd_fit_memory(args: argparse.Namespace) -> int:
 
 def _print(fits: list[dict[str, Any]], skipped: list[str]) -> None:
     mib = 2**20
-    print(f"model: f_state * state + f_activation * activations + constant ({len(fits)} fit(s))")
+    print(f"model: f_state * state + f_activation * activations + f_program * ops + constant ({len(fits)} fit(s))")
     for f in fits:
         how = "measured: the median runtime footprint of its workers" if f.get("constant") == "measured" else "fitted"
         print(f"{f['impl']} on {f['device']} ({f['device_name']}): f_state {f['f_state']:.3f}, "
-              f"f_activation {f['f_activation']:.3f}, constant {f['constant_bytes'] / mib:.1f} MiB ({how})")
+              f"f_activation {f['f_activation']:.3f}, f_program {(f.get('f_program') or 0) / mib:.2f} MiB an op, "
+              f"constant {f['constant_bytes'] / mib:.1f} MiB ({how})")
         held = f.get("held_out")
         if held:
             print(f"  held out by spec ({held['specs']} specs, {held['cells']} cells): estimate / measured "

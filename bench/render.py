@@ -134,7 +134,8 @@ def print_preflight(rep, show_all: bool = True) -> None:
                     if e.interval_bytes else "")
         console.print(f"training memory estimate ({f['impl']} on {f['device']}): {_bytes(e.train_bytes)} = "
                       f"{f['f_state']:.2f} x state {_bytes(e.state_bytes)} + {f['f_activation']:.2f} x activations "
-                      f"{_bytes(e.activation_bytes)} + runtime {_bytes(f.get('constant_used_bytes') or 0)} "
+                      f"{_bytes(e.activation_bytes)} + {_bytes(f.get('f_program') or 0)} x {e.program_ops} ops "
+                      f"+ runtime {_bytes(f.get('constant_used_bytes') or 0)} "
                       f"({f.get('constant_from', 'fitted')}){interval}")
     else:
         console.print(f"training memory estimate: {_bytes(e.train_bytes)} = state {_bytes(e.state_bytes)} "

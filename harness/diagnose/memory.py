@@ -9,10 +9,11 @@ workspace margin (the larger of twice the largest activation and twice the weigh
 **Per impl and device kind.** Where ``memory_factors.json`` (beside this module) has a fit for
 the impl on this kind of device, the estimate is
 
-    f_state * state_bytes + f_activation * activation_bytes + constant_bytes
+    f_state * state_bytes + f_activation * activation_bytes + f_program * program_ops + constant_bytes
 
-and the framework-free workspace margin is dropped: the two factors and the constant stand for
-what each framework really adds (its optimizer's temporaries, foreach Adam against XLA's fused
+(``program_ops``: the layers the step runs, for the program a compiling framework holds resident;
+``harness.diagnose.memory_fit``'s docstring) and the framework-free workspace margin is dropped: the
+factors and the constant stand for what each framework really adds (its optimizer's temporaries, foreach Adam against XLA's fused
 update; the allocator's rounding and caching; cuDNN and cuBLAS workspaces; what it keeps alive
 across a step). They are fitted, not guessed: ``python -m bench fit-memory`` fits them from
 measured cells (:mod:`harness.diagnose.memory_fit`) and writes the file with the device,
@@ -43,7 +44,7 @@ from typing import Any
 
 #: the shipped fits; ``python -m bench fit-memory --out`` rewrites it
 FACTORS_PATH = Path(__file__).with_name("memory_factors.json")
-MODEL = "f_state * state_bytes + f_activation * activation_bytes + constant_bytes"
+MODEL = "f_state * state_bytes + f_activation * activation_bytes + f_program * program_ops + constant_bytes"
 
 
 @dataclass
@@ -52,6 +53,8 @@ class MemoryEstimate:
     activation_bytes: int
     workspace_bytes: int
     eval_bytes: int
+    #: the layers the train step runs (each residual opened up): the size of its compiled program
+    program_ops: int = 0
     #: the per-impl figure where a fit applies (None: the framework-free sum is the estimate)
     fitted_bytes: int | None = None
     #: the fit applied: impl, device, factors and where they came from
@@ -113,11 +116,19 @@ def impl_factors(impl: str | None, device: str | None, factors: dict[str, Any] |
     return None
 
 
-def fitted_bytes(fit: dict[str, Any], state_bytes: float, activation_bytes: float,
+def fitted_bytes(fit: dict[str, Any], state_bytes: float, activation_bytes: float, program_ops: float = 0,
                  constant: float | None = None) -> float:
-    """:data:`MODEL` for one fit; ``constant`` replaces the fit's own where given (a footprint measured here)."""
+    """:data:`MODEL` for one fit; ``constant`` replaces the fit's own where given (a footprint measured here).
+    A fit without ``f_program`` (bytes per op; GPU fits and fits before it) has no program term."""
     const = fit["constant_bytes"] if constant is None else constant
-    return fit["f_state"] * state_bytes + fit["f_activation"] * activation_bytes + const
+    return (fit["f_state"] * state_bytes + fit["f_activation"] * activation_bytes
+            + (fit.get("f_program") or 0.0) * program_ops + const)
+
+
+def count_program_ops(tensors: list[Any]) -> int:
+    """The layers the train step runs, from ``tensor_table``: each writes one per-sample tensor (the input and the
+    loss terms are not layers)."""
+    return len({t.layer for t in tensors if t.pass_ == "train" and t.per_sample and t.op not in ("input", "loss")})
 
 
 def _constant(fit: dict[str, Any], impl: str, device: str | None) -> tuple[float, str]:
@@ -147,13 +158,13 @@ def estimate_memory(tensors: list[Any], impl: str | None = None, device: str | N
     evals = [t for t in tensors if t.pass_ == "eval"]
     # eval keeps no activations for backward: weights plus the two largest live activations
     eval_bytes = weights + sum(sorted((t.bytes for t in evals), reverse=True)[:2]) if evals else 0
-    est = MemoryEstimate(state, activation, workspace, eval_bytes)
+    est = MemoryEstimate(state, activation, workspace, eval_bytes, count_program_ops(tensors))
     fit = impl_factors(impl, device, factors)
     if fit is not None:
         constant, constant_from = _constant(fit, str(impl), device)
-        est.fitted_bytes = int(round(fitted_bytes(fit, state, activation, constant)))
+        est.fitted_bytes = int(round(fitted_bytes(fit, state, activation, est.program_ops, constant)))
         est.factors = {k: fit.get(k) for k in ("impl", "device", "device_name", "f_state", "f_activation",
-                                               "constant_bytes", "versions", "source", "held_out")}
+                                               "f_program", "constant_bytes", "versions", "source", "held_out")}
         est.factors.update(constant_used_bytes=int(round(constant)), constant_from=constant_from)
         held = fit.get("held_out") or {}
         if held.get("ratio_low") and held.get("ratio_high"):

@@ -24,6 +24,15 @@ same state, so state and constant are almost collinear, and a fit from one spec'
 cannot split them at all. Factors are bounded at 0. Each cell keeps its fitted ratio, and where an
 impl has 3 or more cells its leave-one-out ratio (the fit without that cell), an honest figure of
 how far the model carries.
+
+**The program term** (rows with measured footprints). A compiled step holds its program resident: XLA's
+CPU executable and its buffer plan grow with the ops it runs, not with the tensors' sizes. Measured on
+flax at k=5 (trimmed RssAnon across ``jit(...).lower(...).compile()``, no step run): dense's 16 layers
+held 23 MiB, conv-strided's 26 held 45, resvae's 51 held 54, autoencoder-kl's 106 held 103. Without a
+term for it, the small cells of the big programs read 0.5 held out (their program is most of the cell)
+and the big-activation cells of small programs 1.5. So those fits add ``f_program`` bytes per op of the
+step (``harness.diagnose.memory.count_program_ops``), prior 0: torch's eager step fits 0.1-0.2 MiB an op,
+flax's and keras-jax's 2.0-2.5.
 """
 
 from __future__ import annotations
@@ -77,20 +86,21 @@ def measured_peak(row: Row | dict[str, Any]) -> tuple[int | None, str]:
     return (v, "CPU stand-in recomputed from a method-1 row") if v > 0 else (None, "recomputed peak not positive")
 
 
-def framework_free_terms(row: Row | dict[str, Any]) -> tuple[int, int] | None:
-    """(state_bytes, activation_bytes) of the row's cell from the current arithmetic, else from the row."""
+def framework_free_terms(row: Row | dict[str, Any]) -> tuple[int, int, int] | None:
+    """(state_bytes, activation_bytes, program_ops) of the row's cell from the current arithmetic, else from the
+    row (whose estimate may predate ``program_ops``: 0 then)."""
     row = parse_row(row)
     ident = row.identity
     try:
-        spec = resolve_spec(str(ident.spec_name), kmer=int(ident.kmer))
+        spec = resolve_spec(str(ident.spec_name), kmer=int(ident.kmer) if ident.kmer else None)
         if not ident.spec_hash or spec.hash == ident.spec_hash:
             est = estimate_memory(tensor_table(spec, int(ident.batch)))
-            return est.state_bytes, est.activation_bytes
+            return est.state_bytes, est.activation_bytes, est.program_ops
     except Exception:  # noqa: BLE001 - a spec file no longer at hand: fall back to the row's figures
         pass
     e = (row.preflight or {}).get("estimate") or {}
     if isinstance(e.get("state_bytes"), (int, float)) and isinstance(e.get("activation_bytes"), (int, float)):
-        return int(e["state_bytes"]), int(e["activation_bytes"])
+        return int(e["state_bytes"]), int(e["activation_bytes"]), int(e.get("program_ops") or 0)
     return None
 
 
@@ -120,6 +130,7 @@ def cells_from_rows(rows: Iterable[Row | dict[str, Any]], run_id: str | None = N
             "device_name": gpus[0].get("name") if gpus and kind == "gpu" else fp.get("cpu_model"),
             "spec": ident.spec_name, "kmer": ident.kmer, "batch": ident.batch, "run_id": ident.run_id,
             "measured_bytes": meas, "measured_source": how, "state_bytes": terms[0], "activation_bytes": terms[1],
+            "program_ops": terms[2],
             "footprint_bytes": (r.memory.rest.get("runtime_footprint_bytes") if r.memory else None),
             "versions": r.build.versions or {}, "git_commit": fp.get("git_commit"),
         })
@@ -131,19 +142,32 @@ def measured_constant(cells: list[dict[str, Any]]) -> bool:
     return bool(cells) and all(isinstance(c.get("footprint_bytes"), (int, float)) for c in cells)
 
 
-def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> tuple[float, float, float]:
-    """(f_state, f_activation, constant). With measured footprints only the two factors are fitted, on what each
-    cell measured past its own worker's footprint, and the constant is the footprints' median."""
+#: the program term's unknown is fitted in MiB per op, so its column is of the other two's size
+PROGRAM_UNIT = float(2**20)
+
+
+def _ops(c: dict[str, Any]) -> float:
+    return float(c.get("program_ops") or 0)
+
+
+def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> dict[str, float]:
+    """``f_state``, ``f_activation``, ``f_program`` (bytes per op) and ``constant_bytes``. With measured
+    footprints the constant is the footprints' median and the three factors are fitted on what each cell
+    measured past its own worker's footprint; the program term's prior is 0, so a framework that runs its step
+    eagerly (no compiled program held) keeps it near 0. Without footprints (older rows) the constant is fitted
+    and there is no program term."""
     from scipy.optimize import lsq_linear
 
     y = np.array([c["measured_bytes"] for c in cells], float)
     if measured_constant(cells):
         fp = np.array([c["footprint_bytes"] for c in cells], float)
-        x = np.array([[c["state_bytes"], c["activation_bytes"]] for c in cells], float) / y[:, None]
-        pen = np.sqrt(ridge) * np.eye(2)
-        sol = lsq_linear(np.vstack([x, pen]), np.concatenate([1.0 - fp / y, pen @ np.array(PRIOR[:2])]),
+        x = np.array([[c["state_bytes"], c["activation_bytes"], _ops(c) * PROGRAM_UNIT] for c in cells],
+                     float) / y[:, None]
+        pen = np.sqrt(ridge) * np.eye(3)
+        sol = lsq_linear(np.vstack([x, pen]), np.concatenate([1.0 - fp / y, pen @ np.array(PRIOR)]),
                          bounds=(0.0, np.inf)).x
-        return float(sol[0]), float(sol[1]), float(np.median(fp))
+        return {"f_state": float(sol[0]), "f_activation": float(sol[1]), "f_program": float(sol[2] * PROGRAM_UNIT),
+                "constant_bytes": float(np.median(fp))}
     scale = float(np.median(y))
     # unknowns: f_state, f_activation, constant as a fraction of the median cell
     x = np.array([[c["state_bytes"], c["activation_bytes"], scale] for c in cells], float) / y[:, None]
@@ -151,30 +175,36 @@ def _solve(cells: list[dict[str, Any]], ridge: float = RIDGE) -> tuple[float, fl
     a = np.vstack([x, pen])
     b = np.concatenate([np.ones(len(y)), pen @ np.array(PRIOR)])
     sol = lsq_linear(a, b, bounds=(0.0, np.inf)).x
-    return float(sol[0]), float(sol[1]), float(sol[2] * scale)
+    return {"f_state": float(sol[0]), "f_activation": float(sol[1]), "f_program": 0.0,
+            "constant_bytes": float(sol[2] * scale)}
+
+
+def _estimate(fit: dict[str, Any], c: dict[str, Any]) -> float:
+    return fitted_bytes(fit, c["state_bytes"], c["activation_bytes"], _ops(c))
 
 
 def fit_group(cells: list[dict[str, Any]], source: str | None = None, ridge: float = RIDGE) -> dict[str, Any]:
     """One (impl, device) fit with its cells' ratios (estimate / measured)."""
-    f_s, f_a, const = _solve(cells, ridge)
+    sol = _solve(cells, ridge)
     measured = measured_constant(cells)
     fit = {"impl": cells[0]["impl"], "device": cells[0]["device"], "device_name": cells[0]["device_name"],
-           "f_state": round(f_s, 4), "f_activation": round(f_a, 4), "constant_bytes": int(round(const)),
+           "f_state": round(sol["f_state"], 4), "f_activation": round(sol["f_activation"], 4),
+           "f_program": int(round(sol["f_program"])), "constant_bytes": int(round(sol["constant_bytes"])),
            "constant": "measured" if measured else "fitted",
            "versions": cells[0]["versions"], "source": source, "run_ids": sorted({str(c["run_id"]) for c in cells}),
            "git_commits": sorted({str(c["git_commit"]) for c in cells if c.get("git_commit")})}
     out = []
     for i, c in enumerate(cells):
-        est = fitted_bytes(fit, c["state_bytes"], c["activation_bytes"])
+        est = _estimate(fit, c)
         cell = {k: c[k] for k in ("spec", "kmer", "batch", "measured_bytes", "measured_source", "state_bytes",
                                   "activation_bytes")}
+        cell["program_ops"] = int(_ops(c))
         cell.update(estimate_bytes=int(round(est)), ratio=round(est / c["measured_bytes"], 3))
         if measured:
             cell["footprint_bytes"] = int(c["footprint_bytes"])
         if len(cells) >= 3 and not measured:
             rest = cells[:i] + cells[i + 1:]
-            g = dict(zip(("f_state", "f_activation", "constant_bytes"), _solve(rest, ridge), strict=True))
-            cell["loo_ratio"] = round(fitted_bytes(g, c["state_bytes"], c["activation_bytes"]) / c["measured_bytes"], 3)
+            cell["loo_ratio"] = round(_estimate(_solve(rest, ridge), c) / c["measured_bytes"], 3)
         out.append(cell)
     fit["cells"] = out
     if measured:
@@ -192,11 +222,10 @@ def _held_out_by_spec(fit: dict[str, Any], cells: list[dict[str, Any]], ridge: f
         return
     for spec in specs:
         rest = [c for c in cells if str(c["spec"]) != spec]
-        g = dict(zip(("f_state", "f_activation", "constant_bytes"), _solve(rest, ridge), strict=True))
+        g = _solve(rest, ridge)
         for c, cell in zip(cells, fit["cells"], strict=True):
             if str(c["spec"]) == spec:
-                cell["held_out_ratio"] = round(fitted_bytes(g, c["state_bytes"], c["activation_bytes"])
-                                               / c["measured_bytes"], 3)
+                cell["held_out_ratio"] = round(_estimate(g, c) / c["measured_bytes"], 3)
     ratios = [cell["held_out_ratio"] for cell in fit["cells"]]
     fit["held_out"] = {"by": "spec", "specs": len(specs), "cells": len(ratios), "ratio_low": min(ratios),
                        "ratio_high": max(ratios),

@@ -37,10 +37,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterator
 
-SCHEMA_VERSION = 2
+from harness.spec.schema import PRECISIONS  # the spec's precisions are the ones a row can record
 
-#: precisions a row can record; today's builds train in float32 (``fp32``), with TF32 matmuls as ``tf32``
-PRECISIONS = ("fp32", "tf32", "bf16")
+SCHEMA_VERSION = 2
 DEFAULT_PRECISION = "fp32"
 #: where the cell's worker ran: "local" (a subprocess of the runner) today
 DEFAULT_LAUNCHER = "local"

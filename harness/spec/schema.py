@@ -58,6 +58,12 @@ class Settings:
       Flax to Glorot-uniform and LeCun-normal.
     * ``tf32``: PyTorch matmul and TensorFlow default to TF32 on Ampere and newer; JAX
       defaults to reduced-precision matmuls on GPU. Off unless asked for.
+    * ``precision``: what the step computes in (``PRECISIONS``). ``fp32``; ``tf32`` (float32 with TF32 matmuls
+      and convolutions: the same as ``tf32: true``, which it implies); ``bf16``, mixed precision each framework's
+      own way (torch ``autocast``, Flax NNX module ``dtype``, the Keras ``mixed_bfloat16`` policy) over float32
+      master weights and Adam state, with what stays in float32 pinned by ``BF16_FLOAT32_OPS``. A spec in fp32
+      or tf32 leaves it out of its dictionary (``tf32`` already says it), so the specs written before it keep
+      their hash.
     * ``jax_preallocate`` / ``tf_memory_growth``: JAX grabs 75% of the GPU at start,
       TensorFlow all of it; both are turned off so memory figures mean something.
     """
@@ -76,6 +82,35 @@ class Settings:
     jax_preallocate: bool = False
     tf_memory_growth: bool = True
     seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        # ``tf32: true`` is the tf32 precision and the tf32 precision turns TF32 on: one fact, two spellings
+        if self.tf32 is True and self.precision == "fp32":
+            object.__setattr__(self, "precision", "tf32")
+        elif self.precision == "tf32" and self.tf32 is False:
+            object.__setattr__(self, "tf32", True)
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the step computes in bfloat16 (mixed precision over float32 master weights)."""
+        return self.precision == "bf16"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["precision"] != "bf16":  # fp32 and tf32 say it with ``tf32``: older specs keep their hash
+            del d["precision"]
+        return d
+
+
+#: the step's precisions (``Settings.precision``), in the order a matrix lists them
+PRECISIONS = ("fp32", "tf32", "bf16")
+#: what a bf16 step keeps in float32 in every build, so that no framework's own default decides it (the spec
+#: pins it; ``docs/precision.md`` lists what each framework does without it): the master weights and Adam's state,
+#: the loss and the KL (the logits, z_mean and z_log_var are cast up before they are reduced), the BatchNorm and
+#: GroupNorm statistics, the attention softmax, and the sampling (mu + sigma * eps)
+BF16_FLOAT32_OPS = ("weights", "adam state", "loss", "kl", "batch norm statistics", "group norm statistics",
+                    "softmax", "sampling")
 
 
 def fairness_env(settings: Settings) -> dict[str, str]:
@@ -175,7 +210,7 @@ class VAESpec:
             "output_activation": self.output_activation,
             "loss": self.loss.to_dict(),
             "optimizer": self.optimizer.to_dict(),
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_dict(),
         }
         # defaults added after the first presets stay out, so the specs written before them keep their hash
         if self.output_length_policy != "exact":
@@ -338,8 +373,12 @@ def validate(spec: VAESpec) -> VAESpec:
     if spec.output_length_policy not in OUTPUT_LENGTH_POLICIES:
         raise SpecError(f"spec {spec.name!r}: output_length_policy {spec.output_length_policy!r} is not "
                         f"supported; use one of {', '.join(OUTPUT_LENGTH_POLICIES)}")
+    if spec.settings.precision not in PRECISIONS:
+        raise SpecError(f"spec {spec.name!r}: settings.precision {spec.settings.precision!r} is not supported; "
+                        f"use one of {', '.join(PRECISIONS)}")
     if spec.settings.dtype not in ("float32",):
-        raise SpecError(f"spec {spec.name!r}: settings.dtype {spec.settings.dtype!r} is not supported; use float32")
+        raise SpecError(f"spec {spec.name!r}: settings.dtype {spec.settings.dtype!r} is not supported; use float32 "
+                        "(the master weights; settings.precision: bf16 computes in bfloat16 over them)")
     if spec.settings.kernel_init != "glorot_uniform" or spec.settings.bias_init != "zeros":
         raise SpecError(f"spec {spec.name!r}: only kernel_init glorot_uniform and bias_init zeros are implemented")
     if spec.settings.batch_norm_running_var != "biased":

@@ -11,7 +11,7 @@ import os
 import sys
 
 from bench.data_check import check_data
-from bench.parser import UsageError, split_list
+from bench.parser import UsageError, split_list, with_precisions
 from bench.parser import checked_impls as _impls
 from bench.result_verbs import params_from_rows
 from harness.spec.presets import resolve_spec
@@ -90,8 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (OSError, RuntimeError):  # a link loop: check_data below names it in one line
             args.data = os.path.abspath(args.data)
     impls = _impls(args.impl)
-    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32).with_clip_norm(args.clip_norm)
-             for s in _specs(args.spec, ["dense"])]
+    specs = with_precisions([resolve_spec(s, kmer=args.kmer).with_clip_norm(args.clip_norm)
+                             for s in _specs(args.spec, ["dense"])], args.precision, args.tf32)
     check_data(args, {spec.input_length for spec in specs})
     cells = plan_cells(impls, specs, args.kmer, args.batch, args.repeats, steps=args.steps,
                        scenario=args.scenario, inject_leak_bytes=args.inject_leak or 0, data=args.data,
@@ -177,7 +177,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.run.sweep import sweep_impl
 
     impls = _impls(args.impl)
-    specs = [resolve_spec(s, kmer=args.kmer).with_settings(tf32=args.tf32) for s in _specs(args.spec, ["dense"])]
+    specs = with_precisions([resolve_spec(s, kmer=args.kmer) for s in _specs(args.spec, ["dense"])], args.precision,
+                            args.tf32)
     store = _store(args)
     preflight = None if args.no_preflight else _preflight_hook(args)
     print(f"sweep {store.run_id} -> {store.path}", file=sys.stderr)
@@ -220,7 +221,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_matrix(args: argparse.Namespace) -> int:
     """The main job: default matrix, then the report."""
     from harness.diagnose.preflight import detect_device_memory
-    from harness.run.matrix import matrix_cells, plan_default
+    from harness.run.matrix import matrix_cells, matrix_precisions, plan_default
     from harness.run.runner import run_matrix
 
     device = "cpu" if args.cpu else ("gpu" if args.gpu else detect_device_memory()[0])
@@ -232,8 +233,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if unknown:  # a name the user typed wrong is a mistake in the arguments, not a preset to skip (issue 27)
         raise UsageError(unknown[0])
     store = _store(args)
+    precisions = matrix_precisions(device, ["tf32"] if args.tf32 and args.precision is None else args.precision)
     planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
-                           tf32=args.tf32, device_memory=args.device_memory, results_dir=args.results)
+                           precisions=precisions, device_memory=args.device_memory, results_dir=args.results)
     cells, runnable = planned.cells, planned.runnable
     if not cells:  # every named spec was skipped at this k: no run, no empty report
         raise UsageError(f"matrix: no cell to run at k={args.kmer}: "

@@ -17,7 +17,7 @@ from bench.cell_verbs import _LOCKED, _specs, cmd_matrix, cmd_preflight, cmd_run
 from bench.curves import cmd_curves
 from bench.fit_memory import VERB as FIT_MEMORY
 from bench.fit_memory import cmd_fit_memory
-from bench.parser import UsageError, build_parser
+from bench.parser import UsageError, build_parser, with_precisions
 from bench.parser import checked_impls as _impls
 from bench.probe import cmd_probe_int32
 from bench.result_verbs import cmd_compare, cmd_report
@@ -46,13 +46,22 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    from harness.diagnose.preflight import detect_device_memory
     from harness.run.parity import check_parity
-    from harness.run.runner import cell_kmer
+    from harness.run.runner import TF32_ON_CPU, cell_kmer
 
     specs = [resolve_spec(name, kmer=args.kmer).with_clip_norm(args.clip_norm)
              for name in _specs(args.spec, ["dense", "conv-final", "conv-revised"])]
-    specs = [(spec, cell_kmer(spec, args.kmer)) for spec in specs]
-    reports = check_parity(specs, _impls(args.impl), batch=args.batch)
+    impls = _impls(args.impl)
+    gpu = detect_device_memory()[0] == "gpu"
+    reports = []
+    for precision in args.precision or [None]:  # one call per precision: a worker's environment pins TF32
+        group = with_precisions(specs, None if precision is None else [precision])
+        if precision == "tf32" and not gpu:
+            print(f"vaebench: parity: {TF32_ON_CPU}; no tf32 parity here", file=sys.stderr)
+            continue
+        reports += check_parity([(spec, cell_kmer(spec, args.kmer)) for spec in group], impls, batch=args.batch,
+                                gpu=gpu)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:

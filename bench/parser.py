@@ -56,6 +56,34 @@ def checked_impls(text: str | None) -> list[str]:
     return out
 
 
+PRECISION_HELP = ("comma-separated precisions, each a row of its own: fp32, tf32 (float32 with TF32 matmuls; a GPU's, "
+                  "skipped on a CPU), bf16 (mixed precision over float32 weights); default: the spec's own, fp32")
+
+
+def precision_list(text: str) -> list[str]:
+    """``fp32,bf16`` -> ``["fp32", "bf16"]``; an unknown precision is one line naming the known ones."""
+    from harness.spec.schema import PRECISIONS
+
+    try:
+        items = split_list(text, "--precision")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    for item in items:
+        if item not in PRECISIONS:
+            hint = " (float16 is not offered: bf16 is the mixed precision every build runs)" if item in (
+                "fp16", "float16", "half") else ""
+            raise argparse.ArgumentTypeError(f"unknown precision {item!r}; use {', '.join(PRECISIONS)}{hint}")
+    return items
+
+
+def with_precisions(specs: list, precisions: list[str] | None, tf32: bool = False) -> list:
+    """Each spec once per precision (spec-major, so a spec's rows sit together); None keeps each spec's own
+    precision, or tf32 where the old ``--tf32`` flag asks for it. An explicit precision overrides a spec file's."""
+    if precisions is None:
+        return [spec.with_settings(precision="tf32") if tf32 else spec for spec in specs]
+    return [spec.with_settings(precision=p, tf32=p == "tf32") for spec in specs for p in precisions]
+
+
 #: every count the command line takes (batches, steps, sizes) becomes an int64 somewhere in a framework
 INT64_MAX = 2**63 - 1
 
@@ -209,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=16)
     p.add_argument("--clip-norm", type=positive_float,
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
+    p.add_argument("--precision", type=precision_list, help=PRECISION_HELP)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("curves", help="train every impl the same steps from the same weights: do the curves agree?")
@@ -220,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=positive_int, default=10,
                    help="read the held-out reconstruction, KL and gradient norm every this many steps")
     p.add_argument("--reference", default="torch", help="the impl every other curve is judged against")
+    p.add_argument("--precision", type=precision_list,
+                   help="the precision(s) every impl trains in, judged against the reference in fp32 (default fp32)")
     p.add_argument("--no-noise-floor", action="store_true",
                    help="skip the reference's second run from weights one float32 ulp apart (the drift any reduction "
                         "order gives, which sets the tolerances); fixed tolerances apply instead")
@@ -239,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="judge as for a CUDA device (int32 overflow stops the cell)")
     p.add_argument("--flags-only", action="store_true", help="list only the tensors that overflow")
     p.add_argument("--impl", help="judge int32 for this impl's framework (default: every built-in impl side by side)")
+    p.add_argument("--precision", type=precision_list, help="the precision(s) to estimate memory for (default fp32)")
     p.add_argument("--results", type=directory_arg, default="results", help="where cached probe-int32 results are read")
     p.add_argument("--json", action="store_true")
 
@@ -257,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=positive_int, default=64, help="first batch probed")
     p.add_argument("--max-batch", type=positive_int, default=16384, help="largest batch probed")
     p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per probe")
-    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--precision", type=precision_list, help=PRECISION_HELP)
+    p.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
     p.add_argument("--memory-limit", type=size_arg, help="stop a probe whose RSS passes SIZE (host OOM)")
     p.add_argument("--device-memory", type=size_arg, help="device memory for preflight (default: detected)")
     p.add_argument("--no-preflight", action="store_true", help="probe even batches preflight says cannot fit")
@@ -278,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-memory", type=size_arg)
     p.add_argument("--cpu", action="store_true", help="plan for the CPU even if a GPU is present")
     p.add_argument("--gpu", action="store_true", help="plan the full GPU matrix")
-    p.add_argument("--tf32", action="store_true")
+    p.add_argument("--precision", type=precision_list,
+                   help="the precisions of every cell (default: fp32 and bf16 on a GPU, fp32 on a CPU)")
+    p.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
     p.add_argument("--clip-norm", type=positive_float,
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--results", type=directory_arg, default="results",
@@ -376,7 +411,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "command): the steady phase is cut to fit, the leak phase sized within it")
     p.add_argument("--inject-leak", type=size_arg, help="positive control: keep SIZE bytes per step, e.g. 1MiB")
     p.add_argument("--scenario", help="a named leak anti-pattern (see python -m bench scenarios)")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off by default, recorded in every row)")
+    p.add_argument("--precision", type=precision_list, help=PRECISION_HELP)
+    p.add_argument("--tf32", action="store_true", help="the same as --precision tf32 (off by default, recorded in every row)")
     p.add_argument("--clip-norm", type=positive_float,
                    help="clip the global gradient norm to this before each Adam step (optimizer.clip_global_norm)")
     p.add_argument("--heap", choices=["auto", "on", "off"], default="auto", help="tracemalloc heap tracking")

@@ -42,12 +42,11 @@ def print_params(reports, kmer: int | None) -> None:
 
 
 def print_parity(reports) -> None:
-    from harness.run.parity import TOL_FORWARD, TOL_REFERENCE, TOL_STEP
-
     for rep in reports:
-        table = Table(title=f"parity of {rep.spec} against {rep.reference} (batch {rep.batch}; relative L2; "
-                            f"tolerance {TOL_FORWARD:.0e}, after step {TOL_STEP:.0e}; against the float64 numpy "
-                            f"reference {TOL_REFERENCE:.0e})")
+        t = rep.tol
+        table = Table(title=f"parity of {rep.spec} in {rep.precision} against {rep.reference} (batch {rep.batch}; "
+                            f"relative L2; tolerance {t.forward:.0e}, after step {t.step:.0e}; against the float64 "
+                            f"numpy reference {t.reference:.0e})")
         for col in ("impl", "forward", "loss", "grads (worst tensor)", "after 1 Adam step (all weights; worst tensor)",
                     "float64 reference: forward / loss", "verdict"):
             table.add_column(col)
@@ -55,12 +54,12 @@ def print_parity(reports) -> None:
             if r.error:
                 table.add_row(r.impl, "-", "-", "-", "-", "-", f"[red]failed: {r.error}[/red]")
                 continue
-            loss64 = "- (BatchNorm)" if r.reference_loss is None else _fmt_rel(r.reference_loss, TOL_REFERENCE)
-            table.add_row(r.impl, _fmt_rel(r.forward, TOL_FORWARD), _fmt_rel(r.loss, TOL_FORWARD),
-                          f"{_fmt_rel(r.grads, TOL_FORWARD)} ({r.worst_grad})",
-                          f"{_fmt_rel(r.after_step, TOL_STEP)} ({r.worst_after_step})",
-                          f"{_fmt_rel(r.reference_forward, TOL_REFERENCE)} / {loss64}",
-                          "[green]same model[/green]" if r.passed() else "[red]differs[/red]")
+            loss64 = "- (BatchNorm)" if r.reference_loss is None else _fmt_rel(r.reference_loss, t.reference)
+            table.add_row(r.impl, _fmt_rel(r.forward, t.forward), _fmt_rel(r.loss, t.forward),
+                          f"{_fmt_rel(r.grads, t.forward)} ({r.worst_grad})",
+                          f"{_fmt_rel(r.after_step, t.step)} ({r.worst_after_step})",
+                          f"{_fmt_rel(r.reference_forward, t.reference)} / {loss64}",
+                          "[green]same model[/green]" if r.passed() else f"[red]differs: {r.why_not()}[/red]")
         console.print(table)
         near = max((r.near_eps_elements for r in rep.rows), default=0)
         if near:
@@ -81,22 +80,24 @@ def print_rows(rows) -> None:
     """The run's rows as one table: what a user reads right after ``bench run``. Rows are read typed
     (``harness.row``), so a failed row, which has no step statistics, cannot be misread as an ok one."""
     table = Table(title="results")
-    for col in ("impl", "spec", "batch", "r", "status", "compile s", "median step ms", "IQR ms", "samples/s",
-                "peak mem MiB", "anon slope B/batch", "leak", "J/step"):
+    for col in ("impl", "spec", "precision", "batch", "r", "status", "compile s", "median step ms", "IQR ms",
+                "samples/s", "MFU", "peak mem MiB", "anon slope B/batch", "leak", "J/step"):
         table.add_column(col)
     typed = [parse_row(r) for r in rows]
     for r in typed:
         ident = r.identity
-        head = (r.label, str(ident.spec_name), str(ident.batch), str(ident.repeat))
+        head = (r.label, str(ident.spec_name), str(ident.precision), str(ident.batch), str(ident.repeat))
         st, mem, leak = r.timing.step_stats, r.memory, r.leak
         if not r.ok or st is None or mem is None or leak is None:
-            table.add_row(*head, f"[red]{r.outcome.failure_kind or r.status}[/red]", "", "", "", "", "", "",
+            table.add_row(*head, f"[red]{r.outcome.failure_kind or r.status}[/red]", "", "", "", "", "", "", "",
                           str(r.outcome.failure_message or "")[:60], "")
             continue
         mem_txt = f"{mem.peak_bytes / 2**20:.0f}" + ("*" if mem.cpu_standin else "") if mem.peak_bytes else "-"
         energy = f"{r.energy.joules_per_step:.3g}" if r.energy and r.energy.joules_per_step is not None else "-"
+        mfu = r.flops.mfu_step
         table.add_row(*head, "ok", f"{r.compile.compile_s:.2f}", f"{st.median_s * 1e3:.2f}", f"{st.iqr_s * 1e3:.2f}",
-                      f"{st.samples_per_s:.0f}", mem_txt, f"{leak.slope_bytes_per_batch or 0:,.0f}",
+                      f"{st.samples_per_s:.0f}", f"{mfu:.1%}" if mfu is not None else "-", mem_txt,
+                      f"{leak.slope_bytes_per_batch or 0:,.0f}",
                       leak_text(r["leak"]), energy)
     console.print(table)
     if any(r.ok and r.memory and r.memory.cpu_standin for r in typed):

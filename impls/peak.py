@@ -1,4 +1,7 @@
-"""The float32 matmul rate of one framework on the cells' device, measured in a worker (``PeakTask``).
+"""The matmul rate of one framework on the cells' device, in their precision, measured in a worker (``PeakTask``).
+
+float32 operands for fp32 and tf32 cells; bfloat16 operands for bf16 cells, as their matmuls take them under autocast,
+a bf16 module dtype or the ``mixed_bfloat16`` policy (each framework accumulates in float32).
 
 ``harness.run.worker`` imports this module by name for a ``PeakTask``; the parent starts one worker
 per installed framework (``task.framework``: torch, jax or tensorflow) and keeps the best rate as the
@@ -14,7 +17,16 @@ import statistics
 import time
 from typing import Any, Callable
 
-from harness.measure.peak import CPU_REPEATS, CPU_SIZE, CPU_TARGET_S, DTYPE, GPU_REPEATS, GPU_SIZE, cpu_model
+from harness.measure.peak import (
+    BF16_DTYPE,
+    CPU_REPEATS,
+    CPU_SIZE,
+    CPU_TARGET_S,
+    DTYPE,
+    GPU_REPEATS,
+    GPU_SIZE,
+    cpu_model,
+)
 from harness.run.task import PeakTask
 
 WARMUP = 3
@@ -23,7 +35,8 @@ MIN_CPU_SIZE = 256
 
 
 def measure_matmul_peak(task: PeakTask) -> dict[str, Any]:
-    """The rate of one square float32 product (median of ``repeats``), as ``harness.measure.peak`` stores it."""
+    """The rate of one square product in ``task.dtype`` (median of ``repeats``), as ``harness.measure.peak`` stores
+    it."""
     if task.device not in ("gpu", "cpu", "auto"):
         raise ValueError(f"device must be gpu, cpu or auto, got {task.device!r}")
     if (task.size is not None and task.size <= 0) or (task.repeats is not None and task.repeats <= 0):
@@ -33,7 +46,10 @@ def measure_matmul_peak(task: PeakTask) -> dict[str, Any]:
         raise ModuleNotFoundError(f"measuring the matmul peak needs one of {', '.join(BENCHES)}; none is installed")
     if name not in BENCHES:
         raise ValueError(f"framework must be one of {', '.join(BENCHES)}, got {name!r}")
+    if task.dtype not in (DTYPE, BF16_DTYPE):
+        raise ValueError(f"dtype must be {DTYPE} or {BF16_DTYPE}, got {task.dtype!r}")
     bench = BENCHES[name](task.device)
+    bench.dtype = task.dtype
     note = None
     if task.device == "gpu" and not bench.on_gpu:
         note = f"a GPU was asked for but {bench.framework.split()[0]} sees none; measured on the CPU"
@@ -46,12 +62,12 @@ def measure_matmul_peak(task: PeakTask) -> dict[str, Any]:
         **_rate(size, seconds),
         "device": bench.device_name,
         "device_kind": "gpu" if on_gpu else "cpu",
-        "dtype": DTYPE,
+        "dtype": task.dtype,
         "tf32": tf32,
         "size": size,
         "framework": bench.framework,
         "threads": bench.threads,
-        "method": (f"{bench.framework.split()[0]} {size}x{size} {DTYPE} A@B, 2n^3 FLOPs over the median of "
+        "method": (f"{bench.framework.split()[0]} {size}x{size} {task.dtype} A@B, 2n^3 FLOPs over the median of "
                    f"{repeats} synchronised wall-clock timings after {WARMUP} warm-up products, TF32 "
                    f"{'on' if tf32 else 'off'}"),
     }
@@ -84,6 +100,8 @@ class _Matmul:
     device_name: str
     on_gpu: bool
     threads: int | None = None
+    #: the operands' dtype name (``DTYPE`` or ``BF16_DTYPE``), set by ``measure_matmul_peak``
+    dtype: str = DTYPE
 
     def product(self, size: int, tf32: bool) -> tuple[Callable[[], Any], Callable[[Any], None]]:
         raise NotImplementedError
@@ -119,9 +137,10 @@ class _TorchMatmul(_Matmul):
         torch.backends.cudnn.allow_tf32 = tf32
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
         g = torch.Generator(device=self.dev).manual_seed(0)
-        a = torch.randn(size, size, device=self.dev, dtype=torch.float32, generator=g)
-        b = torch.randn(size, size, device=self.dev, dtype=torch.float32, generator=g)
-        c = torch.empty(size, size, device=self.dev, dtype=torch.float32)
+        dtype = getattr(torch, self.dtype)
+        a = torch.randn(size, size, device=self.dev, dtype=torch.float32, generator=g).to(dtype)
+        b = torch.randn(size, size, device=self.dev, dtype=torch.float32, generator=g).to(dtype)
+        c = torch.empty(size, size, device=self.dev, dtype=dtype)
         sync = torch.cuda.synchronize if self.on_gpu else (lambda: None)
 
         def run():
@@ -148,8 +167,9 @@ class _JaxMatmul(_Matmul):
 
         precision = jax.lax.Precision.DEFAULT if tf32 else jax.lax.Precision.HIGHEST
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-        a = jax.device_put(jax.random.normal(k1, (size, size), jnp.float32), self.dev)
-        b = jax.device_put(jax.random.normal(k2, (size, size), jnp.float32), self.dev)
+        dtype = jnp.dtype(self.dtype)
+        a = jax.device_put(jax.random.normal(k1, (size, size), jnp.float32).astype(dtype), self.dev)
+        b = jax.device_put(jax.random.normal(k2, (size, size), jnp.float32).astype(dtype), self.dev)
         f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=precision))
         return (lambda: f(a, b)), (lambda out: out.block_until_ready())
 
@@ -174,8 +194,8 @@ class _TensorFlowMatmul(_Matmul):
         tf.config.experimental.enable_tensor_float_32_execution(tf32)
         with tf.device(self.dev):
             g = tf.random.Generator.from_seed(0)
-            a = g.normal((size, size), dtype=tf.float32)
-            b = g.normal((size, size), dtype=tf.float32)
+            a = tf.cast(g.normal((size, size), dtype=tf.float32), self.dtype)
+            b = tf.cast(g.normal((size, size), dtype=tf.float32), self.dtype)
         f = tf.function(lambda x, y: tf.linalg.matmul(x, y))  # a traced graph, not an op dispatched eagerly
 
         def run():

@@ -42,6 +42,8 @@ from harness.spec.schema import VAESpec
 INT32_LIMIT = 2**31
 FLOAT_BYTES = 4
 INDEX_BYTES = 8
+#: a bf16 step's activations; its weights, gradients and Adam moments stay float32 (``BF16_FLOAT32_OPS``)
+BF16_BYTES = 2
 
 
 @dataclass
@@ -88,6 +90,9 @@ class Tensor:
 def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> list[Tensor]:
     """Every tensor of the forward and backward pass for ``batch`` (and ``eval_batch``)."""
     tensors: list[Tensor] = []
+    # bf16: every layer's output is bfloat16; the input batch (float32 data) and the loss terms and the logits'
+    # gradient (float32, pinned) are not
+    act = BF16_BYTES if spec.settings.bf16 else FLOAT_BYTES
     for pass_, b in (("train", batch), ("eval", eval_batch)):
         if not b:
             continue
@@ -104,10 +109,10 @@ def tensor_table(spec: VAESpec, batch: int, eval_batch: int | None = None) -> li
                     "softmax": "attention weights"}.get(t, "activation")
             if ls.name in ("z_mean", "z_log_var"):
                 reader = "sampling"
-            tensors.append(Tensor(pass_, ls.name, kind, shape, True, op=t, reader=reader))
+            tensors.append(Tensor(pass_, ls.name, kind, shape, True, act, op=t, reader=reader))
             if t == "max_pool1d" and pass_ == "train":
                 tensors.append(Tensor(pass_, ls.name, "pool indices", shape, True, INDEX_BYTES, op=t))
-            if ls.name == "z_log_var":
+            if ls.name == "z_log_var":  # the sampling is float32 (pinned)
                 tensors.append(Tensor(pass_, "sampling", "activation", shape, True, op="sampling"))
         if pass_ == "train":
             # the loss is summed from per-element BCE terms, and backward starts from the

@@ -9,8 +9,9 @@ by ``harness.run.worker`` to ``impls.peak``, which imports that one framework); 
 EPYC 2-core CPU torch's 2048^3 float32 product (MKL) ran at 0.203 TFLOP/s and a jitted JAX product
 at 0.427, so with torch's figure as the peak the flax rows read MFU 163%. The peak is therefore the
 highest rate among the frameworks installed (:data:`FRAMEWORKS`), on the device the cells use, at
-the cells' precision (float32 today; the cache key names the dtype so another precision gets its
-own figures). The peak names the framework that set it (``framework``, ``set_by``) and keeps every
+the cells' precision (a float32 product for fp32 and tf32 cells, a bfloat16 one for bf16 cells: ``peak_dtype``;
+the cache key names the dtype, so each precision gets figures of its own, and a bf16 row's MFU is taken against the
+bf16 peak). The peak names the framework that set it (``framework``, ``set_by``) and keeps every
 framework's own figure (``frameworks``). A framework far below the best on the same device
 (:func:`slow_frameworks`) is a finding the report states under Environment.
 
@@ -73,6 +74,14 @@ FRAMEWORKS: dict[str, tuple[str, ...]] = {
 }
 #: the precision measured; a key of the cache and of the peak, so another precision gets figures of its own
 DTYPE = "float32"
+#: the product's dtype for a bf16 cell: its matmuls take bfloat16 operands (accumulating in float32)
+BF16_DTYPE = "bfloat16"
+
+
+def peak_dtype(settings: Settings) -> str:
+    """The dtype of the square product that is a cell's peak: bfloat16 for a bf16 cell, else float32 (tf32 is
+    float32 with TF32 on, a switch of its own in the key)."""
+    return BF16_DTYPE if settings.precision == "bf16" else DTYPE
 #: a framework whose own rate is below this fraction of the best on the same device is a finding
 FAR_BELOW = 0.75
 GPU_SIZE = 8192
@@ -82,9 +91,9 @@ CPU_REPEATS = 5
 #: on a CPU the size is halved until one product is expected to take at most this long
 CPU_TARGET_S = 1.0
 
-__all__ = ["CACHE_FILE", "DTYPE", "FAR_BELOW", "FRAMEWORKS", "PEAK_MODULE", "combine_peaks", "cpu_model",
+__all__ = ["BF16_DTYPE", "CACHE_FILE", "DTYPE", "FAR_BELOW", "FRAMEWORKS", "PEAK_MODULE", "combine_peaks", "cpu_model",
            "default_cache_dir", "flop_fields", "framework_versions", "installed_frameworks", "mfu_fields",
-           "peak_key", "peak_text", "read_cached", "read_json_object", "slow_frameworks", "write_cached"]
+           "peak_dtype", "peak_key", "peak_text", "read_cached", "read_json_object", "slow_frameworks", "write_cached"]
 
 
 # ------------------------------------------------------------------------------ what to measure
@@ -134,7 +143,7 @@ def peak_key(settings: Settings, device: str, size: int | None = None, framework
         "cpus": cpus,
         "env": {k: os.environ[k] for k in PERFORMANCE_ENV if k in os.environ},
         "tf32": bool(settings.tf32),
-        "dtype": DTYPE,
+        "dtype": peak_dtype(settings),
         "size": size,
     }
     if framework is not None:

@@ -99,19 +99,33 @@ class MatrixCells:
     skips only the impls whose framework raises, aborts or computes wrong there."""
 
     cells: list[Cell]
-    verdicts: dict[tuple[str, str, int], dict[str, Any]]
+    verdicts: dict[tuple[str, str, int, str], dict[str, Any]]
 
     def preflight(self, cell: Cell) -> dict[str, Any]:
-        return self.verdicts[(cell.impl, cell.spec.name, cell.batch)]
+        return self.verdicts[_verdict_key(cell)]
 
     @property
     def runnable(self) -> list[Cell]:
         return [c for c in self.cells if not self.preflight(c).get("skip")]
 
 
-def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_s: float, tf32: bool = False,
-                 device_memory: int | None = None, results_dir: str | None = None) -> MatrixCells:
-    """Every cell of ``plan``, preflighted once per (impl, spec, batch).
+def _verdict_key(cell: Cell) -> tuple[str, str, int, str]:
+    return cell.impl, cell.spec.name, cell.batch, cell.precision
+
+
+def matrix_precisions(device: str, asked: list[str] | None) -> list[str]:
+    """A matrix's precisions: fp32 always (every other precision's speed-up and curves are read against it), then
+    what was asked for; by default a GPU adds bf16 (few train a model of this size in pure float32 on one) and a
+    CPU adds none. tf32 is on request only."""
+    wanted = asked if asked is not None else (["bf16"] if device == "gpu" else [])
+    return ["fp32"] + [p for p in wanted if p != "fp32"]
+
+
+def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_s: float,
+                 precisions: list[str] | None = None, device_memory: int | None = None,
+                 results_dir: str | None = None) -> MatrixCells:
+    """Every cell of ``plan`` in each of ``precisions`` (default fp32), preflighted once per (impl, spec, batch,
+    precision).
 
     Presets too slow for this device become one skipped row per impl, with preflight's memory
     reason where it has one, else the time reason. Under a budget, a cell's timeout is cut to
@@ -119,21 +133,20 @@ def matrix_cells(plan: MatrixPlan, kmer: int, steps: int, repeats: int, timeout_
     """
     cells: list[Cell] = []
     for spec, batches in plan.specs:
-        cells += plan_cells(plan.impls, [spec.with_settings(tf32=tf32)], kmer, batches, repeats,
-                            steps=steps, timeout_s=timeout_s)
-    verdicts: dict[tuple[str, str, int], dict[str, Any]] = {}
+        variants = [spec.with_settings(precision=p, tf32=p == "tf32") for p in precisions or ["fp32"]]
+        cells += plan_cells(plan.impls, variants, kmer, batches, repeats, steps=steps, timeout_s=timeout_s)
+    verdicts: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     for spec, reason in plan.too_slow:
         batch = CPU_BATCHES.get(spec.name, [8])[0]
         slow = plan_cells(plan.impls, [spec], kmer, [batch], 1, steps=steps, timeout_s=timeout_s)
         for c in slow:
             verdict = preflight_cell(c, device_memory=device_memory, device=plan.device, results_dir=results_dir)
-            verdicts[(c.impl, spec.name, batch)] = verdict if verdict.get("skip") else \
-                {**verdict, "skip": True, "reason": reason}
+            verdicts[_verdict_key(c)] = verdict if verdict.get("skip") else {**verdict, "skip": True, "reason": reason}
         cells += slow
     for c in cells:
-        if (c.impl, c.spec.name, c.batch) not in verdicts:
-            verdicts[(c.impl, c.spec.name, c.batch)] = preflight_cell(c, device_memory=device_memory,
-                                                                      device=plan.device, results_dir=results_dir)
+        if _verdict_key(c) not in verdicts:
+            verdicts[_verdict_key(c)] = preflight_cell(c, device_memory=device_memory, device=plan.device,
+                                                       results_dir=results_dir)
     out = MatrixCells(cells, verdicts)
     if plan.budget_s:
         share = 8 * plan.budget_s / max(1, len(out.runnable))

@@ -24,6 +24,7 @@ from harness.measure.peak import (
     combine_peaks,
     default_cache_dir,
     installed_frameworks,
+    peak_dtype,
     peak_key,
     read_cached,
     slow_frameworks,
@@ -42,8 +43,8 @@ CONFIRMED_ROUNDS = 2
 def measured_peak(settings: Settings, device: str = "auto", *, cache_dir: str | Path | None = None,
                   frameworks: list[str] | None = None, size: int | None = None, repeats: int | None = None,
                   timeout_s: float = PEAK_TIMEOUT_S, refresh: bool = False) -> dict[str, Any]:
-    """The float32 matmul peak for this machine and these settings: the best rate among ``frameworks``
-    (default: every installed one), each measured once per machine and cached.
+    """The matmul peak for this machine and these settings (their precision's dtype, ``peak_dtype``): the best
+    rate among ``frameworks`` (default: every installed one), each measured once per machine and cached.
 
     ``device``: "gpu", "cpu" or "auto". ``cache_dir``: default ``default_cache_dir()``. Returns
     ``combine_peaks``'s dict: the best figure, ``set_by`` and every framework's own entry (each with
@@ -109,7 +110,7 @@ class _Measurer:
 
     def _worker(self, framework: str) -> dict[str, Any]:
         task = PeakTask(size=self.size, repeats=self.repeats, tf32=self.settings.tf32, device=self.device,
-                        framework=framework)
+                        framework=framework, dtype=peak_dtype(self.settings))
         outcome = run_worker(task, "", self.settings, self.timeout_s)
         result = outcome.result or {}
         if result.get("status") == "ok":

@@ -60,8 +60,9 @@ class Cell:
     columns: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     heap: str = "auto"
-    #: the numeric precision the cell trains in (``harness.row.PRECISIONS``); float32 is the only one
-    #: the builds train in today, so it joins the key only when it is another (old keys stay valid)
+    #: the numeric precision the cell trains in (``harness.row.PRECISIONS``): the spec's ``settings.precision``
+    #: (``__post_init__`` keeps the two one fact); it joins the key only when it is another than fp32 (old keys stay
+    #: valid; a bf16 spec's hash differs as well)
     precision: str = DEFAULT_PRECISION
     #: the worker's schedule overrides (``CellTask``): a max-batch sweep probe sets the first five
     warmup_steps: int | None = None
@@ -81,6 +82,11 @@ class Cell:
     time_budget_s: float | None = None
     #: the run's shared compilation cache (set by ``run_matrix``); not part of the cell's identity
     compile_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision != DEFAULT_PRECISION and self.spec.settings.precision == DEFAULT_PRECISION:
+            self.spec = self.spec.with_settings(precision=self.precision, tf32=self.precision == "tf32")
+        self.precision = self.spec.settings.precision
 
     def options(self) -> dict[str, Any]:
         """The task options this cell sets (not None), by name."""
@@ -118,6 +124,11 @@ def plan_cells(impls: list[str], specs: list[VAESpec], kmer: int | None, batches
 def cell_kmer(spec: VAESpec, kmer: int | None) -> int | None:
     """``kmer`` when the spec's input is its k-mer profile, else None."""
     return kmer if kmer is not None and canonical_kmer_count(kmer) == spec.input_length else None
+
+
+#: why a tf32 cell is not run without a GPU
+TF32_ON_CPU = ("tf32 is float32 on a CPU (TF32 is the tensor-core matmul format of NVIDIA GPUs from Ampere on): "
+               "this cell's fp32 row is its measurement")
 
 
 #: a preflight check returns None (go ahead) or a one-line reason to skip
@@ -178,9 +189,15 @@ def run_matrix(cells: list[Cell], store: ResultStore, resume: bool = False, pref
             raise StoreError(str(exc)) from exc
         fingerprint = machine_fingerprint(cells[0].spec.settings) if cells else {}
         if peak and cells and todo:
-            fingerprint["matmul_peak"] = measured_peak(cells[0].spec.settings,
-                                                       "gpu" if fingerprint.get("gpus") else "cpu",
-                                                       refresh=refresh_peak)
+            # one peak per precision the cells train in, each in that precision's dtype (a bf16 row's MFU is
+            # taken against a bf16 product); a tf32 cell skipped on a CPU needs none
+            device = "gpu" if fingerprint.get("gpus") else "cpu"
+            first = {c.precision: c.spec.settings for c in reversed(todo)
+                     if not (c.precision == "tf32" and device == "cpu")}
+            fingerprint["matmul_peaks"] = {prec: measured_peak(settings, device, refresh=refresh_peak)
+                                           for prec, settings in first.items()}
+            fingerprint["matmul_peak"] = fingerprint["matmul_peaks"].get(
+                cells[0].precision, next(iter(fingerprint["matmul_peaks"].values()), None))
         for cell in todo:
             cell.compile_cache = cell.compile_cache or shared_cache
         rows: list[dict[str, Any]] = []
@@ -234,6 +251,9 @@ def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
 def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None = None,
             memory_limit_bytes: int | None = None, on_phase: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """One cell, start to row. Raises KeyboardInterrupt (and writes nothing) if interrupted."""
+    peaks = fingerprint.get("matmul_peaks")
+    if peaks and cell.precision in peaks:  # the row's MFU and its fingerprint name its own precision's peak
+        fingerprint = {**fingerprint, "matmul_peak": peaks[cell.precision]}
     base = {
         "cell_key": cell.key, "impl": cell.impl, "row": impl_label(cell.impl), "spec_name": cell.spec.name,
         "spec_hash": cell.spec.hash, "kmer": cell.kmer, "input_length": cell.spec.input_length,
@@ -246,6 +266,9 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     if cell.impl in BUILTIN and not is_installed(cell.impl):
         failure = Failure("framework_missing", not_installed_message(cell.impl))
         return {**base, "status": "failed", "failure_kind": failure.kind, "failure_message": failure.message,
+                "stderr_tail": [], "wall_s": 0.0}
+    if cell.precision == "tf32" and not fingerprint.get("gpus"):
+        return {**base, "status": "skipped", "failure_kind": "skipped", "failure_message": TF32_ON_CPU,
                 "stderr_tail": [], "wall_s": 0.0}
     if preflight is not None:
         verdict = preflight(cell)

@@ -131,7 +131,7 @@ class CurvesTask(Task):
 
 @dataclass(kw_only=True)
 class PeakTask(Task):
-    """Time a square float32 matmul on the cells' device: the MFU denominator (``harness.measure.peak``)."""
+    """Time a square matmul in the cells' precision on their device: the MFU denominator (``harness.measure.peak``)."""
 
     kind: ClassVar[str] = "peak"
     #: the product's size n (n x n times n x n); None: 8192 on a GPU, 2048 or less on a CPU
@@ -144,6 +144,8 @@ class PeakTask(Task):
     device: str = "auto"
     #: the framework whose matmul to time ("torch", "jax", "tensorflow"); None: the first one installed
     framework: str | None = None
+    #: the operands' dtype: "float32", or "bfloat16" for bf16 cells (``harness.measure.peak.peak_dtype``)
+    dtype: str = "float32"
 
 
 @dataclass(kw_only=True)

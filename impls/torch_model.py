@@ -5,6 +5,12 @@ each canonical (channels-last) tensor and flat feature sits, so weights move wit
 activations on every step. GroupNorm (``nn.GroupNorm``), the attention block and conv1d latent heads
 work on ``(N, C, L)`` as diffusers' AutoencoderKL writes them. The masking layer's block is handed to
 ``VAE.forward`` by the training step (``impls.torch_vae``), which draws it on the device.
+
+The modules know nothing of precision: under ``settings.precision: bf16`` the step runs them inside
+``torch.autocast`` (``impls.torch_vae``). The ops the spec keeps in float32 there (``BF16_FLOAT32_OPS``) that
+autocast does not keep in float32 on every device take a float32 input here, ``x.float()``: the BatchNorm and
+GroupNorm statistics, the attention softmax and the sampling. In float32 ``.float()`` returns the tensor
+itself, so fp32 and tf32 run exactly the ops they ran before.
 """
 
 from __future__ import annotations
@@ -36,9 +42,14 @@ class BatchNorm1d(nn.BatchNorm1d):
     one pass: a separate ``torch.var_mean`` cost 12% of a dense k=5 step on one CPU thread.
     Evaluation mode is ``nn.BatchNorm1d``'s own (``num_batches_tracked`` is unused:
     momentum is fixed).
+
+    Under bf16 autocast it normalises in float32 (the spec pins its statistics there): batch_norm is on
+    neither CPU's nor CUDA's float32 list, so it would run in its input's bfloat16. Its float32 output
+    goes on as that of an op on autocast's float32 list does, until the next layer takes it into bfloat16.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # bf16 autocast: float32 statistics; float32: the tensor itself
         if not self.training:
             return super().forward(x)
         out, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
@@ -46,6 +57,14 @@ class BatchNorm1d(nn.BatchNorm1d):
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(invstd.pow(-2).sub_(self.eps), self.momentum)
         return out
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose statistics are float32 under bf16 autocast on every device, as the spec pins them:
+    CUDA autocast runs group_norm in float32 on its own, CPU autocast in its input's bfloat16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
 
 
 class Reorder(nn.Module):
@@ -96,11 +115,14 @@ class ResidualBlock(nn.Module):
 class AttnBlock1d(nn.Module):
     """AutoencoderKL's ``AttnBlock`` over the length axis: ``x + proj(softmax(q^T k / sqrt(C)) v)``,
     with q, k, v and proj 1x1 convs of a GroupNorm of ``x``; attention weights are (N, L, L),
-    queries by keys, the softmax over the keys."""
+    queries by keys, the softmax over the keys. Under bf16 autocast the scores are cast up as the bmm makes
+    them, so the scaling and the softmax are float32 on every device, as the spec pins the softmax (CUDA
+    autocast runs softmax in float32 on its own, CPU autocast in bfloat16); the bmm after it takes the
+    weights back into bfloat16."""
 
     def __init__(self, channels: int, groups: int, eps: float) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.norm = GroupNorm(groups, channels, eps=eps)
         self.q = nn.Conv1d(channels, channels, 1)
         self.k = nn.Conv1d(channels, channels, 1)
         self.v = nn.Conv1d(channels, channels, 1)
@@ -109,7 +131,7 @@ class AttnBlock1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         q, k, v = self.q(h), self.k(h), self.v(h)  # (N, C, L)
-        w = torch.bmm(q.transpose(1, 2), k) * x.shape[1] ** -0.5  # (N, L queries, L keys)
+        w = torch.bmm(q.transpose(1, 2), k).float() * x.shape[1] ** -0.5  # (N, L queries, L keys)
         w = w.softmax(dim=-1)
         h = torch.bmm(v, w.transpose(1, 2))  # h[:, c, i] = sum_j v[:, c, j] w[:, i, j]
         return x + self.proj(h)
@@ -145,14 +167,20 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, block: int | torch.Tensor | None = None):
         """Returns decoder logits, mean and log-variance; draws ``eps`` when it is not given.
-        ``block``: the masked block of a spec with a masking layer."""
+        ``block``: the masked block of a spec with a masking layer.
+
+        The sampling is float32 under bf16 autocast, as the spec pins it: mu and logvar, bfloat16 out of
+        their layers, are cast up (CUDA autocast would run only the exp in float32, CPU autocast none of it)
+        and float32 noise drawn; the decoder's first layer takes z into bfloat16. mu and logvar are returned
+        as their layers made them."""
         if self.masking is not None:
             x = self.masking(x, block)
         h = self.encoder(x)
         mu, logvar = self.z_mean(h), self.z_log_var(h)
+        mu32, logvar32 = mu.float(), logvar.float()
         if eps is None:
-            eps = torch.randn_like(mu)
-        z = mu + torch.exp(0.5 * logvar) * eps
+            eps = torch.randn_like(mu32)
+        z = mu32 + torch.exp(0.5 * logvar32) * eps
         return self.decoder(z), mu, logvar
 
 
@@ -220,7 +248,7 @@ def _build_stack(spec: VAESpec, shapes: list[LayerShape], order: np.ndarray | No
             m = BatchNorm1d(s.in_shape[-1], eps=s_.batch_norm_epsilon, momentum=1.0 - s_.batch_norm_momentum)
             layouts.append(Layout(s.name, t, m, out_order=order if len(s.in_shape) == 1 else None))
         elif t == "group_norm":  # (N, C, L): groups of consecutive channels, as the spec's
-            m = nn.GroupNorm(a["groups"], s.in_shape[1], eps=spec.group_norm_epsilon(s.layer))
+            m = GroupNorm(a["groups"], s.in_shape[1], eps=spec.group_norm_epsilon(s.layer))
             layouts.append(Layout(s.name, t, m))
         elif t == "attention1d":
             m = AttnBlock1d(s.in_shape[1], a["groups"], spec.group_norm_epsilon(s.layer))

@@ -5,6 +5,21 @@ convolutions, and translates at its boundary only (``impls.torch_layout``): kern
 features in ``get_weights`` / ``set_weights`` and the gradients, a conv latent's noise and outputs
 here. The masking layer's block is drawn each training step on the device, from a
 ``torch.Generator`` seeded by ``settings.seed``, so the step never waits for the host.
+
+Mixed precision (``settings.precision: bf16``) is PyTorch's automatic mixed precision as its AMP recipe
+writes it: ``torch.autocast(device_type, dtype=torch.bfloat16)`` around the forward pass and the loss,
+backward and the optimizer step outside it, and no ``GradScaler`` (bfloat16 has float32's exponent range,
+so gradients do not underflow). The parameters are never cast: autocast casts them to bfloat16 where a
+linear, conv or bmm reads them, so the master weights, their gradients and Adam's state stay float32.
+
+What the spec keeps in float32 (``BF16_FLOAT32_OPS``) autocast's own op lists decide only in part, and
+not alike on the two devices: CUDA autocast runs group_norm, softmax, exp and
+binary_cross_entropy_with_logits in float32 (and refuses binary_cross_entropy), CPU autocast only the
+losses (binary_cross_entropy, with logits or not); batch_norm is on neither list. So nothing is left to
+them, and each pinned op is float32 by hand, alike on both devices: the loss and the KL here
+(``_objective``, on logits, z_mean and z_log_var cast up, with autocast off); the BatchNorm and GroupNorm
+statistics, the attention softmax and the sampling in ``impls.torch_model`` (a float32 input). In fp32 and
+tf32 there is no autocast region at all, and the casts return their tensor: those steps are unchanged.
 """
 
 from __future__ import annotations
@@ -108,8 +123,8 @@ class TorchVAE(VAEAdapter):
 
     @staticmethod
     def _canonical(t: torch.Tensor) -> np.ndarray:
-        """A latent output back to the canonical layout: (B, C, L') -> (B, L', C)."""
-        return (t.transpose(1, 2) if t.dim() == 3 else t).cpu().numpy()
+        """A latent output back to the canonical layout: (B, C, L') -> (B, L', C), as float32 (numpy has no bfloat16)."""
+        return (t.transpose(1, 2) if t.dim() == 3 else t).float().cpu().numpy()
 
     def _block(self, mask_block: int | None) -> int | torch.Tensor | None:
         """The masked block: the one given, else a draw on the device from the seeded generator
@@ -121,8 +136,33 @@ class TorchVAE(VAEAdapter):
         blocks = len(self.spec.masking.args["blocks"])
         return torch.randint(blocks, (), generator=self.mask_generator, device=self.device)
 
+    # -- mixed precision ---------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The region a bf16 step computes in: ``torch.autocast`` to bfloat16 on the model's device, for the
+        forward pass and the loss only. fp32 and tf32 get no region (not a disabled one, which costs ~4 us
+        to enter and leave for nothing)."""
+        if not self.spec.settings.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _float32(self) -> contextlib.AbstractContextManager:
+        """A float32 region inside ``_autocast``: autocast off, as the AMP docs do locally for an op that must
+        run in float32 on float32 inputs. CUDA autocast refuses ``F.binary_cross_entropy`` even then."""
+        if not self.spec.settings.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    # -- the loss ------------------------------------------------------------------------
     def _loss(self, x: torch.Tensor, eps: torch.Tensor | None, block: int | torch.Tensor | None = None):
+        """The forward pass and the loss; under ``_autocast`` the forward computes in bfloat16 and the loss
+        is reduced in float32, from logits, mean and log-variance cast up (in float32 a no-op)."""
         logits, mu, logvar = self.model(x, eps, block)
+        with self._float32():
+            return self._objective(x, logits.float(), mu.float(), logvar.float(), block)
+
+    def _objective(self, x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                   block: int | torch.Tensor | None) -> torch.Tensor:
+        """The spec's loss, reconstruction plus beta times KL, batch-averaged."""
         loss = self.spec.loss
         if loss.reconstruction == "mse":  # of the sigmoid output, summed over features like BCE
             recon = (torch.sigmoid(logits) - x).square().sum(dim=1)
@@ -141,8 +181,9 @@ class TorchVAE(VAEAdapter):
     def train_step(self, x: np.ndarray, eps: np.ndarray | None = None, mask_block: int | None = None) -> torch.Tensor:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self._tensor(x), None if eps is None else self._noise(eps), self._block(mask_block))
-        loss.backward()
+        with self._autocast():
+            loss = self._loss(self._tensor(x), None if eps is None else self._noise(eps), self._block(mask_block))
+        loss.backward()  # outside autocast: each op's backward runs in the dtype its forward ran in
         if self.spec.optimizer.clip_global_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optimizer.clip_global_norm)
         self.optimizer.step()
@@ -154,8 +195,11 @@ class TorchVAE(VAEAdapter):
             raise ValueError(f"eval_forward: spec {self.spec.name!r} masks a block of its input; pass mask_block "
                              f"(0 to {len(self.spec.masking.args['blocks']) - 1})")
         self.model.eval()
-        logits, mu, logvar = self.model(self._tensor(x), self._noise(eps), self._block(mask_block))
-        return {"recon": torch.sigmoid(logits).cpu().numpy(), "z_mean": self._canonical(mu),
+        with self._autocast():
+            logits, mu, logvar = self.model(self._tensor(x), self._noise(eps), self._block(mask_block))
+        # float32 numpy: the reconstruction from logits cast up, as the loss reads them; z_mean and z_log_var as
+        # their bf16 layers made them, cast up exactly (they lie on the bfloat16 grid; parity reads it)
+        return {"recon": torch.sigmoid(logits.float()).cpu().numpy(), "z_mean": self._canonical(mu),
                 "z_log_var": self._canonical(logvar)}
 
     @contextlib.contextmanager
@@ -176,7 +220,8 @@ class TorchVAE(VAEAdapter):
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         with self._buffers_kept():
-            loss = self._loss(self._tensor(x), self._noise(eps), self._block(mask_block))
+            with self._autocast():
+                loss = self._loss(self._tensor(x), self._noise(eps), self._block(mask_block))
             loss.backward()
         grads = {name: to_canonical(layout, leaf, t.grad.cpu().numpy())
                  for name, layout, leaf, t in self._tensors() if t.grad is not None}

@@ -34,10 +34,17 @@ def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, cu
                   "source": tol.tol_source if tol else "fixed", "floor_factor": rules.FLOOR_FACTOR,
                   "smooth_steps": rules.SMOOTH_STEPS, "final_fraction": rules.FINAL_FRACTION,
                   "kl_collapse_nats": rules.KL_COLLAPSE_NATS, "collapse_after": rules.COLLAPSE_AFTER}
+    tolerances["final_recon_other_precision"] = rules.TOL_FINAL_PRECISION
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return [{"spec_name": spec.name, "spec_hash": spec.hash, "spec": spec.to_dict(), "kmer": kmer, "batch": batch,
-             "steps": steps, "every": every, "data": data or "synthetic", "finished_at": now, "curve": c.to_dict(),
-             "verdict": v.to_dict(), "tolerances": tolerances} for c, v in zip(curves, verdicts, strict=True)]
+
+    def own(c):  # the spec the curve trained (a bf16 curve's hash is its bf16 spec's)
+        p = getattr(c, "precision", "fp32")
+        return spec if p == spec.settings.precision else spec.with_settings(precision=p, tf32=p == "tf32")
+
+    return [{"spec_name": spec.name, "spec_hash": own(c).hash, "spec": own(c).to_dict(), "kmer": kmer,
+             "batch": batch, "precision": getattr(c, "precision", "fp32"), "steps": steps, "every": every,
+             "data": data or "synthetic", "finished_at": now, "curve": c.to_dict(), "verdict": v.to_dict(),
+             "tolerances": tolerances} for c, v in zip(curves, verdicts, strict=True)]
 
 
 def floor_label(reference_label: str) -> str:
@@ -48,9 +55,14 @@ def floor_label(reference_label: str) -> str:
 def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int, every: int,
                reference: str = "torch", noise_floor: bool = True, data: str | None = None,
                columns: str | None = None, timeout_s: float = 1800,
-               on_judged: Callable[[list, list], None] | None = None) -> tuple[list, list]:
+               on_judged: Callable[[list, list], None] | None = None,
+               precisions: list[str] | None = None) -> tuple[list, list]:
     """Curves and verdicts; the reference impl runs first and, with ``noise_floor``, again from weights one
     ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances.
+
+    ``precisions`` (default: the spec's own): every impl trains once in each; the reference and its floor run in
+    float32 whatever they are, and a curve in another precision is labelled ``<impl> <precision>`` and judged
+    against the float32 reference (``harness.diagnose.curves``).
 
     ``on_judged(curves, verdicts)`` gets each curve with its verdict as soon as it can be judged: the
     reference and its 1-ulp run together, once both are trained, then every other impl as its worker ends
@@ -61,10 +73,15 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
     from harness.run.curves import CurveRun, train_curves
 
     order = [reference] + [i for i in impls if i != reference]
-    runs = [CurveRun(i, impl_label(i)) for i in order]
+    if precisions is None or precisions == [spec.settings.precision]:
+        runs = [CurveRun(i, impl_label(i)) for i in order]
+    else:  # the float32 reference first; then each precision's impls, fp32's other than the reference
+        runs = [CurveRun(reference, impl_label(reference), precision="fp32")]
+        runs += [CurveRun(i, impl_label(i) if p == "fp32" else f"{impl_label(i)} {p}", precision=p)
+                 for p in precisions for i in order if (i, p) != (reference, "fp32")]
     floor = floor_label(impl_label(reference)) if noise_floor else None
     if floor:
-        runs.insert(1, CurveRun(reference, floor, nudge=True))
+        runs.insert(1, CurveRun(reference, floor, nudge=True, precision=runs[0].precision))
     done: list = []
 
     def finished(curve) -> None:
@@ -110,7 +127,8 @@ class CurveWriter:
 
 def cmd_curves(args: argparse.Namespace) -> int:
     from bench.data_check import check_data
-    from harness.run.runner import cell_kmer
+    from harness.diagnose.preflight import detect_device_memory
+    from harness.run.runner import TF32_ON_CPU, cell_kmer
     from harness.spec.presets import resolve_spec
     from harness.store import check_results_dir, new_run_id, validate_run_id
 
@@ -122,6 +140,10 @@ def cmd_curves(args: argparse.Namespace) -> int:
     if reference not in impls:
         raise UsageError(f"--reference {reference} is not among --impl {','.join(impls)}; add it, or pick one of them")
     spec = resolve_spec(args.spec, kmer=args.kmer)
+    precisions = args.precision
+    if precisions and "tf32" in precisions and detect_device_memory()[0] != "gpu":
+        print(f"vaebench: curves: {TF32_ON_CPU}; no tf32 curves here", file=sys.stderr)
+        precisions = [p for p in precisions if p != "tf32"] or None
     run_id = validate_run_id(args.run_id) if args.run_id else new_run_id()
     kmer = cell_kmer(spec, args.kmer)
     # before any training (issue 27): an unwritable --results lost every curve at the write, and a --data file
@@ -135,7 +157,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
     store = CurveWriter(args.results, run_id, lambda curves, verdicts: curve_records(
         spec, kmer, args.batch, args.steps, args.every, curves, verdicts, args.data))
     _, verdicts = run_curves(spec, kmer, impls, args.steps, args.batch, args.every, reference,
-                             not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store)
+                             not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store,
+                             precisions=precisions)
     if args.json:
         print(json.dumps(store.records, indent=2, default=str))
     else:
@@ -159,18 +182,33 @@ def print_verdicts(spec_name: str, steps: int, batch: int, verdicts: list) -> No
     table = Table(title=f"training curves of {spec_name}, {steps} steps at batch {batch}, against "
                         f"{v0.reference if v0 else '?'} (parted: smoothed loss > {v0.tol_part if v0 else 0:.3%} apart; "
                         f"final recon tolerance {v0.tol_final if v0 else 0:.3%}; {where})")
-    for col in ("impl", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at", "top latent KL",
-                "KL collapse", "verdict"):
+    for col in ("impl", "precision", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at",
+                "top latent KL", "KL collapse", "verdict"):
         table.add_column(col)
     for v in verdicts:
         if v.error:
-            table.add_row(v.impl, "-", "-", "-", "-", "-", "-", f"[red]failed: {v.error}[/red]")
+            table.add_row(v.impl, v.precision, "-", "-", "-", "-", "-", "-", f"[red]failed: {v.error}[/red]")
             continue
-        table.add_row(v.impl, "-" if v.final_recon is None else f"{v.final_recon:.2%}",
+        table.add_row(v.impl, v.precision, "-" if v.final_recon is None else f"{v.final_recon:.2%}",
                       "never" if v.parted_at is None else str(v.parted_at),
                       "-" if v.max_part is None else f"{v.max_part:.2%}",
                       "none" if v.nonfinite_at is None else str(v.nonfinite_at),
                       "-" if v.kl_max_dim is None else f"{v.kl_max_dim:.3g} nats",
                       f"[yellow]collapsed (< {KL_COLLAPSE_NATS} nats)[/yellow]" if v.kl_collapse else "no",
-                      "[green]trains the same[/green]" if v.passed else "[red]differs[/red]")
+                      _verdict_text(v))
     Console().print(table)
+    if any(v.against_another_precision for v in verdicts):
+        from harness.diagnose.curves import TOL_FINAL_PRECISION
+
+        Console().print(f"a curve in another precision is judged against the float32 reference by where it ends (final "
+                        f"recon within {TOL_FINAL_PRECISION:.0%}, no NaN, no KL collapse float32 does not show); the "
+                        "step it parted at is where it left float32's path")
+
+
+def _verdict_text(v) -> str:
+    if not v.passed:
+        return "[red]differs[/red]"
+    if v.against_another_precision:
+        parted = "never parted" if v.parted_at is None else f"parted at step {v.parted_at}"
+        return f"[green]trains as fp32 does ({parted})[/green]"
+    return "[green]trains the same[/green]"

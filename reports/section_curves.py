@@ -13,14 +13,19 @@ from reports.plots import plot_curves
 
 
 def _verdict_row(v: dict[str, Any]) -> list[str]:
+    precision = v.get("precision", "fp32")
     if v.get("error"):
-        return [v["impl"], "-", "-", "-", "-", "-", f"failed: {v['error']}"]
+        return [v["impl"], precision, "-", "-", "-", "-", "-", f"failed: {v['error']}"]
     pct = lambda x: "-" if x is None else f"{x:.2%}"  # noqa: E731
-    return [v["impl"], pct(v.get("final_recon")), "never" if v.get("parted_at") is None else str(v["parted_at"]),
+    other = precision != "fp32"
+    verdict = ("**differs**" if not v.get("passed") else "trains as fp32 does" if other else "trains the same")
+    return [v["impl"], precision, pct(v.get("final_recon")),
+            "never" if v.get("parted_at") is None else str(v["parted_at"]),
             pct(v.get("max_part")), "none" if v.get("nonfinite_at") is None else str(v["nonfinite_at"]),
             "-" if v.get("kl_max_dim") is None else f"{v['kl_max_dim']:.3g}"
-            + (" **collapsed**" if v.get("kl_collapse") else ""),
-            "trains the same" if v.get("passed") else "**differs**"]
+            + (" **collapsed**" + ("" if v.get("kl_collapse_reference") or not other else " (fp32 did not)")
+               if v.get("kl_collapse") else ""),
+            verdict]
 
 
 def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, colors: dict, plots: bool = True) -> None:
@@ -38,6 +43,10 @@ def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, color
           + (f"Both tolerances are {tol.get('floor_factor', 5):g} times the gaps of the reference's own second run from "
              "weights one float32 ulp apart (the noise floor, its row below). " if tol.get("source") == "floor" else
              "No noise-floor run: fixed tolerances. ")
+          + (f"A curve in another precision (bf16) is judged against the float32 reference by where it ends: final "
+             f"recon within {tol.get('final_recon_other_precision', 0.01):.0%}, no NaN, no KL collapse that float32 "
+             "does not show; its *parted at* step is where it left float32's path, and stands beside it. "
+             if any(r.get("precision", "fp32") != "fp32" for r in records) else "")
           + "The KL has *collapsed* when no latent element holds "
           f"{tol.get('kl_collapse_nats', '?')} nats after the first {tol.get('collapse_after', 0):.0%} of the steps "
           "while the reconstruction still falls.")
@@ -57,5 +66,5 @@ def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, color
               + (f"**KL collapse** in {', '.join(collapsed)}: the latent carries nothing while the reconstruction "
                  "still falls (raise the latent's share: a lower beta, KL annealing)." if collapsed
                  else "No KL collapse."))
-        doc.table(["impl", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at", "top latent KL (nats)",
-                   "verdict"], [_verdict_row(r["verdict"]) for r in recs])
+        doc.table(["impl", "precision", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at",
+                   "top latent KL (nats)", "verdict"], [_verdict_row(r["verdict"]) for r in recs])

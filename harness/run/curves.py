@@ -60,6 +60,8 @@ class Curve:
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: the precision the curve trained in (``Settings.precision``)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +157,8 @@ class CurveRun:
     impl: str
     label: str
     nudge: bool = False
+    #: the precision this run trains in; None: the spec's own
+    precision: str | None = None
 
 
 def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int, batch: int, every: int,
@@ -171,11 +175,13 @@ def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int,
             np.savez(paths[True], **{key: np.nextafter(v, np.float32(np.inf)) if key.startswith("w:") else v
                                      for key, v in inputs.items()})
         for run in runs:
-            task = CurvesTask(spec=spec.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every)
+            own = spec if run.precision is None else spec.with_settings(precision=run.precision,
+                                                                         tf32=run.precision == "tf32")
+            task = CurvesTask(spec=own.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every)
             start = time.perf_counter()
-            outcome = run_worker(task, run.impl, spec.settings, timeout_s)
+            outcome = run_worker(task, run.impl, own.settings, timeout_s)
             res = outcome.result or {}
-            curve = Curve(run.label, wall_s=time.perf_counter() - start)
+            curve = Curve(run.label, wall_s=time.perf_counter() - start, precision=own.settings.precision)
             if res.get("status") == "ok":
                 for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "grad_norm"):
                     setattr(curve, key, list(res[key]))

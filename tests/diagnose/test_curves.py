@@ -50,6 +50,26 @@ def test_curves_that_part_are_caught_at_the_step_they_part():
     assert judge([ref, failed])[1].error == "Worker died: SIGKILL" and not judge([ref, failed])[1].passed
 
 
+def test_a_bf16_curve_is_judged_by_where_it_ends_and_its_parting_step_stands_beside_it():
+    """bf16 leaves float32's path within steps; it trains as fp32 does when its end is within TOL_FINAL_PRECISION,
+    and a KL that collapses in bf16 only is a difference."""
+    from harness.diagnose.curves import TOL_FINAL_PRECISION
+
+    ref = _curve("torch", [100.0] * 100)
+    near = replace(_curve("flax bf16", [100.0] * 20 + [100.5] * 80), precision="bf16")  # parts, ends 0.5% away
+    n = len(near.recon)
+    near.recon = [r * (1 + TOL_FINAL_PRECISION / 2) for r in near.recon]
+    far = replace(near, impl="keras bf16", recon=[r * (1 + 3 * TOL_FINAL_PRECISION) for r in ref.recon])
+    collapsed = replace(near, impl="jax bf16", kl_max_dim=[0.5] * (n // 2) + [0.001] * (n - n // 2))
+    v = {x.impl: x for x in judge([ref, near, far, collapsed], reference="torch")}
+    assert v["flax bf16"].passed and v["flax bf16"].parted_at is not None and v["flax bf16"].parted_at < 30
+    assert v["flax bf16"].tol_final == TOL_FINAL_PRECISION and v["flax bf16"].against_another_precision
+    assert not v["keras bf16"].passed
+    assert v["jax bf16"].kl_collapse and not v["jax bf16"].kl_collapse_reference and not v["jax bf16"].passed
+    # the same parting in float32 is a difference: there the floor decides
+    assert not judge([ref, replace(near, precision="fp32")], reference="torch")[1].passed
+
+
 def test_the_noise_floor_sets_the_tolerances():
     ref = _curve("torch", [100.0] * 100)
     floor = _curve("torch (1 ulp)", [100.0] * 50 + [100.1] * 50)  # a 0.1% gap at the end

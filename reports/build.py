@@ -92,7 +92,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
         old.unlink()
 
     grouped = group_cells(rows)
-    multi_hash = len({(k[0], k[2]) for k in grouped}) < len(grouped)
+    multi_hash = len({(k[0], k[2], getattr(k, "precision", "fp32")) for k in grouped}) < len(grouped)
     pidx = params_index(params_check)
     grids = sweep_grids(rows)
     labels = {str(r.get("impl")) for r in rows} | {str(r.get("row") or r.get("impl")) for r in rows}
@@ -108,7 +108,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     doc.p(f"{date}, {device}, commit `{commit[:7]}`: {len(rows)} row{'s' if len(rows) != 1 else ''} ({n_ok} ok), "
           f"{len(impls)} impl{'s' if len(impls) != 1 else ''}, {len(specs)} spec{'s' if len(specs) != 1 else ''}.")
     title = lambda key: spec_title(key, multi_hash)  # noqa: E731
-    headline = section_answer(doc, grouped, rows, title, device, grids, out_dir, colors, plots)
+    headline = section_answer(doc, grouped, rows, title, device, grids, out_dir, colors, plots, curves=curves)
     doc.p("Details: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), "
           "[Results](#results) (with their plots), [Diagnosis](#diagnosis), "
           + ("[Training curves](#training-curves), " if curves else "")

@@ -245,17 +245,34 @@ def _row_mfu(row: Row) -> float | None:
     return num(mfu_fields(row.flops.tflops, peak, row.build.device_kind)["mfu"]["step"]) if peak else None
 
 
+class SpecKey(tuple):
+    """A group's key, ``(spec_name, spec_hash, kmer)`` as before the precision axis (it unpacks to three), with
+    the rows' ``precision`` beside it: a bf16 spec has a hash of its own, and its title and its place in the
+    answer come from this."""
+
+    precision: str
+
+    def __new__(cls, name: str, spec_hash: str, kmer: int | None, precision: str = "fp32") -> SpecKey:
+        key = super().__new__(cls, (name, spec_hash, kmer))
+        key.precision = precision
+        return key
+
+
+PRECISION_ORDER = {"fp32": 0, "tf32": 1, "bf16": 2}
+
+
 def group_cells(rows: list[Row | dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:
-    """Plain rows grouped as {(spec_name, spec_hash, kmer): {batch: [ImplCell, ...]}}."""
+    """Plain rows grouped as {SpecKey(spec_name, spec_hash, kmer): {batch: [ImplCell, ...]}}, a spec's precisions
+    next to each other, fp32 first."""
     by: dict[tuple, dict[int, dict[str, list[Row]]]] = {}
     for r in map(parse_row, rows):
         if r.is_probe:
             continue
         ident = r.identity
-        key = (str(ident.spec_name or "?"), str(ident.spec_hash or ""), ident.kmer)
+        key = SpecKey(str(ident.spec_name or "?"), str(ident.spec_hash or ""), ident.kmer, str(ident.precision))
         by.setdefault(key, {}).setdefault(int(ident.batch or 0), {}).setdefault(str(ident.impl), []).append(r)
     out: dict[tuple, dict[int, list[ImplCell]]] = {}
-    for key in sorted(by, key=lambda k: (k[0], str(k[2]), k[1])):
+    for key in sorted(by, key=lambda k: (k[0], str(k[2]), PRECISION_ORDER.get(k.precision, 9), k[1])):
         out[key] = {}
         for batch in sorted(by[key]):
             out[key][batch] = _order([summarize_impl(v) for v in by[key][batch].values()])

@@ -211,17 +211,72 @@ def _panel(name: str, by_batch: dict[int, list[ImplCell]], rec: BatchRecommendat
     return {"title": name, "lines": lines, "failures": failures, "best": best, "note": note}
 
 
+def _precision_sentence(fp32: str, by32: dict[int, list[ImplCell]], rec32: BatchRecommendation, precision: str,
+                        by_other: dict[int, list[ImplCell]], rec: BatchRecommendation,
+                        curves: list[dict[str, Any]], name: str, kmer: int | None, where: str, heading: str) -> str:
+    """One sentence for a spec measured in fp32 and in ``precision`` (bf16): the other precision is recommended
+    only where it trains more samples per second and its curve, against the float32 reference, ends where
+    float32's does (``harness.diagnose.curves``); its parting step stands beside it. Otherwise the fp32 sentence
+    stands, and says what the other precision would have given and why it is not the answer."""
+    if rec.choice is None or rec.batch is None or not rec.samples_per_s:
+        return fp32 + f" In {precision}: no recommendation (every cell failed, was skipped or leaks; below)."
+    label = next(c.label for c in by_other[rec.batch] if c.impl == rec.choice)
+    own32 = max((b / c.median_s for b, cs in by32.items() for c in cs if c.impl == rec.choice and c.eligible
+                 and c.median_s), default=None)
+    gain = f"{rec.samples_per_s / own32:.2f}× its fp32 samples/s" if own32 else "no fp32 row of its own to compare"
+    verdict = _curve_verdict(curves, name, kmer, label, precision)
+    best32 = rec32.samples_per_s or 0.0
+    pick = f"**{label} at batch {rec.batch:,} in {precision}** ({rec.samples_per_s:,.0f} samples/s, {gain}"
+    trains = None
+    if verdict is not None:
+        ends = f"final recon {verdict.get('final_recon') or 0:.2%} from fp32's"
+        parted = ("never parted from fp32's curve" if verdict.get("parted_at") is None
+                  else f"parted from fp32's curve at step {verdict['parted_at']}")
+        trains = (f"trains as fp32 does: {ends}, {parted}" if verdict.get("passed")
+                  else f"trains differently: {ends}, {parted}")
+    if rec.samples_per_s <= best32:
+        return fp32 + (f" In {precision}, the best is {pick}): slower than fp32's best here"
+                       + (f"; it {trains}" if trains else "") + ".")
+    if verdict is None:
+        return (fp32 + f" In {precision}, {pick}) is not recommended: no {precision} training curve in this run shows "
+                f"that it trains as fp32 does (python -m bench curves --precision {precision}).")
+    if not verdict.get("passed"):
+        return fp32 + f" In {precision}, {pick}) is not recommended: it {trains}."
+    return (f"**{heading}** {where}: use {pick}; {trains}); {rec.samples_per_s / best32:.2f}× the best fp32 pair's "
+            f"samples/s. In fp32: " + fp32.split(": ", 1)[-1])
+
+
+def _curve_verdict(curves: list[dict[str, Any]], name: str, kmer: int | None, label: str,
+                   precision: str) -> dict[str, Any] | None:
+    """The stored verdict of ``label``'s curve in ``precision`` for this spec (the matrix's curves run at one batch;
+    the steps to where curves end do not depend on the framework's speed), else None."""
+    for rec in reversed(curves):
+        if (rec.get("spec_name") == name and rec.get("kmer") == kmer and rec.get("precision") == precision
+                and rec.get("curve", {}).get("impl") in (f"{label} {precision}", label)):
+            return rec.get("verdict")
+    return None
+
+
 def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: Callable[[tuple], str], device: str,
-                   grids: dict, out_dir: Path, colors: dict, plots: bool = True) -> list[str]:
+                   grids: dict, out_dir: Path, colors: dict, plots: bool = True,
+                   curves: list[dict[str, Any]] | None = None) -> list[str]:
     """Write the answer, what broke, the summary figure and the failure maps; returns the sentences
-    (plain text, for the index)."""
+    (plain text, for the index). A spec measured in fp32 and bf16 gets one sentence (``_precision_sentence``)."""
     doc.open("answer", "answer")
     sweeps = sweep_largest(rows)
     sentences, panels = [], []
+    recs = {key: recommend_batch(by_batch, sweeps.get((key[0], key[2]))) for key, by_batch in grouped.items()}
+    fp32_key = {(k[0], k[2]): k for k in grouped if getattr(k, "precision", "fp32") == "fp32"}
     for key, by_batch in grouped.items():
-        rec = recommend_batch(by_batch, sweeps.get((key[0], key[2])))
+        rec = recs[key]
         name = title(key).replace("`", "")
-        sentences.append(_sentence(title(key), device, by_batch, rec))
+        precision = getattr(key, "precision", "fp32")
+        base = fp32_key.get((key[0], key[2]))
+        if precision != "fp32" and base is not None and sentences:
+            sentences[-1] = _precision_sentence(sentences[-1], grouped[base], recs[base], precision, by_batch, rec,
+                                                curves or [], key[0], key[2], _where(device), title(base))
+        else:
+            sentences.append(_sentence(title(key), device, by_batch, rec))
         panels.append(_panel(name, by_batch, rec))
     if not grouped:
         sentences.append("No benchmark cells in this run (only scenario or sweep rows): nothing to recommend.")

@@ -81,7 +81,9 @@ def _params_cell(pidx: dict[str, Any], spec: str, cell: ImplCell) -> str:
 
 def spec_title(key: tuple, multi_hash: bool) -> str:
     name, h, k = key
-    return f"{name}" + (f", k={k}" if k is not None else "") + (f" (`{h}`)" if multi_hash and h else "")
+    precision = getattr(key, "precision", "fp32")
+    return (f"{name}" + (f", k={k}" if k is not None else "") + (f", {precision}" if precision != "fp32" else "")
+            + (f" (`{h}`)" if multi_hash and h else ""))
 
 
 def section_table(doc: Doc, grouped: dict, pidx: dict, multi_hash: bool, out_dir: Path | None = None,

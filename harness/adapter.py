@@ -63,6 +63,11 @@ class PluginError(ValueError):
     """An ``--impl`` that names no usable adapter class; the message is one line and names the fix."""
 
 
+class PrecisionUnsupported(ValueError):
+    """The build does not compute in the precision its spec asks for (``VAEAdapter.precisions``): the cell is
+    skipped with this line, never trained in another precision and stored as if it were this one."""
+
+
 class VAEAdapter(ABC):
     #: row name in every table, e.g. "torch", "flax", "keras-jax"
     name: ClassVar[str] = "custom"
@@ -78,6 +83,19 @@ class VAEAdapter(ABC):
     #: the training loops this build offers, the first being the one its users write
     #: (Keras: ``fit``, then ``train_on_batch``); the row records the one that ran
     loops: ClassVar[tuple[str, ...]] = ("step",)
+    #: the precisions (``harness.spec.schema.PRECISIONS``) this build computes in as its spec asks: fp32 unless a
+    #: build says more. A plug-in that reads ``spec.settings.precision`` lists what it honours; one that does not
+    #: gets a skipped row for the others, never a float32 row labelled bf16
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    @classmethod
+    def check_precision(cls, spec: VAESpec) -> None:
+        """Raise ``PrecisionUnsupported`` where ``spec`` asks for a precision this build does not list."""
+        wanted = spec.settings.precision
+        if wanted not in cls.precisions:
+            raise PrecisionUnsupported(
+                f"{cls.__name__} does not compute in {wanted} (it lists {', '.join(cls.precisions)} in its "
+                f"'precisions'); add {wanted!r} there once it reads spec.settings.precision")
 
     def __init__(self, spec: VAESpec) -> None:
         self.spec = spec

@@ -35,7 +35,7 @@ from torch import nn
 from harness.adapter import VAEAdapter
 from harness.spec.layers import MASKED_BCE_CLIP
 from harness.spec.params import ParamCounts, param_table
-from harness.spec.schema import VAESpec
+from harness.spec.schema import PRECISIONS, VAESpec
 from impls.torch_layout import LEAVES, Layout, from_canonical, to_canonical
 from impls.torch_model import build_vae, parameter_counts
 
@@ -44,6 +44,7 @@ class TorchVAE(VAEAdapter):
     name = "torch"
     framework = "torch"
     stages_input = True
+    precisions = PRECISIONS
 
     def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)

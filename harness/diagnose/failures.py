@@ -109,7 +109,7 @@ def _classify(result: dict | None, returncode: int | None, stderr_tail: list[str
             return Failure("framework_missing", message)
         if etype == "NonFiniteLoss":
             return Failure("nan_loss", message)
-        if etype == "SkipCell":
+        if etype in ("SkipCell", "PrecisionUnsupported"):  # the build cannot run this cell as asked: no wrong row
             return Failure("skipped", message)
         if etype == "WrongParamCount":  # built and compiled fine, but not the spec's model
             return Failure("error", message)

@@ -114,6 +114,7 @@ def task_curves(task: CurvesTask) -> dict[str, Any]:
 
     cls = load_adapter_class(task.impl)
     spec = VAESpec.from_dict(task.spec)
+    cls.check_precision(spec)
     inputs = np.load(task.inputs_path)
     xs, x_eval, eps_eval = inputs["x"], inputs["x_eval"], inputs["eps_eval"]
     fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}

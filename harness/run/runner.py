@@ -294,7 +294,8 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
     phase = steps_phases[-1] if steps_phases else None
     failure = classify(outcome.result, outcome.returncode, outcome.stderr_all or outcome.stderr_tail,
                        outcome.timed_out, outcome.memory_limit_hit, phase, device=device)
-    row = {**base, "status": "ok" if failure.ok else "failed", "failure_kind": failure.kind,
+    status = "ok" if failure.ok else "skipped" if failure.kind == "skipped" else "failed"
+    row = {**base, "status": status, "failure_kind": failure.kind,
            "failure_message": failure.message, "failure_phase": None if failure.ok else phase,
            "returncode": outcome.returncode, "stderr_tail": outcome.stderr_tail, "wall_s": outcome.wall_s,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

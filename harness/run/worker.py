@@ -67,6 +67,7 @@ def task_parity(task: ParityTask) -> dict[str, Any]:
 def _parity_item(cls, item: dict[str, Any]) -> None:
     """One parity item: load the weights, record forward, loss, grads and one step to ``outputs_path``."""
     spec = VAESpec.from_dict(item["spec"])
+    cls.check_precision(spec)
     inputs = np.load(item["inputs_path"])
     weights = {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")}
     x, eps = inputs["x"], inputs["eps"]

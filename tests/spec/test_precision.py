@@ -116,9 +116,30 @@ def test_the_bf16_grid_tells_bf16_from_float16_and_float32():
 
 
 def test_a_row_off_the_grid_fails_whatever_its_errors():
-    row = ParityRow("planted", forward=0.0, loss=0.0, grads=0.0, after_step=0.0, reference_forward=0.0,
+    row = ParityRow("planted", forward=0.0, loss=0.0, grads=0.0, grads_global=0.0, after_step=0.0, reference_forward=0.0,
                     tol=tolerances("bf16"))
     assert row.passed()
     row.off_bf16_grid = 0.75
     assert not row.passed() and "off the bfloat16 grid" in row.why_not()
     assert tolerances("tf32") == tolerances("fp32") and tolerances("tf32", gpu=True) == tolerances("bf16")
+
+
+def test_a_build_refuses_a_precision_it_does_not_list():
+    from harness.adapter import PrecisionUnsupported, VAEAdapter
+
+    class Fp32Only(VAEAdapter):  # the default: fp32 only
+        pass
+
+    Fp32Only.check_precision(DENSE)
+    with pytest.raises(PrecisionUnsupported, match=r"Fp32Only does not compute in bf16 \(it lists fp32"):
+        Fp32Only.check_precision(DENSE.with_settings(precision="bf16"))
+
+
+@pytest.mark.worker
+def test_a_plugin_that_cannot_run_bf16_gets_a_skipped_row_with_the_reason_not_a_wrong_row():
+    from fixtures.paths import REPO
+
+    row = run_one(Cell(str(REPO / "tests/fixtures/planted.py") + ":NumpyVAE", DENSE, 3, 8, steps=5, timeout_s=120,
+                       precision="bf16"), {"gpus": []})
+    assert row["status"] == "skipped" and row["failure_kind"] == "skipped", row.get("failure_message")
+    assert "NumpyVAE does not compute in bf16" in row["failure_message"] and "step_stats" not in row

@@ -29,6 +29,7 @@ def build(task: CellTask) -> tuple[CellContext, BuildPart]:
     harness_anon = import_harness_modules()  # before t0: the harness's own, not the framework's
     t0 = time.perf_counter()
     cls = load_adapter_class(task.impl)  # the framework is imported here, and only here
+    cls.check_precision(spec)
     import_s = time.perf_counter() - t0
     release_free_heap()  # the import's freed scratch is no footprint: a later trim would return it
     import_anon = proc_status().get("RssAnon", 0)  # the framework's own footprint, before any model

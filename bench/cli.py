@@ -135,8 +135,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise UsageError(f"--spec {args.spec}: {exc}") from None
     out = []
     try:
-        for impl in impls:
-            out.append(measure_baseline(impl, spec, args.kmer, args.batch, args.steps, args.repeats))
+        for one in with_precisions([spec], args.precision):
+            for impl in impls:
+                out.append({**measure_baseline(impl, one, args.kmer, args.batch, args.steps, args.repeats),
+                            "precision": one.settings.precision})
     except BaselineError as exc:
         print(f"vaebench: baseline: {exc}", file=sys.stderr)
         return 1
@@ -144,7 +146,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     for o in out:
         ci, dci = o["step_ratio_ci95"], o["device_step_ratio_ci95"]
-        print(f"{o['impl']} vs {o['baseline']} ({o['spec']} k={o['kmer']} b={o['batch']}, {o['repeats']} repeats, "
+        print(f"{o['impl']} vs {o['baseline']} ({o['spec']} k={o['kmer']} b={o['batch']} {o['precision']}, "
+              f"{o['repeats']} repeats, "
               f"harness loop {o['harness_train_loop']}): baseline {o['baseline_median_s'] * 1e3:.3f} ms; "
               f"step {o['step_median_s'] * 1e3:.3f} ms, ratio {o['step_ratio']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); "
               f"device_step {o['device_step_median_s'] * 1e3:.3f} ms, ratio {o['device_step_ratio']:.3f} "

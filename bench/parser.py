@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=4)
     p.add_argument("--tolerance", type=positive_float, default=1.10,
                    help="exit 1 if any harness/baseline ratio (step or device_step) is above this")
+    p.add_argument("--precision", type=precision_list,
+                   help="the precision(s) the harness cell and the textbook loop both train in (default fp32)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("scenarios", help="the leak anti-patterns --scenario runs: what each shows, and its fix")

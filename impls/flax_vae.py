@@ -34,7 +34,7 @@ from flax import nnx
 
 from harness.adapter import VAEAdapter
 from harness.spec.params import ParamCounts, param_table
-from harness.spec.schema import VAESpec
+from harness.spec.schema import PRECISIONS, VAESpec
 from impls import jax_probes
 from impls.flax_model import VAE
 
@@ -128,6 +128,7 @@ class FlaxVAE(VAEAdapter):
     name = "flax"
     framework = "jax"
     stages_input = True
+    precisions = PRECISIONS
 
     def __init__(self, spec: VAESpec) -> None:
         super().__init__(spec)
@@ -136,6 +137,10 @@ class FlaxVAE(VAEAdapter):
         loaded = None if given is None else self._checked(given)
         # On GPU, JAX otherwise runs float32 matmuls and convolutions with reduced
         # precision (TF32 / bf16 passes); "highest" is true float32, like the other builds.
+        # It stays in bf16: a bfloat16 matmul or convolution multiplies bfloat16 and accumulates
+        # in float32 whatever the setting, which chooses among algorithms for float32 operands
+        # (on CPU a bf16 step is bit-identical under either), and a matmul the spec keeps in
+        # float32 is then true float32, as with TF32 off (NVIDIA_TF32_OVERRIDE=0) in the others.
         jax.config.update("jax_default_matmul_precision", None if spec.settings.tf32 else "highest")
         o = spec.optimizer
         # optax.adam adds eps to sqrt(v_hat), the adam_epsilon_hat=True form.

@@ -36,6 +36,14 @@ class TextbookAdam(keras.optimizers.Adam):
     through ``torch._foreach`` (``_backend_update_step``, the hook Keras' own torch
     optimizers override); under ``jax.jit`` / ``tf.function`` the per-variable form costs
     nothing extra, as the compiler fuses it.
+
+    Mixed precision (the ``mixed_bfloat16`` policy, ``settings.precision: bf16``) changes nothing
+    here: the policy keeps the model's variables in float32, Keras makes each moment with its
+    variable's dtype (``add_variable_from_reference``), and the gradients are float32, taken with
+    respect to those variables through the bfloat16 cast each layer makes inside ``call``. So the
+    master weights and Adam's state stay float32, as the spec pins them, and both forms of the
+    update compute in the variable's dtype. No ``LossScaleOptimizer``: Keras wraps the optimizer in
+    one for ``mixed_float16`` only, and bfloat16, with float32's exponent range, needs none.
     """
 
     def update_step(self, gradient, variable, learning_rate):

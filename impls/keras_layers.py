@@ -13,6 +13,22 @@ subclasses where Keras has none, as the keras.io VAE example writes its ``Sampli
 The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D ``(k, in, out)``,
 Conv1DTranspose ``(k, out, in)``, channels-last flatten), so each layer's variables are the canonical
 tensors under the same leaf names.
+
+Mixed precision (``settings.precision: bf16``) is Keras' ``mixed_bfloat16`` dtype policy, given to each layer
+(``dtype_policy``) rather than set globally, so that a float32 model built later in the same process stays
+float32: a layer under it keeps its variables in float32 and computes in bfloat16, casting its floating inputs
+and (inside ``call``) its variables to bfloat16. What the spec keeps in float32 (``BF16_FLOAT32_OPS``):
+
+* the BatchNorm and GroupNorm statistics: Keras' own ``BatchNormalization`` and ``GroupNormalization``
+  upcast their inputs to float32, normalise there (moving statistics, gamma and beta included: their
+  variables are never autocast) and cast the result to the layer's compute dtype;
+* the attention softmax: forced here, ``AttentionBlock`` casts the scores to float32 before ``ops.softmax``
+  (``keras.layers.Softmax`` and ``ops.softmax`` compute in their input's dtype);
+* the sampling: forced, ``Sampling`` is built with ``dtype="float32"`` (the model does so whatever the
+  precision), so it casts the bfloat16 ``z_mean`` and ``z_log_var`` up and draws and adds in float32; the
+  decoder's first layer casts ``z`` down to bfloat16, as its policy says;
+* the loss and the KL, the master weights and Adam's state: see ``impls.keras_model.vae_loss`` and
+  ``impls.keras_adam``.
 """
 
 from __future__ import annotations
@@ -47,6 +63,13 @@ def loading_weights() -> Iterator[None]:
         _LOADING.reset(token)
 
 
+def dtype_policy(spec: VAESpec) -> keras.DTypePolicy | None:
+    """The dtype policy of the model's layers: ``mixed_bfloat16`` (bfloat16 compute over float32 variables)
+    under ``settings.precision: bf16``, else ``None``, Keras' global policy, which this build never sets
+    (``float32``), so a float32 build is exactly the one made before precisions existed."""
+    return keras.DTypePolicy("mixed_bfloat16") if spec.settings.bf16 else None
+
+
 def initialisers(spec: VAESpec, layer: Layer | None = None) -> tuple[str, str]:
     """Kernel and bias initialiser names: Keras' ``zeros`` for a layer's ``init: zeros`` (and while
     ``loading_weights``), otherwise the spec's pinned ones."""
@@ -62,6 +85,10 @@ class Sampling(layers.Layer):
     variable that Keras threads through the jitted step), unless the caller passes it,
     which parity checks do to fix the noise. ``seed``: an int, or the generator itself
     when the model shares one stream between its random layers.
+
+    The model builds it with ``dtype="float32"`` (the spec keeps the sampling in float32): under
+    ``mixed_bfloat16`` Keras casts the bfloat16 ``z_mean`` and ``z_log_var`` up to the layer's
+    compute dtype as they come in, so ``z`` is float32.
     """
 
     def __init__(self, seed: int | keras.random.SeedGenerator | None = None, **kwargs: Any) -> None:
@@ -118,11 +145,14 @@ class CropOrPad(layers.Layer):
 
 
 def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
-    """The stock Keras layer for one spec layer, with every framework default pinned."""
+    """The stock Keras layer for one spec layer, with every framework default pinned, under the spec's
+    dtype policy (``dtype_policy``)."""
     t, a, s = layer.type, layer.args, spec.settings
     kernel_init, bias_init = initialisers(spec, layer)
+    dtype = dtype_policy(spec)  # bf16: mixed_bfloat16, as every layer of the model
     if t == "dense":
-        return layers.Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
+        return layers.Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name,
+                            dtype=dtype)
     if t in ("conv1d", "conv_transpose1d"):
         conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
         # A strided conv-transpose is built "valid" and trimmed by a Cropping1D after it
@@ -130,34 +160,37 @@ def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
         # position off the jax and tensorflow backends (it warns so), the full one it places alike.
         padding = "valid" if t == "conv_transpose1d" and layer.stride > 1 else "same"
         return conv(a["filters"], a["kernel_size"], strides=layer.stride, padding=padding,
-                    kernel_initializer=kernel_init, bias_initializer=bias_init, name=name)
+                    kernel_initializer=kernel_init, bias_initializer=bias_init, name=name, dtype=dtype)
     if t == "max_pool1d":
-        return layers.MaxPooling1D(a["pool_size"], name=name)
+        return layers.MaxPooling1D(a["pool_size"], name=name, dtype=dtype)
     if t == "upsample1d":
-        return layers.UpSampling1D(a["size"], name=name)
+        return layers.UpSampling1D(a["size"], name=name, dtype=dtype)
     if t == "batch_norm":
-        return layers.BatchNormalization(momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, name=name)
+        # under mixed_bfloat16 Keras normalises in float32 (statistics included) and returns bfloat16
+        return layers.BatchNormalization(momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, name=name,
+                                         dtype=dtype)
     if t == "group_norm":
-        return layers.GroupNormalization(a["groups"], epsilon=spec.group_norm_epsilon(layer), name=name)
+        return layers.GroupNormalization(a["groups"], epsilon=spec.group_norm_epsilon(layer), name=name, dtype=dtype)
     if t == "attention1d":
         kernel_init, bias_init = initialisers(spec)  # its output projection alone follows ``init: zeros``
         return AttentionBlock(a["groups"], spec.group_norm_epsilon(layer), kernel_init=kernel_init,
-                              bias_init=bias_init, zero_proj=a.get("init") == ZERO_INIT, name=name)
+                              bias_init=bias_init, zero_proj=a.get("init") == ZERO_INIT, name=name, dtype=dtype)
     if t == "relu":
-        return layers.ReLU(name=name)
+        return layers.ReLU(name=name, dtype=dtype)
     if t == "leaky_relu":
-        return layers.LeakyReLU(negative_slope=spec.leaky_slope(layer), name=name)
+        return layers.LeakyReLU(negative_slope=spec.leaky_slope(layer), name=name, dtype=dtype)
     if t == "gelu":
         # keras.layers.Activation("gelu") would take the activation's default form; pin it
-        return layers.Activation(lambda x: keras.activations.gelu(x, approximate=s.gelu_approximate), name=name)
+        return layers.Activation(lambda x: keras.activations.gelu(x, approximate=s.gelu_approximate), name=name,
+                                 dtype=dtype)
     if t in ("sigmoid", "silu", "selu"):
-        return layers.Activation(t, name=name)
+        return layers.Activation(t, name=name, dtype=dtype)
     if t == "flatten":
-        return layers.Flatten(name=name)
+        return layers.Flatten(name=name, dtype=dtype)
     if t == "reshape":
-        return layers.Reshape(tuple(a["shape"]), name=name)
+        return layers.Reshape(tuple(a["shape"]), name=name, dtype=dtype)
     if t == "residual":
-        return ResidualBlock(spec, layer, name=name)
+        return ResidualBlock(spec, layer, name=name, dtype=dtype)
     raise ValueError(f"unknown layer type {t!r}")
 
 
@@ -167,7 +200,8 @@ def keras_layers(spec: VAESpec, layer: Layer, name: str) -> list[layers.Layer]:
     warns so), the full ("valid") one it places alike."""
     out = [keras_layer(spec, layer, name)]
     if layer.type == "conv_transpose1d" and layer.stride > 1:
-        out.append(layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{name}_trim"))
+        out.append(layers.Cropping1D(transpose_trim(layer.args["kernel_size"], layer.stride), name=f"{name}_trim",
+                                     dtype=dtype_policy(spec)))
     return out
 
 
@@ -176,7 +210,11 @@ class AttentionBlock(layers.Layer):
     ``x + proj(softmax(q k^T / sqrt(C)) v)`` with ``q``, ``k``, ``v`` and ``proj`` 1x1 ``Conv1D`` of a
     ``GroupNormalization`` of ``x``; one head over all C channels, the softmax over the keys.
     ``zero_proj`` starts the output projection at zero (``init: zeros``), so the block starts as the
-    identity. ``parts`` maps each canonical sub-name (``norm``, ``q``, ...) to its Keras layer."""
+    identity. ``parts`` maps each canonical sub-name (``norm``, ``q``, ...) to its Keras layer.
+
+    Its sub-layers take the block's own dtype policy. Under ``mixed_bfloat16`` the softmax alone runs in
+    float32, as the spec pins it: the bfloat16 scores are cast up before it and the weights back down to
+    the compute dtype for the product with ``v``. (Under ``float32`` both casts are no-ops.)"""
 
     def __init__(self, groups: int, epsilon: float, kernel_init: str, bias_init: str, zero_proj: bool = False,
                  **kwargs: Any) -> None:
@@ -186,13 +224,15 @@ class AttentionBlock(layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.norm = layers.GroupNormalization(self.groups, epsilon=self.epsilon, name=f"{self.name}_norm")
+        self.norm = layers.GroupNormalization(self.groups, epsilon=self.epsilon, name=f"{self.name}_norm",
+                                              dtype=self.dtype_policy)
         self.norm.build(input_shape)
         self.parts = {"norm": self.norm}
         for part in ("q", "k", "v", "proj"):
             zero = part == "proj" and self.zero_proj
             conv = layers.Conv1D(channels, 1, kernel_initializer="zeros" if zero else self.kernel_init,
-                                 bias_initializer="zeros" if zero else self.bias_init, name=f"{self.name}_{part}")
+                                 bias_initializer="zeros" if zero else self.bias_init, name=f"{self.name}_{part}",
+                                 dtype=self.dtype_policy)
             conv.build(input_shape)
             setattr(self, part, conv)
             self.parts[part] = conv
@@ -201,13 +241,15 @@ class AttentionBlock(layers.Layer):
         h = self.norm(x)
         q, k, v = self.q(h), self.k(h), self.v(h)
         scores = ops.matmul(q, ops.transpose(k, (0, 2, 1))) / math.sqrt(x.shape[-1])  # (B, L queries, L keys)
-        return x + self.proj(ops.matmul(ops.softmax(scores, axis=-1), v))
+        weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)  # in float32 whatever the policy
+        return x + self.proj(ops.matmul(ops.cast(weights, self.compute_dtype), v))
 
 
 class ResidualBlock(layers.Layer):
     """``activation(inner(x) + skip(x))``, the spec's ``residual``, as a Keras layer subclass: ``inner``
     its layers, ``skip`` a 1x1 Conv1D / Conv1DTranspose (empty: identity). ``parts`` maps each nested
-    canonical name (``inner.0``, ``skip``) to its Keras layer, for ``build_encoder_decoder``."""
+    canonical name (``inner.0``, ``skip``) to its Keras layer, for ``build_encoder_decoder``. Its layers
+    are ``keras_layer``'s, under the spec's dtype policy as the block itself is."""
 
     def __init__(self, spec: VAESpec, layer: Layer, **kwargs: Any) -> None:
         super().__init__(**kwargs)

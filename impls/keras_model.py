@@ -2,6 +2,13 @@
 decoder of the layers in ``impls.keras_layers``, and a ``keras.Model`` subclass that overrides
 ``compute_loss`` only, so the step itself is Keras' own per-backend trainer (``jax.jit`` /
 ``tf.function`` / eager torch).
+
+Under ``settings.precision: bf16`` every layer of the encoder and decoder computes under the
+``mixed_bfloat16`` policy (``impls.keras_layers.dtype_policy``), the latent heads and ``CropOrPad``
+included, so ``z_mean``, ``z_log_var`` and the logits come out in bfloat16; ``Sampling`` (float32 in every
+precision) and the loss (``vae_loss`` casts its inputs up) stay in float32, as the spec pins them. The
+``VAE`` model and its masking layer keep Keras' default ``float32`` policy: they hold no weights, and the
+masking works on the float32 batch before the encoder's first layer casts it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from keras import layers, ops
 from harness.spec.layers import MASKED_BCE_CLIP, Layer
 from harness.spec.schema import Loss, VAESpec
 from harness.spec.shapes import latent_shape
-from impls.keras_layers import CropOrPad, RandomBlockMasking, Sampling, initialisers, keras_layers
+from impls.keras_layers import CropOrPad, RandomBlockMasking, Sampling, dtype_policy, initialisers, keras_layers
 
 
 def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", kl_normalisation: str = "batch",
@@ -26,8 +33,12 @@ def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", k
     summed over features; ``masked_bce``: Keras' BCE of the sigmoid output clipped to [1e-7, 1 - 1e-7]
     on the masked block only (``mask``, the block's (L,) boolean mask), averaged over its positions.
     ``kl_normalisation: features`` divides the KL by the number of input features. ``x`` is the
-    unmasked batch."""
-    logits = y_pred["logits"]
+    unmasked batch.
+
+    The loss and the KL are float32 in every precision: under ``mixed_bfloat16`` the logits, ``z_mean``
+    and ``z_log_var`` come out of bfloat16 layers and are cast up before anything is reduced (as the
+    Keras mixed-precision guide keeps a model's outputs in float32); in float32 the casts are no-ops."""
+    logits, mu, logvar = (ops.cast(y_pred[key], "float32") for key in ("logits", "z_mean", "z_log_var"))
     if reconstruction == "mse":
         recon = ops.sum(ops.square(ops.subtract(ops.sigmoid(logits), x)), axis=-1)  # x may be numpy
     elif reconstruction == "masked_bce":
@@ -36,7 +47,6 @@ def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", k
         recon = ops.sum(ops.binary_crossentropy(x, p) * mask, axis=-1) / ops.sum(mask)
     else:
         recon = ops.sum(ops.binary_crossentropy(x, logits, from_logits=True), axis=-1)
-    mu, logvar = y_pred["z_mean"], y_pred["z_log_var"]
     kl = -0.5 * ops.sum(1.0 + logvar - ops.square(mu) - ops.exp(logvar), axis=tuple(range(1, len(mu.shape))))
     if kl_normalisation == "features":
         kl = kl / logits.shape[-1]
@@ -66,7 +76,8 @@ class VAE(keras.Model):
         self.encoder = encoder
         self.decoder = decoder
         seed_generator = keras.random.SeedGenerator(seed)
-        self.sampling = Sampling(seed=seed_generator, name="sampling")
+        # float32 whatever the layers' policy: the spec keeps the sampling in float32
+        self.sampling = Sampling(seed=seed_generator, name="sampling", dtype="float32")
         self.masking = None if masking is None else RandomBlockMasking(masking, seed=seed_generator, name="masking")
         self.loss_spec = loss
         #: Python executions of ``train_step``; under ``jax.jit`` / ``tf.function``
@@ -124,21 +135,22 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
 
     x = keras.Input(shape=(spec.input_length,), name="x")
     h = stack("encoder", spec.encoder, x)
-    heads, (kernel_init, bias_init) = [], initialisers(spec)
+    heads, (kernel_init, bias_init), dtype = [], initialisers(spec), dtype_policy(spec)
     for head in ("z_mean", "z_log_var"):
         if spec.latent_heads.type == "conv1d":  # a Gaussian over a feature map: "same" convs to latent_dim channels
             by_name[head] = layers.Conv1D(spec.latent_dim, spec.latent_heads.kernel_size, padding="same",
-                                          kernel_initializer=kernel_init, bias_initializer=bias_init, name=head)
+                                          kernel_initializer=kernel_init, bias_initializer=bias_init, name=head,
+                                          dtype=dtype)
         else:
             by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=kernel_init,
-                                         bias_initializer=bias_init, name=head)
+                                         bias_initializer=bias_init, name=head, dtype=dtype)
         heads.append(by_name[head](h))
     encoder = keras.Model(x, heads, name="encoder")
 
     z = keras.Input(shape=latent_shape(spec), name="z")
     logits = stack("decoder", spec.decoder, z)
     if spec.output_length_policy == "crop_or_pad":
-        logits = CropOrPad(spec.input_length, name="crop_or_pad")(logits)
+        logits = CropOrPad(spec.input_length, name="crop_or_pad", dtype=dtype)(logits)
     decoder = keras.Model(z, logits, name="decoder")
 
     return encoder, decoder, by_name

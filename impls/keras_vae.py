@@ -24,6 +24,15 @@ Two places depart from Keras' defaults because the spec pins them (see
 ``harness.spec.schema.Settings``): the Adam update (``TextbookAdam``, ``impls/keras_adam.py``) and the BatchNorm
 momentum, epsilon, GroupNorm epsilon, leaky-ReLU slope and GELU form, passed explicitly to each layer.
 
+Mixed precision (``settings.precision: bf16``) is the Keras mixed-precision guide's: the ``mixed_bfloat16``
+dtype policy, passed to each layer of the model (``impls.keras_layers.dtype_policy``; Keras' global policy is
+never set, so a float32 model built after a bf16 one in the same process stays float32). The layers compute in
+bfloat16 over float32 variables, so the master weights, their gradients and ``TextbookAdam``'s moments are
+float32, and no ``LossScaleOptimizer`` is needed (bfloat16 has float32's exponent range). What the spec keeps in
+float32 (``harness.spec.schema.BF16_FLOAT32_OPS``) is listed in ``impls/keras_layers.py``: Keras' own norm layers
+keep their statistics in float32; the attention softmax, the sampling and the loss are forced. Every entry point
+(``fit``, ``train_on_batch``, ``loss_and_grads``, ``eval_forward``) runs the same model, so all honour it.
+
 The canonical weight layout *is* Keras' layout (Dense ``(in, out)``, Conv1D
 ``(k, in, out)``, Conv1DTranspose ``(k, out, in)``, channels-last flatten), so moving
 weights is a name lookup with no transposes.
@@ -47,7 +56,7 @@ from keras import ops
 
 from harness.adapter import VAEAdapter
 from harness.spec.params import ParamCounts, param_table
-from harness.spec.schema import VAESpec
+from harness.spec.schema import PRECISIONS, VAESpec
 from impls import keras_backend
 from impls.keras_adam import TextbookAdam
 from impls.keras_backend import BACKEND, on_gpu, pin_device_settings, seed_everything, value_and_grad
@@ -85,6 +94,7 @@ class KerasVAE(VAEAdapter):
     name: ClassVar[str] = f"keras-{BACKEND}"
     framework: ClassVar[str] = "keras"
     loops: ClassVar[tuple[str, ...]] = ("fit", "train_on_batch")
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     #: for the default loop, fit; ``use_loop`` sets it on the instance
     syncs_every_step: ClassVar[bool] = not async_callbacks()
     #: JAX and torch train on what ``to_device`` returns; TensorFlow's ``fit`` feeds a
@@ -196,12 +206,14 @@ class KerasVAE(VAEAdapter):
         return self.model.train_on_batch(self._inputs(x, eps, mask_block))
 
     def eval_forward(self, x: np.ndarray, eps: np.ndarray, mask_block: int | None = None) -> dict[str, np.ndarray]:
+        """Float32 arrays in every precision: under ``mixed_bfloat16`` the model's outputs are bfloat16 and are
+        cast up exactly, so ``z_mean`` and ``z_log_var`` lie on the bfloat16 grid (parity reads that)."""
         out = self.model.predict_on_batch(self._inputs(x, eps, mask_block))
         logits = np.asarray(out["logits"], np.float64)
         return {  # the model ends in logits (the loss wants them); sigmoid(l) = (1 + tanh(l / 2)) / 2 never overflows
             "recon": (0.5 + 0.5 * np.tanh(0.5 * logits)).astype(np.float32),
-            "z_mean": np.asarray(out["z_mean"]),
-            "z_log_var": np.asarray(out["z_log_var"]),
+            "z_mean": np.asarray(out["z_mean"], np.float32),
+            "z_log_var": np.asarray(out["z_log_var"], np.float32),
         }
 
     def loss_and_grads(self, x: np.ndarray, eps: np.ndarray,

@@ -108,9 +108,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 #: what a bf16 step keeps in float32 in every build, so that no framework's own default decides it (the spec
 #: pins it; ``docs/precision.md`` lists what each framework does without it): the master weights and Adam's state,
 #: the loss and the KL (the logits, z_mean and z_log_var are cast up before they are reduced), the BatchNorm and
-#: GroupNorm statistics, the attention softmax, and the sampling (mu + sigma * eps)
+#: GroupNorm statistics, the attention softmax, the sampling (mu + sigma * eps), and the bias gradients (a sum over
+#: the batch: torch reduces in float32 itself, XLA on a CPU rounds after every add, so the Flax and Keras builds add
+#: their biases in float32)
 BF16_FLOAT32_OPS = ("weights", "adam state", "loss", "kl", "batch norm statistics", "group norm statistics",
-                    "softmax", "sampling")
+                    "softmax", "sampling", "bias gradients")
 
 
 def fairness_env(settings: Settings) -> dict[str, str]:

@@ -10,8 +10,10 @@ batches (``harness.data``); an import-linter contract in ``pyproject.toml`` keep
 them away from ``impls`` and the rest of the harness.
 
 Each exposes ``run(spec, kmer, batch, steps, warmup, steps_per_window) -> dict`` with
-``median_s``, ``window_times_s`` (seconds per step of each window) and ``params``
-(trainable count). ``python -m bench baseline`` runs them in workers
+``median_s``, ``window_times_s`` (seconds per step of each window), ``params``
+(trainable count) and ``final_loss``. Each trains in the spec's precision the way its framework's docs show it
+(bf16: torch's autocast recipe, Flax NNX module dtypes, the Keras ``mixed_bfloat16`` policy).
+``python -m bench baseline`` runs them in workers
 (``harness.run.task.BaselineTask``), in the environment a cell gets.
 """
 

@@ -96,16 +96,23 @@ def result(window_times_s: list[float], params: int, **extra: Any) -> dict[str, 
 
 
 def main(run) -> None:
-    """``python -m bench.baselines.MODULE --spec dense --kmer 5 --batch 64 --steps 200``: one run, as JSON."""
+    """``python -m bench.baselines.MODULE --spec dense --kmer 5 --batch 64 --steps 200 --precision bf16``: one run,
+    as JSON. ``--precision`` sets the spec's ``settings.precision`` (as ``bench baseline --precision`` does)."""
     import argparse
     import json
 
     from harness.spec.presets import resolve_spec
+    from harness.spec.schema import PRECISIONS
 
     p = argparse.ArgumentParser(description="one textbook baseline run, printed as JSON")
     p.add_argument("--spec", default="dense")
     p.add_argument("--kmer", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="what the step computes in (default: the spec's own, fp32 for the presets)")
     args = p.parse_args()
-    print(json.dumps(run(resolve_spec(args.spec, kmer=args.kmer), args.kmer, args.batch, args.steps), indent=2))
+    spec = resolve_spec(args.spec, kmer=args.kmer)
+    if args.precision is not None:
+        spec = spec.with_settings(precision=args.precision, tf32=args.precision == "tf32")
+    print(json.dumps({"precision": spec.settings.precision, **run(spec, args.kmer, args.batch, args.steps)}, indent=2))

@@ -6,8 +6,18 @@ and epsilon, ``nnx.leaky_relu``). The model and optimizer are ``nnx.split`` once
 graphdef and a state, and a pure step over that state is ``jax.jit``-compiled with the
 state donated, so parameters and Adam moments are updated in place; the noise key
 rides in the model's own ``nnx.Rngs`` stream, as the NNX VAE example draws it.
-Settings that decide speed or work: float32, ``jax_default_matmul_precision="highest"``
-(TF32 and bf16 passes off), Glorot-uniform kernels and zero biases, Adam's eps.
+Settings that decide speed or work: the spec's precision (float32 with
+``jax_default_matmul_precision="highest"``, TF32 and bf16 passes off, or the backend's default
+when ``settings.tf32`` asks for it; or bf16, below), Glorot-uniform kernels and zero biases, Adam's eps.
+
+Mixed precision (``settings.precision: bf16``) is Flax NNX's own: every ``nnx.Linear`` and
+``nnx.BatchNorm`` is built with ``dtype=jnp.bfloat16`` (what it computes in) and
+``param_dtype=jnp.float32`` (what its weights are), so each layer casts its input and weights to
+bfloat16 as it runs, while the weights, their gradients and Adam's moments stay float32 (no loss
+scaling: bfloat16 has float32's exponent range). The batch goes in as float32 (the first layer
+casts it); the loss reduces the logits, mu and logvar cast to float32. ``nnx.BatchNorm`` computes
+its statistics in float32 whatever its ``dtype``; the rest follows JAX's type promotion (the
+sampling's float32 noise makes z float32, which the decoder's first layer casts down).
 
 Feeding, as the JAX docs show prefetching: ``jax.device_put`` of the next batch is issued
 before the current step is dispatched, so its copy overlaps the running step.
@@ -31,15 +41,22 @@ from bench.baselines.common import blocks, check_output, encoder_width, host_bat
 from harness.spec.schema import VAESpec
 
 
+def dtypes(spec: VAESpec) -> dict:
+    """A module's compute and weight dtypes: bfloat16 over float32 weights in bf16; Flax's defaults otherwise
+    (``dtype=None``: the input's and weights' dtype, float32)."""
+    return {"dtype": jnp.bfloat16 if spec.settings.bf16 else None, "param_dtype": jnp.float32}
+
+
 def make_layers(spec: VAESpec, part: str, rngs: nnx.Rngs) -> list:
     s = spec.settings
     init = {"kernel_init": nnx.initializers.glorot_uniform(), "bias_init": nnx.initializers.zeros_init()}
     out: list = []
     for b in blocks(spec, part):
         if b.type == "dense":
-            out.append(nnx.Linear(b.width, b.units, **init, rngs=rngs))
+            out.append(nnx.Linear(b.width, b.units, **init, **dtypes(spec), rngs=rngs))
         elif b.type == "batch_norm":
-            out.append(nnx.BatchNorm(b.width, momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon, rngs=rngs))
+            out.append(nnx.BatchNorm(b.width, momentum=s.batch_norm_momentum, epsilon=s.batch_norm_epsilon,
+                                     **dtypes(spec), rngs=rngs))
         elif b.type == "leaky_relu":
             out.append(functools.partial(nnx.leaky_relu, negative_slope=b.slope))
         elif b.type == "relu":
@@ -55,8 +72,8 @@ class VAE(nnx.Module):
     def __init__(self, spec: VAESpec, rngs: nnx.Rngs) -> None:
         init = {"kernel_init": nnx.initializers.glorot_uniform(), "bias_init": nnx.initializers.zeros_init()}
         self.encoder = nnx.Sequential(*make_layers(spec, "encoder", rngs))
-        self.fc_mu = nnx.Linear(encoder_width(spec), spec.latent_dim, **init, rngs=rngs)
-        self.fc_logvar = nnx.Linear(encoder_width(spec), spec.latent_dim, **init, rngs=rngs)
+        self.fc_mu = nnx.Linear(encoder_width(spec), spec.latent_dim, **init, **dtypes(spec), rngs=rngs)
+        self.fc_logvar = nnx.Linear(encoder_width(spec), spec.latent_dim, **init, **dtypes(spec), rngs=rngs)
         self.decoder = nnx.Sequential(*make_layers(spec, "decoder", rngs))  # ends in logits
         self.rngs = rngs
 
@@ -68,7 +85,8 @@ class VAE(nnx.Module):
 
 
 def loss_fn(model: VAE, x: jax.Array, beta: float) -> jax.Array:
-    logits, mu, logvar = model(x)
+    logits, mu, logvar = model(x)  # bf16: bfloat16 out of the bfloat16 layers, cast up before any reduction
+    logits, mu, logvar = (a.astype(jnp.float32) for a in (logits, mu, logvar))
     bce = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=-1).mean()
     kld = (-0.5 * (1 + logvar - mu**2 - jnp.exp(logvar))).sum(axis=-1).mean()
     return bce + beta * kld
@@ -115,8 +133,9 @@ def run(spec: VAESpec, kmer: int, batch: int, steps: int, warmup: int | None = N
         times.append((time.perf_counter() - t) / spw)
         if not math.isfinite(float(loss)):
             raise FloatingPointError(f"loss is {float(loss)} after {i} steps")
-    return result(times, params, framework=f"jax {jax.__version__}", device=jax.default_backend(),
-                  loop="Flax NNX, nnx.split once + jax.jit(donate_argnums=state), jax.device_put one batch ahead")
+    amp = ", modules dtype=bfloat16 over param_dtype=float32" if spec.settings.bf16 else ""
+    return result(times, params, final_loss=float(loss), framework=f"jax {jax.__version__}", device=jax.default_backend(),
+                  loop=f"Flax NNX, nnx.split once + jax.jit(donate_argnums=state), jax.device_put one batch ahead{amp}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,24 @@ the noise from its own ``SeedGenerator``) and decoder, and a ``keras.Model`` sub
 overrides ``compute_loss``, which works on every backend (the example's ``train_step``
 with ``tf.GradientTape`` runs on TensorFlow only). Stock ``keras.optimizers.Adam`` with the
 spec's rate, betas and eps; stock ``Dense`` (Glorot-uniform, zeros: Keras' defaults and the
-spec's) and ``BatchNormalization`` with the spec's momentum and epsilon; float32 and TF32
-off on the backend's own switch. Keras' Adam adds eps to sqrt(v) rather than sqrt(v_hat):
-a different update for tiny gradients, the same work.
+spec's) and ``BatchNormalization`` with the spec's momentum and epsilon; the spec's precision:
+float32 with TF32 off on the backend's own switch (on when ``settings.tf32`` asks for it), or
+bf16, below. Keras' Adam adds eps to sqrt(v) rather than sqrt(v_hat): a different update for
+tiny gradients, the same work.
+
+Mixed precision (``settings.precision: bf16``) is the Keras mixed-precision guide's:
+``keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`` before the model is built (a
+global policy, as the guide sets it; the baseline runs in a process of its own, and ``run``
+sets the policy for fp32 and tf32 back to ``"float32"``, Keras' default). Every layer keeps
+its variables in float32 and computes in bfloat16, so the weights, their gradients and Adam's
+state stay float32 (no ``LossScaleOptimizer``: that is for float16). As the guide recommends,
+the model's output is float32: the decoder ends in ``Activation("linear", dtype="float32")``
+after its logits layer, and ``compute_loss`` casts ``z_mean`` and ``z_log_var`` up before the
+KL. ``Sampling`` is built with ``dtype="float32"``, the guide's way to keep a layer out of
+bfloat16: Keras casts ``z_mean`` and ``z_log_var`` up as they go in, the noise is drawn and added
+in float32 (the spec pins sampling there; and TensorFlow will not multiply bfloat16 by the
+float32 noise), and the decoder's first layer casts ``z`` down. The rest is the policy's
+(``BatchNormalization`` normalises in float32 under it).
 
 The backend is whatever ``KERAS_BACKEND`` names (the harness's worker sets it, as for a cell).
 Timing windows are closed by a callback at the start of the step after each window, with
@@ -68,10 +83,15 @@ def build(spec: VAESpec) -> tuple[keras.Model, keras.Model]:
     x = stack(spec, "encoder", encoder_inputs)
     z_mean = layers.Dense(spec.latent_dim, name="z_mean")(x)
     z_log_var = layers.Dense(spec.latent_dim, name="z_log_var")(x)
-    z = Sampling(spec.settings.seed)([z_mean, z_log_var])
+    # float32 in every precision (the spec pins the sampling there): under mixed_bfloat16 the guide's way for a
+    # layer that must not compute in bfloat16, and what lets bfloat16 z_mean meet float32 noise on TensorFlow
+    z = Sampling(spec.settings.seed, dtype="float32")([z_mean, z_log_var])
     encoder = keras.Model(encoder_inputs, [z_mean, z_log_var, z], name="encoder")
     latent_inputs = keras.Input(shape=(spec.latent_dim,))
-    decoder = keras.Model(latent_inputs, stack(spec, "decoder", latent_inputs), name="decoder")  # logits
+    logits = stack(spec, "decoder", latent_inputs)
+    if spec.settings.bf16:  # the guide: the model's last layer outputs float32 under a mixed policy
+        logits = layers.Activation("linear", dtype="float32", name="logits_float32")(logits)
+    decoder = keras.Model(latent_inputs, logits, name="decoder")  # logits
     return encoder, decoder
 
 
@@ -85,7 +105,8 @@ class VAE(keras.Model):
         return self.decoder(z), z_mean, z_log_var
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        logits, z_mean, z_log_var = y_pred
+        logits, z_mean, z_log_var = y_pred  # bf16: the logits float32 already, z_mean and z_log_var bfloat16
+        z_mean, z_log_var = ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32")
         reconstruction_loss = ops.mean(ops.sum(ops.binary_crossentropy(x, logits, from_logits=True), axis=-1))
         kl_loss = -0.5 * (1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
         kl_loss = ops.mean(ops.sum(kl_loss, axis=1))
@@ -162,6 +183,8 @@ def run(spec: VAESpec, kmer: int, batch: int, steps: int, warmup: int | None = N
     check_output(spec)
     warmup, spw = schedule(steps, warmup, steps_per_window)
     sync = _pin_precision(spec.settings.tf32)
+    # the guide's global policy, set before the model is built; fp32 and tf32 set Keras' default back
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if spec.settings.bf16 else "float32")
     keras.utils.set_random_seed(spec.settings.seed)
     encoder, decoder = build(spec)
     vae = VAE(encoder, decoder, beta=spec.loss.beta)
@@ -179,8 +202,9 @@ def run(spec: VAESpec, kmer: int, batch: int, steps: int, warmup: int | None = N
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} after {warmup + windows * spw + 1} steps")
     params = sum(math.prod(v.shape) for v in vae.trainable_weights)
-    return result(clock.times, params, framework=f"keras {keras.__version__} on {BACKEND}", backend=BACKEND,
-                  loop="keras.Model.fit over a keras.utils.PyDataset (compute_loss override)")
+    amp = ", global mixed_bfloat16 policy" if spec.settings.bf16 else ""
+    return result(clock.times, params, final_loss=float(loss), framework=f"keras {keras.__version__} on {BACKEND}",
+                  backend=BACKEND, loop=f"keras.Model.fit over a keras.utils.PyDataset (compute_loss override){amp}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,21 @@
 Stock layers only (``nn.Linear``, ``nn.BatchNorm1d``, ``nn.LeakyReLU``), the loss of
 the PyTorch VAE example (BCE from logits and the KL term, here averaged over the
 batch as the spec's loss is), ``torch.optim.Adam``. The settings that decide speed
-or the amount of work are the spec's: float32, TF32 off, Glorot-uniform kernels
+or the amount of work are the spec's: its precision (float32 with TF32 off, or on
+when ``settings.tf32`` asks for it; or bf16, below), Glorot-uniform kernels
 and zero biases (``nn.init.xavier_uniform_``), Adam's eps, BatchNorm momentum and
 eps. (``nn.BatchNorm1d`` keeps its own unbiased running variance: that changes a
 statistic, not the work.)
+
+Mixed precision (``settings.precision: bf16``) is the PyTorch AMP recipe: the forward
+and the loss run inside ``torch.autocast(device_type=device.type, dtype=torch.bfloat16)``,
+which computes the linear layers in bfloat16 over the float32 weights; ``backward()``
+and ``optimizer.step()`` run outside it, so gradients, weights and Adam's state stay
+float32. No ``GradScaler``: bfloat16 has float32's exponent range. The loss (BCE and
+KL) reduces ``logits.float()``, ``mu.float()`` and ``logvar.float()``. Everything
+else is left to autocast's own op lists, as the recipe leaves it (so on a CPU the
+BatchNorm and the sampling run in bfloat16, where the harness's build pins them to
+float32).
 
 Feeding, as the CUDA docs show it: batches sit in pinned host memory (what
 ``DataLoader(pin_memory=True)`` hands over) and each is moved with
@@ -18,6 +29,7 @@ Run directly: ``python -m bench.baselines.torch_loop --kmer 5 --batch 64 --steps
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -99,10 +111,18 @@ def run(spec: VAESpec, kmer: int, batch: int, steps: int, warmup: int | None = N
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    # bf16: autocast around the forward and the loss (the AMP recipe). fp32 and tf32: no context at all, rather
+    # than the recipe's ``enabled=False`` (a few microseconds of entering and leaving a disabled autocast a step)
+    bf16 = spec.settings.bf16
+
+    def precision():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     def train_step(x: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        logits, mu, logvar = model(x)
-        loss = loss_function(logits, x, mu, logvar, spec.loss.beta)
+        with precision():
+            logits, mu, logvar = model(x)
+            loss = loss_function(logits.float(), x, mu.float(), logvar.float(), spec.loss.beta)
         loss.backward()
         optimizer.step()
         return loss
@@ -128,8 +148,9 @@ def run(spec: VAESpec, kmer: int, batch: int, steps: int, warmup: int | None = N
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} after {i} steps")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return result(times, params, framework=f"torch {torch.__version__}", device=device.type,
-                  loop="nn.Module + torch.optim.Adam, pinned batches .to(device, non_blocking=True) one ahead")
+    amp = ", torch.autocast(bfloat16) around forward and loss" if bf16 else ""
+    return result(times, params, final_loss=loss.item(), framework=f"torch {torch.__version__}", device=device.type,
+                  loop=f"nn.Module + torch.optim.Adam, pinned batches .to(device, non_blocking=True) one ahead{amp}")
 
 
 if __name__ == "__main__":

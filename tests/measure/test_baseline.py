@@ -7,6 +7,8 @@ the parameter-count check and the worker dispatch are.
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -80,3 +82,60 @@ def test_conv_specs_and_unknown_impls_are_refused_in_the_parent():
     out = subprocess.run([sys.executable, "-m", "bench", "baseline", "--impl", "torch", "--spec", "conv-final",
                           "--kmer", "5"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "fully connected" in out.stderr
+
+
+#: run in a child: the baseline's ``run`` in ``PRECISION`` at k=3, with the dtype each dense layer computes in
+#: (its output's) and holds its weights in noted as the step runs or is traced; prints both and the result, as JSON
+_DENSE_DTYPES = textwrap.dedent("""
+    import json, sys
+    from harness.spec.presets import resolve_spec
+    module, precision = sys.argv[1], sys.argv[2]
+    seen = set()
+    if module == "torch_loop":
+        import torch
+        def hook(mod, args, out):
+            if isinstance(mod, torch.nn.Linear):
+                seen.add((str(out.dtype).removeprefix("torch."), str(mod.weight.dtype).removeprefix("torch.")))
+        torch.nn.modules.module.register_module_forward_hook(hook)
+    elif module == "jax_loop":
+        from flax import nnx
+        call = nnx.Linear.__call__
+        def traced(self, x):
+            out = call(self, x)
+            seen.add((str(out.dtype), str(self.kernel.get_value().dtype)))
+            return out
+        nnx.Linear.__call__ = traced
+    else:
+        import keras
+        call = keras.layers.Dense.call
+        def traced(self, x, *a, **k):  # inside call the policy autocasts the kernel: its dtype is read after
+            out = call(self, x, *a, **k)
+            seen.add((keras.backend.standardize_dtype(out.dtype), self))
+            return out
+        keras.layers.Dense.call = traced
+    import importlib
+    run = importlib.import_module("bench.baselines." + module).run
+    spec = resolve_spec("dense", kmer=3).with_settings(precision=precision)
+    res = run(spec, 3, 16, 6, warmup=2, steps_per_window=2)
+    seen = {(out, w if isinstance(w, str) else w.kernel.dtype) for out, w in seen}
+    print(json.dumps({"dense": sorted(seen), **res}))
+""")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("impl", ["torch", "flax", "keras-jax"])
+def test_each_baseline_trains_its_dense_layers_in_the_spec_precision(impl, precision):
+    """bf16: the framework's documented mixed precision (autocast, a module dtype, the mixed_bfloat16 policy)
+    computes every dense layer in bfloat16 over float32 weights, and the loss stays finite; fp32 stays float32."""
+    if not is_installed(impl):
+        pytest.skip(f"{impl} is not installed")
+    module = BASELINES[impl].rsplit(".", 1)[1]
+    env = {**os.environ, **BUILTIN[impl].env, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    out = subprocess.run([sys.executable, "-c", _DENSE_DTYPES, module, precision], capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    compute = "bfloat16" if precision == "bf16" else "float32"
+    assert res["dense"] == [[compute, "float32"]], res["dense"]
+    assert math.isfinite(res["final_loss"]) and res["params"] == count_params(resolve_spec("dense", kmer=3)).trainable
+    assert len(res["window_times_s"]) == 3 and res["median_s"] > 0

@@ -144,21 +144,26 @@ def _preflight_hook(args: argparse.Namespace):
 def cmd_preflight(args: argparse.Namespace) -> int:
     from harness.diagnose.preflight import preflight
 
-    spec = resolve_spec(args.spec, kmer=args.kmer)
     device = "gpu" if args.gpu else None
     impl = _preflight_impl(args.impl)
-    rep = preflight(spec, args.batch, args.eval_batch, device_memory=args.device_memory, device=device,
-                    int32_applies=True if args.gpu else None, impl=impl, results_dir=args.results)
-    if args.json:
-        print(json.dumps(rep.to_dict(), indent=2))
-    else:
-        from bench.render import print_preflight
+    worst = 0
+    reports = []
+    for spec in with_precisions([resolve_spec(args.spec, kmer=args.kmer)], args.precision):
+        rep = preflight(spec, args.batch, args.eval_batch, device_memory=args.device_memory, device=device,
+                        int32_applies=True if args.gpu else None, impl=impl, results_dir=args.results)
+        reports.append(rep)
+        if not args.json:
+            from bench.render import print_preflight
 
-        print_preflight(rep, show_all=not args.flags_only)
-    if not rep.ok:
-        print(f"vaebench: preflight: cannot run {spec.name} at batch {args.batch}: {rep.reasons[0]}", file=sys.stderr)
-        return 3
-    return 0
+            print_preflight(rep, show_all=not args.flags_only)
+        if not rep.ok:
+            print(f"vaebench: preflight: cannot run {spec.name} in {spec.settings.precision} at batch {args.batch}: "
+                  f"{rep.reasons[0]}", file=sys.stderr)
+            worst = 3
+    if args.json:
+        out = [r.to_dict() for r in reports]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+    return worst
 
 
 def _preflight_impl(text: str | None) -> str | None:

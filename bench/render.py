@@ -114,7 +114,7 @@ def _bytes(n: int) -> str:
 
 
 def print_preflight(rep, show_all: bool = True) -> None:
-    table = Table(title=f"preflight: {rep.spec}, batch {rep.batch}" +
+    table = Table(title=f"preflight: {rep.spec} in {rep.precision}, batch {rep.batch}" +
                   (f", eval batch {rep.eval_batch}" if rep.eval_batch else ""))
     for col in ("pass", "layer", "tensor", "shape", "elements", "bytes", "int32"):
         table.add_column(col, justify="right" if col in ("elements", "bytes") else "left")

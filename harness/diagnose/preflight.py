@@ -144,6 +144,8 @@ class PreflightReport:
     #: per impl, each overflowing tensor with what that impl's framework does with it
     int32: dict[str, list[Int32Entry]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the precision estimated for (bf16: activations at 2 bytes)
+    precision: str = "fp32"
 
     @property
     def int32_verdict(self) -> str:
@@ -164,6 +166,7 @@ class PreflightReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec, "batch": self.batch, "eval_batch": self.eval_batch, "device": self.device,
+            "precision": self.precision,
             "available_bytes": self.available_bytes, "host_bytes": self.host_bytes,
             "estimate": self.estimate.to_dict(), "estimate_bytes": self.estimate.train_bytes,
             "flags": [t.to_dict(self.batch if t.pass_ == "train" else (self.eval_batch or self.batch))
@@ -204,7 +207,8 @@ def preflight(spec: VAESpec, batch: int, eval_batch: int | None = None, device_m
     host = host_memory_bytes()
     tensors = tensor_table(spec, batch, eval_batch)
     est = estimate_memory(tensors, impl=impl, device=device)
-    rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host, impl=impl)
+    rep = PreflightReport(spec.name, batch, eval_batch, tensors, est, device, available, host, impl=impl,
+                          precision=spec.settings.precision)
     if int32_applies is None:
         int32_applies = device == "gpu"
     _judge_int32(rep, int32_applies, results_dir, versions or {})

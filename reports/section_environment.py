@@ -157,10 +157,19 @@ def _peaks(rows: list[dict]) -> list[dict]:
 
 
 def peak_findings(rows: list[dict]) -> list[str]:
-    """One sentence per framework whose own float32 matmul is below ``FAR_BELOW`` x the fastest on the same
+    """One sentence per framework whose own matmul is below ``FAR_BELOW`` x the fastest on the same
     device (``harness.measure.peak.slow_frameworks``): it bounds what that framework's rows can reach, and
-    a user choosing a framework for this machine wants to know it."""
+    a user choosing a framework for this machine wants to know it. And one where a row's MFU passes 100%: the peak
+    of its precision was then no ceiling for its kernels, and the MFU column cannot be read as a fraction."""
     out = []
+    above = sorted({(str(r.get("row") or r.get("impl")), str(r.get("precision") or "fp32"), float(m))
+                    for r in rows if (m := nested(r, "mfu", "step")) is not None and float(m) > 1.0},
+                   key=lambda t: -t[2])
+    if above:
+        out.append("MFU above 100% in " + ", ".join(f"{i} ({p}, {m:.0%})" for i, p, m in above[:5])
+                   + (f" and {len(above) - 5} more" if len(above) > 5 else "") + ": the matmul peak of that "
+                   "precision, the best square product of the installed frameworks, was no ceiling for these rows' "
+                   "kernels (a busy machine when it was timed: --remeasure-peak).")
     for p in _peaks(rows):
         for s in slow_frameworks(p):
             n = s.get("size")

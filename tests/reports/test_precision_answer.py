@@ -62,3 +62,13 @@ def test_a_slower_bf16_says_so(tmp_path):
     text = _answer(tmp_path, _rows(40.0), [_curve("torch", "bf16", True, 0.001, None)])
     assert "In bf16, the best is **torch at batch 64 in bf16**" in text and "slower than fp32's best here" in text, text
     assert "0.33× its fp32 samples/s" in text and "it trains as fp32 does" in text
+
+
+def test_an_mfu_above_100_percent_is_a_finding_not_a_figure():
+    from reports.section_environment import peak_findings
+
+    rows = [ok_row("torch", 64, 10.0, 0.1, mfu={"step": 1.3, "device_step": 1.3}, precision="bf16", schema_version=2),
+            ok_row("flax", 64, 10.0, 0.1, mfu={"step": 0.4, "device_step": 0.4})]
+    found = [f for f in peak_findings(rows) if f.startswith("MFU above 100%")]
+    assert found == [found[0]] and "torch (bf16, 130%)" in found[0] and "flax" not in found[0]
+    assert not [f for f in peak_findings(rows[1:]) if f.startswith("MFU above")]

@@ -8,7 +8,7 @@ import pytest
 
 from bench.parser import build_parser, with_precisions
 from harness.diagnose.memory import estimate_memory
-from harness.diagnose.preflight import tensor_table
+from harness.diagnose.preflight import BF16_FLOAT32_LAYERS, tensor_table
 from harness.measure.peak import peak_dtype, peak_key
 from harness.run.matrix import matrix_precisions
 from harness.run.parity import ParityRow, off_bf16_grid, tolerances
@@ -86,10 +86,10 @@ def test_bf16_activations_take_two_bytes_and_the_state_stays_float32():
     fp32 = estimate_memory(tensor_table(spec, 64))
     bf16 = estimate_memory(tensor_table(spec.with_settings(precision="bf16"), 64))
     assert bf16.state_bytes == fp32.state_bytes
-    # every layer's output halves; the float32 input, loss terms, logits gradient and sampling, and the int64
-    # pool indices, do not
+    # every layer's output halves; the float32 input, loss terms, logits gradient, sampling and pinned layers (its
+    # BatchNorms), and the int64 pool indices, do not
     kept = sum(t.bytes for t in tensor_table(spec, 64) if t.pass_ == "train" and t.per_sample
-               and (t.op in ("input", "loss", "sampling") or t.kind == "pool indices"))
+               and (t.op in ("input", "loss", "sampling", *BF16_FLOAT32_LAYERS) or t.kind == "pool indices"))
     assert bf16.activation_bytes == (fp32.activation_bytes - kept) // 2 + kept
 
 

@@ -45,8 +45,9 @@ def print_parity(reports) -> None:
     for rep in reports:
         t = rep.tol
         table = Table(title=f"parity of {rep.spec} in {rep.precision} against {rep.reference} (batch {rep.batch}; "
-                            f"relative L2; tolerance {t.forward:.0e}, after step {t.step:.0e}; against the float64 "
-                            f"numpy reference {t.reference:.0e})")
+                            f"relative L2; tolerance {t.forward:.0e}"
+                            + (f", loss {t.loss_bound:.0e}, gradients {t.grads_bound:.2g}" if t.loss is not None else "")
+                            + f", after step {t.step:.0e}; against the float64 numpy reference {t.reference:.0e})")
         grads_col = "grads: all as one (worst tensor)" if t.grads_global else "grads (worst tensor)"
         for col in ("impl", "forward", "loss", grads_col, "after 1 Adam step (all weights; worst tensor)",
                     "float64 reference: forward / loss", "verdict"):
@@ -56,9 +57,9 @@ def print_parity(reports) -> None:
                 table.add_row(r.impl, "-", "-", "-", "-", "-", f"[red]failed: {r.error}[/red]")
                 continue
             loss64 = "- (BatchNorm)" if r.reference_loss is None else _fmt_rel(r.reference_loss, t.reference)
-            table.add_row(r.impl, _fmt_rel(r.forward, t.forward), _fmt_rel(r.loss, t.forward),
-                          f"{_fmt_rel(r.grads_global, t.forward)} ({r.worst_grad} {r.grads:.1e})" if t.grads_global
-                          else f"{_fmt_rel(r.grads, t.forward)} ({r.worst_grad})",
+            table.add_row(r.impl, _fmt_rel(r.forward, t.forward), _fmt_rel(r.loss, t.loss_bound),
+                          f"{_fmt_rel(r.grads_global, t.grads_bound)} ({r.worst_grad} {r.grads:.1e})" if t.grads_global
+                          else f"{_fmt_rel(r.grads, t.grads_bound)} ({r.worst_grad})",
                           f"{_fmt_rel(r.after_step, t.step)} ({r.worst_after_step})",
                           f"{_fmt_rel(r.reference_forward, t.reference)} / {loss64}",
                           "[green]same model[/green]" if r.passed() else f"[red]differs: {r.why_not()}[/red]")

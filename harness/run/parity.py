@@ -49,11 +49,19 @@ TOL_STEP = 1e-5
 TOL_REFERENCE = 1e-5
 #: a structurally zero gradient must be this small against the norm of all gradients
 TOL_ZERO_GRAD = 1e-5
-#: bf16 (mixed precision over float32 weights), measured: see ``docs/precision.md``
-BF16_TOL_FORWARD = 5e-2
-BF16_TOL_STEP = 5e-2
-BF16_TOL_REFERENCE = 5e-2
-BF16_TOL_ZERO_GRAD = 5e-2
+#: bf16 (mixed precision over float32 weights) against the reference impl in float32. Measured on this CPU
+#: (2026-12-07; ``docs/precision.md`` has the table): over the five builds and the suite's eight parity specs the worst
+#: errors were 1.33e-2 on the forward (3.4 units of bf16's rounding, 2^-8; autoencoder-kl-small, keras-torch), 2.36e-3
+#: on the loss, 5.56e-2 on all gradients as one vector (dense k=4: a kernel feeding a BatchNorm sums terms that
+#: cancel), 4.74e-3 on the weights after one Adam step, 5.92e-3 on a structurally zero gradient. Each bound is about
+#: twice the worst: room for another CPU's reduction order, well under what a build that reduces a pinned op in bf16
+#: gives (Keras' stock bias add on JAX: 0.27 on resvae's gradients)
+BF16_TOL_FORWARD = 3e-2
+BF16_TOL_LOSS = 5e-3
+BF16_TOL_GRADS = 0.12
+BF16_TOL_STEP = 1e-2
+BF16_TOL_REFERENCE = 3e-2
+BF16_TOL_ZERO_GRAD = 1.2e-2
 #: elements whose reference gradient is within this many Adam epsilons of zero are
 #: compared after the step only loosely (|difference| <= 2 lr), see ``_global``
 NEAR_EPS_FACTOR = 100
@@ -71,6 +79,17 @@ class Tolerances:
     #: judge the gradients as one vector (bf16: a tensor whose gradient sums terms that cancel over the batch, a
     #: kernel feeding a BatchNorm, carries bf16's rounding magnified, so its own relative error says little)
     grads_global: bool = False
+    #: the loss's and the gradients' own bounds (None: ``forward``'s, as in float32)
+    loss: float | None = None
+    grads: float | None = None
+
+    @property
+    def loss_bound(self) -> float:
+        return self.forward if self.loss is None else self.loss
+
+    @property
+    def grads_bound(self) -> float:
+        return self.forward if self.grads is None else self.grads
 
 
 #: float32 and tf32 (tf32 is float32 on a CPU; on a GPU its parity is float32's to TF32's 10-bit mantissa, not
@@ -78,7 +97,7 @@ class Tolerances:
 TOLERANCES = {
     "fp32": Tolerances(TOL_FORWARD, TOL_STEP, TOL_REFERENCE, TOL_ZERO_GRAD),
     "bf16": Tolerances(forward=BF16_TOL_FORWARD, step=BF16_TOL_STEP, reference=BF16_TOL_REFERENCE,
-                       zero_grad=BF16_TOL_ZERO_GRAD, grads_global=True),
+                       zero_grad=BF16_TOL_ZERO_GRAD, grads_global=True, loss=BF16_TOL_LOSS, grads=BF16_TOL_GRADS),
 }
 
 
@@ -235,7 +254,7 @@ class ParityRow:
         if self.off_bf16_grid is not None and self.off_bf16_grid > 0.0:
             return False
         grads = self.grads_global if t.grads_global else self.grads
-        return (self.forward <= t.forward and self.loss <= t.forward and grads is not None and grads <= t.forward
+        return (self.forward <= t.forward and self.loss <= t.loss_bound and grads is not None and grads <= t.grads_bound
                 and self.after_step <= t.step and all(v <= t.zero_grad for v in self.zero_grad.values())
                 and self.near_eps_max_lr <= 2.0)
 
@@ -270,7 +289,8 @@ class ParityReport:
                 for r in self.rows]
         return {"spec": self.spec, "reference": self.reference, "batch": self.batch, "precision": self.precision,
                 "passed": self.passed,
-                "tolerances": {"forward_loss_grads": t.forward, "after_step": t.step,
+                "tolerances": {"forward_loss_grads": t.forward, "loss": t.loss_bound, "grads": t.grads_bound,
+                               "grads_as_one_vector": t.grads_global, "after_step": t.step,
                                "structurally_zero_grad": t.zero_grad, "float64_reference": t.reference},
                 "rows": rows}
 

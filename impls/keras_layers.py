@@ -4,7 +4,9 @@ subclasses where Keras has none, as the keras.io VAE example writes its ``Sampli
 * ``keras_layer`` maps a spec layer to its stock Keras layer (``Dense``, ``Conv1D``,
   ``GroupNormalization``, ``Activation("silu")``, ...), with every framework default the spec pins
   (BatchNorm momentum and epsilon, GroupNorm epsilon, leaky-ReLU slope, GELU form, ``"zeros"``
-  initializers for ``init: zeros``) passed explicitly;
+  initializers for ``init: zeros``) passed explicitly; ``Dense``, ``Conv1D`` and ``Conv1DTranspose`` are
+  the stock layers' subclasses below, which are the stock layers in float32 and add their bias in float32 under
+  bf16 (``Float32Bias``);
 * ``ResidualBlock`` and ``AttentionBlock`` are the spec's ``residual`` and ``attention1d``;
 * ``Sampling`` draws the reparameterisation noise with ``keras.random.normal`` from a
   ``keras.random.SeedGenerator``, which ``RandomBlockMasking`` shares to draw the masked block with
@@ -27,6 +29,9 @@ and (inside ``call``) its variables to bfloat16. What the spec keeps in float32 
 * the sampling: forced, ``Sampling`` is built with ``dtype="float32"`` (the model does so whatever the
   precision), so it casts the bfloat16 ``z_mean`` and ``z_log_var`` up and draws and adds in float32; the
   decoder's first layer casts ``z`` down to bfloat16, as its policy says;
+* the bias gradients: ``Dense``, ``Conv1D`` and ``Conv1DTranspose`` below add their bias in float32
+  (``Float32Bias``), so its gradient, the incoming gradient summed over the batch and the length, is a float32
+  sum (torch's autocast reduces it so natively; Flax's build does as this one, ``impls.flax_model.Float32Bias``);
 * the loss and the KL, the master weights and Adam's state: see ``impls.keras_model.vae_loss`` and
   ``impls.keras_adam``.
 """
@@ -76,6 +81,84 @@ def initialisers(spec: VAESpec, layer: Layer | None = None) -> tuple[str, str]:
     if _LOADING.get() or (layer is not None and layer.args.get("init") == ZERO_INIT):
         return "zeros", "zeros"
     return spec.settings.kernel_init, spec.settings.bias_init
+
+
+class Float32Bias:
+    """A stock ``Dense`` / ``Conv1D`` / ``Conv1DTranspose`` (``Dense`` and so on below) that, under a mixed dtype
+    policy (``mixed_bfloat16``), adds its bias in the variable dtype, float32: the layer's product runs in bfloat16
+    as the stock layer's does, goes up to float32 to take the float32 bias, and the sum is cast back to the compute
+    dtype, which the layer returns as the stock one does. The bias is made with ``autocast=False``, so ``call``
+    reads it float32 (Keras casts a layer's autocast variables to the compute dtype inside ``call``).
+
+    The stock layer adds the bias cast down to bfloat16, and the gradient of that add, the incoming gradient
+    summed over the batch and the length, is then reduced in bfloat16: on JAX, XLA on CPU rounds the sum after
+    every add (keras-jax's ``resvae`` k=3 gradients were 27% off its float32 build's, the last bias 29%); on
+    TensorFlow, Keras' ``ops.add`` turns a bias-shaped add into ``tf.nn.bias_add``, whose gradient op,
+    ``BiasAddGrad``, accumulates a bfloat16 input in bfloat16 in TensorFlow's CPU kernel (2048 ones sum to 256;
+    ``reduce_sum`` of the same accumulates in float32, as XLA's ``BiasAddGrad`` under ``jit_compile`` does):
+    keras-tensorflow's ``conv-final`` k=5 ``decoder.7.bias`` gradient was 62% off; Keras' torch backend sums in
+    float32 but hands the sum back rounded to bfloat16. Added in float32, the bias's gradient is a float32 sum on
+    every backend (``BiasAddGrad`` in float32 on TensorFlow) and stays float32, as the spec pins
+    (``BF16_FLOAT32_OPS``: bias gradients) and torch's autocast sums it.
+
+    The bias keeps its name and place (``bias``, made after ``kernel``), so the canonical weights map onto it as
+    onto the stock layer's. Under a policy whose compute dtype is its variable dtype (``float32``: fp32 and tf32)
+    the layer is the stock one, ``build`` and ``call`` included."""
+
+    def _float32_bias(self) -> bool:
+        return self.use_bias and self.compute_dtype != self.variable_dtype
+
+    def build(self, input_shape):
+        if not self._float32_bias():
+            return super().build(input_shape)
+        self.use_bias = False  # the stock build makes the kernel alone
+        super().build(input_shape)
+        self.use_bias = True
+        self.bias = self.add_weight(name="bias", shape=(self.units_out,), initializer=self.bias_initializer,
+                                    regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+                                    autocast=False)
+
+    def call(self, inputs):
+        if not self._float32_bias():
+            return super().call(inputs)
+        outputs = ops.add(ops.cast(self.product(inputs), self.variable_dtype), self.bias)  # the last axis: channels
+        outputs = ops.cast(outputs, self.compute_dtype)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+class Dense(Float32Bias, layers.Dense):
+    """``keras.layers.Dense`` with its bias added in float32 under a mixed policy (``Float32Bias``)."""
+
+    @property
+    def units_out(self) -> int:
+        return self.units
+
+    def product(self, inputs):
+        return ops.matmul(inputs, self.kernel)
+
+
+class Conv1D(Float32Bias, layers.Conv1D):
+    """``keras.layers.Conv1D`` with its bias added in float32 under a mixed policy (``Float32Bias``)."""
+
+    @property
+    def units_out(self) -> int:
+        return self.filters
+
+    def product(self, inputs):
+        return self.convolution_op(inputs, self.kernel)
+
+
+class Conv1DTranspose(Float32Bias, layers.Conv1DTranspose):
+    """``keras.layers.Conv1DTranspose`` with its bias added in float32 under a mixed policy (``Float32Bias``)."""
+
+    @property
+    def units_out(self) -> int:
+        return self.filters
+
+    def product(self, inputs):
+        return ops.conv_transpose(inputs, self.kernel, strides=list(self.strides), padding=self.padding,
+                                  output_padding=self.output_padding, dilation_rate=self.dilation_rate,
+                                  data_format=self.data_format)
 
 
 class Sampling(layers.Layer):
@@ -146,15 +229,16 @@ class CropOrPad(layers.Layer):
 
 def keras_layer(spec: VAESpec, layer: Layer, name: str) -> layers.Layer:
     """The stock Keras layer for one spec layer, with every framework default pinned, under the spec's
-    dtype policy (``dtype_policy``)."""
+    dtype policy (``dtype_policy``); dense and conv layers are ``Dense``, ``Conv1D`` and ``Conv1DTranspose`` above,
+    the stock layers adding their bias in float32 under bf16 (``Float32Bias``)."""
     t, a, s = layer.type, layer.args, spec.settings
     kernel_init, bias_init = initialisers(spec, layer)
     dtype = dtype_policy(spec)  # bf16: mixed_bfloat16, as every layer of the model
     if t == "dense":
-        return layers.Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name,
+        return Dense(a["units"], kernel_initializer=kernel_init, bias_initializer=bias_init, name=name,
                             dtype=dtype)
     if t in ("conv1d", "conv_transpose1d"):
-        conv = layers.Conv1D if t == "conv1d" else layers.Conv1DTranspose
+        conv = Conv1D if t == "conv1d" else Conv1DTranspose
         # A strided conv-transpose is built "valid" and trimmed by a Cropping1D after it
         # (``build_encoder_decoder``): Keras' torch backend places a strided "same" transpose one
         # position off the jax and tensorflow backends (it warns so), the full one it places alike.
@@ -230,7 +314,7 @@ class AttentionBlock(layers.Layer):
         self.parts = {"norm": self.norm}
         for part in ("q", "k", "v", "proj"):
             zero = part == "proj" and self.zero_proj
-            conv = layers.Conv1D(channels, 1, kernel_initializer="zeros" if zero else self.kernel_init,
+            conv = Conv1D(channels, 1, kernel_initializer="zeros" if zero else self.kernel_init,
                                  bias_initializer="zeros" if zero else self.bias_init, name=f"{self.name}_{part}",
                                  dtype=self.dtype_policy)
             conv.build(input_shape)

@@ -21,7 +21,7 @@ from keras import layers, ops
 from harness.spec.layers import MASKED_BCE_CLIP, Layer
 from harness.spec.schema import Loss, VAESpec
 from harness.spec.shapes import latent_shape
-from impls.keras_layers import CropOrPad, RandomBlockMasking, Sampling, dtype_policy, initialisers, keras_layers
+from impls.keras_layers import Conv1D, CropOrPad, Dense, RandomBlockMasking, Sampling, dtype_policy, initialisers, keras_layers
 
 
 def vae_loss(x, y_pred: dict, beta: float, reconstruction: str = "bce_logits", kl_normalisation: str = "batch",
@@ -138,12 +138,11 @@ def build_encoder_decoder(spec: VAESpec) -> tuple[keras.Model, keras.Model, dict
     heads, (kernel_init, bias_init), dtype = [], initialisers(spec), dtype_policy(spec)
     for head in ("z_mean", "z_log_var"):
         if spec.latent_heads.type == "conv1d":  # a Gaussian over a feature map: "same" convs to latent_dim channels
-            by_name[head] = layers.Conv1D(spec.latent_dim, spec.latent_heads.kernel_size, padding="same",
-                                          kernel_initializer=kernel_init, bias_initializer=bias_init, name=head,
-                                          dtype=dtype)
+            by_name[head] = Conv1D(spec.latent_dim, spec.latent_heads.kernel_size, padding="same",
+                                   kernel_initializer=kernel_init, bias_initializer=bias_init, name=head, dtype=dtype)
         else:
-            by_name[head] = layers.Dense(spec.latent_dim, kernel_initializer=kernel_init,
-                                         bias_initializer=bias_init, name=head, dtype=dtype)
+            by_name[head] = Dense(spec.latent_dim, kernel_initializer=kernel_init, bias_initializer=bias_init, name=head,
+                                  dtype=dtype)
         heads.append(by_name[head](h))
     encoder = keras.Model(x, heads, name="encoder")
 

@@ -114,6 +114,8 @@ _MAD_TO_SIGMA = 1.4826
 THRESHOLD_FRACTION = 1 / 128
 THRESHOLD_FLOOR = 8 * 1024
 THRESHOLD_CAP = 1024 * 1024
+#: the granularity of RSS (a page): the least growth a series can show
+RSS_PAGE_BYTES = 4096
 #: the power a row's detectable leak is stated at, and the normal quantiles behind it
 POWER = 0.80
 _Z_CI = 1.959964  # two-sided 95%: the slope's CI
@@ -392,10 +394,13 @@ def leak_verdict(rss_anon_bytes: list[int], warmup_steps: int, threshold_bytes_p
     jump_note = (f" (after {' and '.join(notes)})" if notes else "") + churn_note
 
     detectable = detectable_leak(t, low, high)
+    # RSS moves in whole pages: over n samples a leak under a page per n - 1 batches need not move it at all, so no
+    # series can rule out less than that (a flat keras-jax series read "no leak above 0 B/batch")
+    bound = max(high, RSS_PAGE_BYTES / max(1, n - 1))
 
     def verdict(v: str, reason: str) -> LeakVerdict:
         return LeakVerdict(v, slope, low, high, first, second, (start, stop), growth, reason + jump_note,
-                           jump, jump_step, bound_bytes_per_batch=high, detectable_bytes_per_batch=detectable,
+                           jump, jump_step, bound_bytes_per_batch=bound, detectable_bytes_per_batch=detectable,
                            step_noise_bytes=churn, ci_from="step noise" if churned else "theil-sen")
 
     per = "/batch"

@@ -220,3 +220,11 @@ def test_churn_ci_holds_its_coverage(draw, floor_window):
             total += 1
     assert 0.01 <= missed / total <= 0.09 and leaks / total <= 0.03, (missed, leaks, total)
     assert churn_ci_half_width(MIB, 12, 2) > churn_ci_half_width(MIB, 12, 1) > churn_ci_half_width(MIB, 24, 1)
+
+
+def test_a_flat_series_rules_out_no_less_than_a_page_over_its_length():
+    """RSS moves in pages: 14 identical samples cannot rule out a leak under 4 KiB per 13 batches (a flat keras-jax
+    leak phase read "no leak above 0 B/batch")."""
+    flat = leak_verdict([450 * MIB] * 14, threshold_bytes_per_batch=8 * KIB, warmup_steps=0, min_window=12)
+    assert flat.verdict == "no leak" and flat.bound_bytes_per_batch == pytest.approx(4096 / 13)
+    assert power_line(flat.to_dict()) == "no leak above 315 B/batch"

@@ -176,7 +176,8 @@ def peak_findings(rows: list[dict]) -> list[str]:
             shape = f" ({n}x{n} A@B)" if n else ""
             rounds = s["rounds"]
             runs = f" (its rounds: {', '.join(f'{r:.3g}' for r in rounds)})" if len(rounds) > 1 else ""
-            out.append(f"{s['label']}'s own float32 matmul{shape} runs at {s['tflops']:.3g} TFLOP/s{runs} on "
+            dtype = p.get("dtype") or "float32"
+            out.append(f"{s['label']}'s own {dtype} matmul{shape} runs at {s['tflops']:.3g} TFLOP/s{runs} on "
                        f"{s.get('device') or 'this device'}, {s['ratio']:.2f}x {s['best_label']}'s "
                        f"{s['best_tflops']:.3g} TFLOP/s, below the {FAR_BELOW:.2f}x threshold. MFU is taken "
                        f"against the faster figure, so the rows that compute with {s['framework']} start from that "

@@ -267,15 +267,18 @@ def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: C
     sentences, panels = [], []
     recs = {key: recommend_batch(by_batch, sweeps.get((key[0], key[2]))) for key, by_batch in grouped.items()}
     fp32_key = {(k[0], k[2]): k for k in grouped if getattr(k, "precision", "fp32") == "fp32"}
+    said: dict[tuple, int] = {}  # an fp32 key -> its sentence, which its other precisions' rows join
     for key, by_batch in grouped.items():
         rec = recs[key]
         name = title(key).replace("`", "")
         precision = getattr(key, "precision", "fp32")
         base = fp32_key.get((key[0], key[2]))
-        if precision != "fp32" and base is not None and sentences:
-            sentences[-1] = _precision_sentence(sentences[-1], grouped[base], recs[base], precision, by_batch, rec,
+        if precision != "fp32" and base in said:
+            at = said[base]
+            sentences[at] = _precision_sentence(sentences[at], grouped[base], recs[base], precision, by_batch, rec,
                                                 curves or [], key[0], key[2], _where(device), title(base))
         else:
+            said[key] = len(sentences)
             sentences.append(_sentence(title(key), device, by_batch, rec))
         panels.append(_panel(name, by_batch, rec))
     if not grouped:

@@ -262,7 +262,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
-    curves_lost = _matrix_curves(args, plan, store)
+    curves_lost = _matrix_curves(args, plan, store, precisions)
     from reports.build import build_report
 
     rows = store.latest_rows()
@@ -277,9 +277,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return _exit_status(store, {c.key for c in cells})
 
 
-def _matrix_curves(args: argparse.Namespace, plan, store) -> str | None:
+def _matrix_curves(args: argparse.Namespace, plan, store, precisions: list[str] | None = None) -> str | None:
     """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
-    every impl of the plan, each stored beside the run's rows as it is judged; skipped when the plan has no
+    every impl of the plan in each of the matrix's precisions (a bf16 row is recommended only beside a bf16 curve
+    that ends where fp32's does: ``reports.section_answer``; tf32 not on a CPU), each stored beside the run's rows
+    as it is judged; skipped when the plan has no
     dense cell, with ``--curves-steps 0``, or when the run holds every impl's curve already (``--resume``: a
     run stopped midway trains them all again, and the report reads the latest record of each). Returns the
     line saying why curves could not be stored, if any could not (the matrix then exits 1 after its report)."""
@@ -293,7 +295,9 @@ def _matrix_curves(args: argparse.Namespace, plan, store) -> str | None:
     if not steps or dense is None:
         return None
     reference = "torch" if "torch" in plan.impls else plan.impls[0]
-    wanted = {impl_label(i) for i in plan.impls} | {floor_label(impl_label(reference))}
+    precisions = [p for p in precisions or ["fp32"] if not (p == "tf32" and plan.device == "cpu")]
+    wanted = ({impl_label(i) if p == "fp32" else f"{impl_label(i)} {p}" for i in plan.impls for p in precisions}
+              | {floor_label(impl_label(reference))})
     stored = curves_path(store.root, store.run_id)
     if stored.is_file() and wanted <= {(rec.get("curve") or {}).get("impl") for rec in read_rows(stored)}:
         return None
@@ -302,6 +306,6 @@ def _matrix_curves(args: argparse.Namespace, plan, store) -> str | None:
     writer = CurveWriter(store.root, store.run_id, lambda curves, verdicts: curve_records(
         dense, args.kmer, batch, steps, every, curves, verdicts, None))
     _, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference, timeout_s=args.timeout,
-                             on_judged=writer)
+                             on_judged=writer, precisions=precisions)
     print_verdicts(dense.name, steps, batch, verdicts)
     return writer.stop_line() if writer.failed else None

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from fixtures.keras_children import check_registry, keras_check_tests
 
-from harness.run.parity import parity_inputs, rel_l2
+from harness.run.parity import off_bf16_grid, parity_inputs, rel_l2
 from harness.spec.layers import Layer
 from harness.spec.presets import preset
 from harness.spec.reference import init_weights, perturb_batch_norm
@@ -63,12 +63,6 @@ def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(BATCH, LENGTH)).astype(np.float32)
     return x, rng.normal(size=(BATCH, *latent_shape(spec))).astype(np.float32)
-
-
-def off_grid(a: np.ndarray) -> float:
-    """The share of float32 values off the bfloat16 grid (any of their low 16 bits set)."""
-    a = np.ascontiguousarray(np.asarray(a, np.float32))
-    return float(np.mean((a.view(np.uint32) & 0xFFFF) != 0))
 
 
 def rel(a: dict, b: dict) -> float:
@@ -121,9 +115,9 @@ def check_bf16_against_fp32(cls, _) -> dict[str, Any]:
     f32, f16 = fp32.eval_forward(x, eps), bf16.eval_forward(x, eps)
     assert {k: str(v.dtype) for k, v in f16.items()} == {"recon": "float32", "z_mean": "float32",
                                                          "z_log_var": "float32"}
-    grid = {k: off_grid(f16[k]) for k in ("z_mean", "z_log_var")}
+    grid = {k: off_bf16_grid(f16[k]) for k in ("z_mean", "z_log_var")}
     assert grid == {"z_mean": 0.0, "z_log_var": 0.0}, grid  # cast up from a bfloat16 layer, not recomputed
-    assert off_grid(f32["z_mean"]) > 0.5, off_grid(f32["z_mean"])
+    assert off_bf16_grid(f32["z_mean"]) > 0.5, off_bf16_grid(f32["z_mean"])
 
     (l32, g32), (l16, g16) = fp32.loss_and_grads(x, eps), bf16.loss_and_grads(x, eps)
     assert np.isfinite(l16) and abs(l16 - l32) <= LOSS_RTOL * abs(l32), (l16, l32)
@@ -150,7 +144,7 @@ def check_bf16_fit(cls, _) -> dict[str, Any]:
     assert len(losses) == 3 and all(np.isfinite(losses)), losses
     assert iterations(model) - start == 3
     assert_float32_state(model)
-    assert off_grid(model.eval_forward(x, data()[1])["z_mean"]) == 0.0
+    assert off_bf16_grid(model.eval_forward(x, data()[1])["z_mean"]) == 0.0
     return {"losses": losses}
 
 
@@ -164,7 +158,7 @@ def check_fp32_after_bf16(cls, _) -> dict[str, Any]:
     model = build(cls, "fp32")
     assert keras.config.dtype_policy().name == "float32"
     assert set(policies(model).values()) == {"float32"}, policies(model)
-    share = off_grid(model.eval_forward(x, eps)["z_mean"])
+    share = off_bf16_grid(model.eval_forward(x, eps)["z_mean"])
     assert share > 0.5, share
     model.train_step(x, eps)
     assert_float32_state(model)

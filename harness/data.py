@@ -1,72 +1,43 @@
 """Where batches come from: synthetic k-mer profiles, or the user's own ``.npy``.
 
-The synthetic profiles are real k-mer counts: random DNA is simulated with a
-GC content that varies between rows, every k-mer is folded onto its canonical
-form (the smaller of it and its reverse complement), counted and normalised to
-frequencies. So the values have the sparsity and scale of the user's data,
-which matters for BCE and for NaN behaviour.
+The synthetic profiles are real k-mer counts of simulated contigs (``harness.synthetic``): each row
+is a 10 kb sequence of one of a few dozen simulated taxa, each an order-3 Markov chain with its own
+GC content and dinucleotide bias; every k-mer is folded onto its canonical form (the smaller of it
+and its reverse complement), counted and normalised to frequencies. So the values have the sparsity
+and scale of the user's data, which matters for BCE and for NaN behaviour, and the rows have the
+cluster structure of a metagenome, which matters for what a VAE's loss curve says. The few rows a
+cell or a parity check needs are made here in RAM; a large set is cached on disk as a memmap by
+``harness.synthetic.cached_profiles``.
 
 User data is opened as a memmap and streamed batch by batch, never loaded
-whole: 7-mer data sets are larger than RAM.
+whole: 7-mer data sets are larger than RAM. A ``--data`` file is used as it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from harness.files import not_regular
+from harness.kmers import canonical_index, kmer_profile  # noqa: F401 - re-exported: the data's k-mer conventions
 from harness.spec.schema import canonical_kmer_count
+from harness.synthetic import generate_profiles
 
 
 class DataError(ValueError):
     """A data file the benchmark cannot use; the message is one line and names the fix."""
 
 
-# ------------------------------------------------------------------ canonical k-mers
-
-
-@lru_cache(maxsize=16)
-def canonical_index(k: int) -> np.ndarray:
-    """Map every k-mer code (A=0 C=1 G=2 T=3, base-4, first base most significant)
-    to the column of its canonical k-mer; columns are ordered by canonical code."""
-    codes = np.arange(4**k, dtype=np.int64)
-    rc = np.zeros_like(codes)
-    rest = codes.copy()
-    for _ in range(k):
-        rc = rc * 4 + (3 - rest % 4)  # complement of the last base becomes the first
-        rest //= 4
-    canon = np.minimum(codes, rc)
-    uniq, column = np.unique(canon, return_inverse=True)
-    assert len(uniq) == canonical_kmer_count(k)
-    return column.astype(np.int64)
-
-
-def kmer_profile(seq: np.ndarray, k: int) -> np.ndarray:
-    """Canonical k-mer frequencies of one sequence of base codes (0..3)."""
-    n = len(seq) - k + 1
-    codes = np.zeros(n, np.int64)
-    for i in range(k):
-        codes = codes * 4 + seq[i : i + n]
-    counts = np.bincount(canonical_index(k)[codes], minlength=canonical_kmer_count(k))
-    return (counts / counts.sum()).astype(np.float32)
-
-
-def synthetic_profiles(k: int, rows: int, seq_len: int = 20_000, seed: int = 0) -> np.ndarray:
-    """``rows`` canonical k-mer frequency profiles of simulated genomes fragments,
-    GC content drawn per row from 30% to 70%."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((rows, canonical_kmer_count(k)), np.float32)
-    for r in range(rows):
-        gc = rng.uniform(0.3, 0.7)
-        p = np.array([(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])
-        seq = rng.choice(4, size=seq_len, p=p)
-        out[r] = kmer_profile(seq, k)
-    return out
+def synthetic_profiles(k: int, rows: int, seq_len: int = 10_000, seed: int = 0) -> np.ndarray:
+    """``rows`` canonical k-mer frequency profiles (float32, in RAM) of simulated contigs of
+    ``seq_len`` bases from the default taxa of ``harness.synthetic``: the first ``rows`` rows of
+    ``harness.synthetic.cached_profiles`` for the same ``seed`` and ``seq_len`` (default
+    ``harness.synthetic.SEQ_LEN``), so a cell's rows and a cached set agree. For a few hundred rows;
+    a large set belongs in that cache, not in RAM."""
+    return generate_profiles(k, rows, seed, seq_len=seq_len)
 
 
 # ----------------------------------------------------------------------- user data
@@ -249,7 +220,7 @@ def synthetic_binary(width: int, rows: int, density: float = 0.1, seed: int = 0)
     return (rng.random((rows, width)) < density).astype(np.float32)
 
 
-def synthetic_rows(width: int, k: int | None, rows: int, seed: int = 0, seq_len: int = 20_000) -> np.ndarray:
+def synthetic_rows(width: int, k: int | None, rows: int, seed: int = 0, seq_len: int = 10_000) -> np.ndarray:
     """Synthetic training rows for a spec of input length ``width``: k-mer profiles when ``k`` sizes it,
     else binary features (a fixed-length preset such as masked-multiomics)."""
     if k is not None and canonical_kmer_count(k) == width:

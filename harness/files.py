@@ -30,3 +30,14 @@ def not_regular(path: str | Path) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+#: the environment variable naming vaebench's per-machine cache (matmul peaks, footprints, synthetic data)
+CACHE_ENV = "VAEBENCH_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$VAEBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/vaebench``, else ``~/.cache/vaebench``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaebench"

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.files import CACHE_ENV, default_cache_dir  # noqa: F401 - re-exported
 from harness.measure.fingerprint import PERFORMANCE_ENV, cpu_model
 from harness.measure.probes import gpu_inventory
 from harness.spec.flops import CONVENTION, FlopCount
@@ -62,7 +63,6 @@ from harness.spec.schema import Settings
 PEAK_METHOD_VERSION = 2
 CACHE_FILE = "matmul_peak.json"
 #: where the per-machine cache lives when set (tests and CI point it at a folder of their own)
-CACHE_ENV = "VAEBENCH_CACHE_DIR"
 #: the module the worker imports (by name: the harness never imports a framework or ``impls``)
 PEAK_MODULE = "impls.peak"
 #: the frameworks whose matmul is measured, in order (the first one found picks the CPU size),
@@ -116,13 +116,6 @@ def framework_versions(framework: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ cache
-
-
-def default_cache_dir() -> Path:
-    """``$VAEBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/vaebench``, else ``~/.cache/vaebench``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaebench"
 
 
 def peak_key(settings: Settings, device: str, size: int | None = None, framework: str | None = None,

@@ -278,34 +278,52 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _matrix_curves(args: argparse.Namespace, plan, store, precisions: list[str] | None = None) -> str | None:
-    """The matrix's short training-curves run (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k,
-    every impl of the plan in each of the matrix's precisions (a bf16 row is recommended only beside a bf16 curve
-    that ends where fp32's does: ``reports.section_answer``; tf32 not on a CPU), each stored beside the run's rows
-    as it is judged; skipped when the plan has no
-    dense cell, with ``--curves-steps 0``, or when the run holds every impl's curve already (``--resume``: a
-    run stopped midway trains them all again, and the report reads the latest record of each). Returns the
-    line saying why curves could not be stored, if any could not (the matrix then exits 1 after its report)."""
-    from bench.curves import MATRIX_CURVES, CurveWriter, curve_records, floor_label, print_verdicts, run_curves
+    """The matrix's training curves (``bench.curves.MATRIX_CURVES``): the dense preset at the run's k, every impl
+    of the plan at dense's smallest batch in each of the matrix's precisions (a bf16 row is recommended only beside
+    a bf16 curve that ends where fp32's does: ``reports.section_answer``; tf32 not on a CPU), then the reference
+    alone at each other batch of dense until it reaches the target (the steps to target per batch that the
+    report's time to target needs: ``harness.diagnose.target``), each stored beside the run's rows as it is
+    judged; skipped when the plan has no dense cell, with ``--curves-steps 0``, or when the run holds every curve
+    already (``--resume``: a run stopped midway trains them all again, and the report reads the latest record of
+    each). Returns the line saying why curves could not be stored, if any could not (the matrix then exits 1
+    after its report)."""
+    from bench.curves import (
+        MATRIX_CURVES,
+        CurveWriter,
+        TargetReader,
+        curve_records,
+        floor_label,
+        print_targets,
+        print_verdicts,
+        run_batches,
+    )
     from harness.adapter import impl_label
     from harness.store import curves_path, read_rows
 
     default = MATRIX_CURVES["cpu_steps" if plan.device == "cpu" else "steps"]
     steps = default if args.curves_steps is None else args.curves_steps
-    dense = next((spec for spec, _ in plan.specs if spec.name == MATRIX_CURVES["spec"]), None)
+    dense, batches = next(((spec, b) for spec, b in plan.specs if spec.name == MATRIX_CURVES["spec"]), (None, []))
     if not steps or dense is None:
         return None
+    batches = sorted(batches)
     reference = "torch" if "torch" in plan.impls else plan.impls[0]
     precisions = [p for p in precisions or ["fp32"] if not (p == "tf32" and plan.device == "cpu")]
-    wanted = ({impl_label(i) if p == "fp32" else f"{impl_label(i)} {p}" for i in plan.impls for p in precisions}
-              | {floor_label(impl_label(reference))})
+    wanted = ({(impl_label(i) if p == "fp32" else f"{impl_label(i)} {p}", batches[0]) for i in plan.impls
+               for p in precisions} | {(floor_label(impl_label(reference)), batches[0])}
+              | {(impl_label(reference), b) for b in batches})
     stored = curves_path(store.root, store.run_id)
-    if stored.is_file() and wanted <= {(rec.get("curve") or {}).get("impl") for rec in read_rows(stored)}:
+    if stored.is_file() and wanted <= {((rec.get("curve") or {}).get("impl"), rec.get("batch"))
+                                       for rec in read_rows(stored)}:
         return None
-    batch, every = MATRIX_CURVES["batch"], min(MATRIX_CURVES["every"], steps)
-    print(f"curves: {dense.name}, {steps} steps at batch {batch}, {len(plan.impls)} impls", file=sys.stderr)
+    every = min(MATRIX_CURVES["every"], steps)
+    print(f"curves: {dense.name}, {steps} steps at batch {batches[0]}, {len(plan.impls)} impls"
+          + (f"; {reference} alone at batch {', '.join(map(str, batches[1:]))} until the target" if batches[1:]
+             else ""), file=sys.stderr)
+    reader = TargetReader(impl_label(reference))
     writer = CurveWriter(store.root, store.run_id, lambda curves, verdicts: curve_records(
-        dense, args.kmer, batch, steps, every, curves, verdicts, None))
-    _, verdicts = run_curves(dense, args.kmer, plan.impls, steps, batch, every, reference, timeout_s=args.timeout,
-                             on_judged=writer, precisions=precisions)
-    print_verdicts(dense.name, steps, batch, verdicts)
+        dense, args.kmer, curves[0].batch, steps, every, curves, verdicts, None, reader.target, reader.why_none))
+    per_batch = run_batches(dense, args.kmer, plan.impls, steps, batches, every, reader, reference,
+                            timeout_s=args.timeout, on_judged=writer, precisions=precisions)
+    print_verdicts(dense.name, steps, batches[0], per_batch[0][2])
+    print_targets(reader.target, impl_label(reference), per_batch, steps, reader.why_none)
     return writer.stop_line() if writer.failed else None

@@ -21,6 +21,7 @@ from bench.parser import UsageError, build_parser, with_precisions
 from bench.parser import checked_impls as _impls
 from bench.probe import cmd_probe_int32
 from bench.result_verbs import cmd_compare, cmd_report
+from bench.target_check import cmd_target_check
 from harness.data import DataError
 from harness.diagnose.scenarios import ScenarioError
 from harness.run.runner import RunStopped
@@ -173,6 +174,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "params": cmd_params,
     "parity": cmd_parity,
     "curves": cmd_curves,
+    "target-check": cmd_target_check,
     "run": cmd_run,
     "scenarios": cmd_scenarios,
     FIT_MEMORY: cmd_fit_memory,

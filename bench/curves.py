@@ -20,13 +20,15 @@ from bench.parser import UsageError, checked_impls
 #: 200 took 231-302 s of a fresh clone's 14-17 minutes at k=7 on 2 cores (six workers, 26-51 s each).
 #: In that run (the CPU reference at 36f3ef2, reports/reference/cpu) the training loss of every build fell from 5933 to a
 #: mean of 4318-4319 over steps 90-99 and 4306 over steps 190-199: the first 100 steps hold the descent
-MATRIX_CURVES = {"spec": "dense", "steps": 200, "cpu_steps": 100, "batch": 64, "every": 10}
+MATRIX_CURVES = {"spec": "dense", "steps": 200, "cpu_steps": 100, "every": 10}
 
 
 def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, curves: list, verdicts: list,
-                  data: str | None) -> list[dict[str, Any]]:
-    """One stored record per impl: the curve, its verdict, the tolerances it was judged by."""
+                  data: str | None, target=None, why_no_target: str | None = None) -> list[dict[str, Any]]:
+    """One stored record per impl: the curve, its verdict, the tolerances it was judged by, and with the run's
+    ``target`` (``harness.diagnose.target``) the steps the curve took to reach it."""
     from harness.diagnose import curves as rules
+    from harness.diagnose.target import steps_to_target
 
     tol = verdicts[0] if verdicts else None
     tolerances = {"part": tol.tol_part if tol else rules.TOL_PART,
@@ -41,10 +43,44 @@ def curve_records(spec, kmer: int | None, batch: int, steps: int, every: int, cu
         p = getattr(c, "precision", "fp32")
         return spec if p == spec.settings.precision else spec.with_settings(precision=p, tf32=p == "tf32")
 
+    def reached(c) -> dict[str, Any] | None:
+        if target is None or c.error:
+            return None
+        got = steps_to_target(c.probe_steps, c.recon, target.recon, batch, steps)
+        return {"steps": got.steps, "samples": got.samples, "budget_steps": steps}
+
     return [{"spec_name": spec.name, "spec_hash": own(c).hash, "spec": own(c).to_dict(), "kmer": kmer,
              "batch": batch, "precision": getattr(c, "precision", "fp32"), "steps": steps, "every": every,
-             "data": data or "synthetic", "finished_at": now, "curve": c.to_dict(), "verdict": v.to_dict(),
-             "tolerances": tolerances} for c, v in zip(curves, verdicts, strict=True)]
+             "data": data or "synthetic", "training_rows": getattr(c, "data", {}), "finished_at": now,
+             "curve": c.to_dict(), "verdict": v.to_dict(), "tolerances": tolerances,
+             "target": target.to_dict() if target else None, "steps_to_target": reached(c),
+             **({"why_no_target": why_no_target} if target is None and why_no_target else {})}
+            for c, v in zip(curves, verdicts, strict=True)]
+
+
+class TargetReader:
+    """The run's target (``harness.diagnose.target``): the user's ``--target-recon``, or read off the reference's
+    float32 curve at the first batch as soon as that curve is trained, before any record of the run is stored."""
+
+    def __init__(self, reference_label: str, user_recon: float | None = None) -> None:
+        from harness.diagnose.target import user_target
+
+        self.reference_label = reference_label
+        self.target = user_target(user_recon) if user_recon is not None else None
+        #: why there is no target, once the reference's curve could not give one
+        self.why_none: str | None = None
+
+    def see(self, curves: list, steps: int, batch: int):
+        from harness.diagnose.target import reference_target
+
+        ref = next((c for c in curves if c.impl == self.reference_label and not c.error and c.probe_steps
+                    and getattr(c, "precision", "fp32") == "fp32"), None)
+        if self.target is None and self.why_none is None and ref is not None:
+            try:
+                self.target = reference_target(ref.probe_steps, ref.recon, steps, batch, self.reference_label)
+            except ValueError as exc:
+                self.why_none = str(exc)
+        return self.target
 
 
 def floor_label(reference_label: str) -> str:
@@ -56,7 +92,8 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
                reference: str = "torch", noise_floor: bool = True, data: str | None = None,
                columns: str | None = None, timeout_s: float = 1800,
                on_judged: Callable[[list, list], None] | None = None,
-               precisions: list[str] | None = None) -> tuple[list, list]:
+               precisions: list[str] | None = None, train_rows: int | None = None,
+               stop_at_recon: float | None = None) -> tuple[list, list]:
     """Curves and verdicts; the reference impl runs first and, with ``noise_floor``, again from weights one
     ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances.
 
@@ -93,8 +130,67 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
             on_judged(done[new], verdicts[new])
 
     curves = train_curves(spec, kmer, runs, steps, batch, every, data=data, columns=columns, timeout_s=timeout_s,
-                          on_curve=finished)
+                          on_curve=finished, train_rows=train_rows, stop_at_recon=stop_at_recon)
     return curves, judge(curves, reference=impl_label(reference), floor=floor)
+
+
+def run_batches(spec, kmer: int | None, impls: list[str], steps: int, batches: list[int], every: int,
+                reader: TargetReader, reference: str = "torch", noise_floor: bool = True, data: str | None = None,
+                columns: str | None = None, timeout_s: float = 1800,
+                on_judged: Callable[[list, list], None] | None = None,
+                precisions: list[str] | None = None) -> list[tuple[int, list, list]]:
+    """Curves at several batches, for the steps to a target per batch (``harness.diagnose.target``): every impl
+    at the first batch (``run_curves``: their verdicts show whether the reference's steps stand for theirs), then
+    the reference alone at each other batch, stopped at the first probe that meets the target. Every batch
+    trains on the same rows (``train_rows`` for the largest batch: no row seen twice at any of them) and is
+    judged on the same held-out rows. Returns (batch, curves, verdicts) per batch trained; the other batches are
+    not trained when the first gave no target (the reference failed there)."""
+    from harness.run.curve_data import synthetic_train_rows
+
+    rows = synthetic_train_rows(steps, max(batches))
+    first, *rest = batches
+
+    def seen_first(curves: list, verdicts: list) -> None:
+        reader.see(curves, steps, first)
+        if on_judged is not None:
+            on_judged(curves, verdicts)
+
+    curves, verdicts = run_curves(spec, kmer, impls, steps, first, every, reference, noise_floor, data, columns,
+                                  timeout_s, on_judged=seen_first, precisions=precisions, train_rows=rows)
+    reader.see(curves, steps, first)
+    out = [(first, curves, verdicts)]
+    for batch in rest:
+        if reader.target is None:
+            break
+        c, v = run_curves(spec, kmer, [reference], steps, batch, every, reference, False, data, columns, timeout_s,
+                          on_judged=on_judged, train_rows=rows, stop_at_recon=reader.target.recon)
+        out.append((batch, c, v))
+    return out
+
+
+def print_targets(target, reference: str, per_batch: list[tuple[int, list, list]], steps: int,
+                  why: str | None = None) -> None:
+    """The steps (and samples) the reference took to reach the target at each batch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.diagnose.target import steps_to_target
+
+    if target is None:
+        Console().print(f"no target: {why or f'{reference} has no curve at batch {per_batch[0][0]} to read it from'}")
+        return
+    table = Table(title=f"steps to target ({target.describe()}) for {reference}")
+    for col in ("batch", "steps to target", "samples"):
+        table.add_column(col)
+    for batch, curves, _ in per_batch:
+        ref = next((c for c in curves if c.impl == reference and not c.error), None)
+        if ref is None:
+            table.add_row(f"{batch:,}", "no curve", "-")
+            continue
+        got = steps_to_target(ref.probe_steps, ref.recon, target.recon, batch, steps)
+        table.add_row(f"{batch:,}", got.describe() if got.steps is None else f"{got.steps:,}",
+                      "-" if got.samples is None else f"{got.samples:,}")
+    Console().print(table)
 
 
 class CurveWriter:
@@ -127,6 +223,7 @@ class CurveWriter:
 
 def cmd_curves(args: argparse.Namespace) -> int:
     from bench.data_check import check_data
+    from harness.adapter import impl_label
     from harness.diagnose.preflight import detect_device_memory
     from harness.run.runner import TF32_ON_CPU, cell_kmer
     from harness.spec.presets import resolve_spec
@@ -149,20 +246,26 @@ def cmd_curves(args: argparse.Namespace) -> int:
     # before any training (issue 27): an unwritable --results lost every curve at the write, and a --data file
     # of NaN rows trained and read "differs"
     check_results_dir(args.results)
-    check_data(argparse.Namespace(data=args.data, columns=args.columns, batch=[args.batch], kmer=kmer, wrap=False),
+    check_data(argparse.Namespace(data=args.data, columns=args.columns, batch=args.batch, kmer=kmer, wrap=False),
                 {spec.input_length})
+    batches = args.batch
     if not args.json:
-        print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {args.batch}, "
-              f"{len(impls)} impl(s) ...", file=sys.stderr)
+        print(f"curves {run_id}: {spec.name}, {args.steps} steps at batch {batches[0]}, {len(impls)} impl(s)"
+              + (f"; {reference} alone at batch {', '.join(map(str, batches[1:]))} until the target" if batches[1:]
+                 else "") + " ...", file=sys.stderr)
+    reader = TargetReader(impl_label(reference), args.target_recon)
     store = CurveWriter(args.results, run_id, lambda curves, verdicts: curve_records(
-        spec, kmer, args.batch, args.steps, args.every, curves, verdicts, args.data))
-    _, verdicts = run_curves(spec, kmer, impls, args.steps, args.batch, args.every, reference,
-                             not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store,
-                             precisions=precisions)
+        spec, kmer, curves[0].batch, args.steps, args.every, curves, verdicts, args.data, reader.target,
+        reader.why_none))
+    per_batch = run_batches(spec, kmer, impls, args.steps, batches, args.every, reader, reference,
+                            not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store,
+                            precisions=precisions)
+    verdicts = [v for _, _, vs in per_batch for v in vs]
     if args.json:
         print(json.dumps(store.records, indent=2, default=str))
     else:
-        print_verdicts(spec.name, args.steps, args.batch, verdicts)
+        print_verdicts(spec.name, args.steps, batches[0], per_batch[0][2])
+        print_targets(reader.target, impl_label(reference), per_batch, args.steps, reader.why_none)
     if store.failed:
         print(f"vaebench: {store.stop_line()}", file=sys.stderr)
         return 1

@@ -240,14 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", type=precision_list, help=PRECISION_HELP)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("target-check", help="time whole runs to the target and compare them with the separable "
+                                            "time to target (compile + steps x mean step)")
+    p.add_argument("--spec", default="dense", help="preset name or spec file (default: dense)")
+    p.add_argument("--kmer", type=kmer_arg, default=5, help="k of the k-mer profile (default 5)")
+    p.add_argument("--impl", default="torch,flax", help="comma-separated impls (default: torch,flax)")
+    p.add_argument("--batch", type=int_list, default=[64, 256], help="comma-separated batch sizes (default 64,256)")
+    p.add_argument("--steps", type=positive_int, default=300, help="the curves' steps, and each direct run's most")
+    p.add_argument("--every", type=positive_int, default=5, help="read the held-out reconstruction every this many steps")
+    p.add_argument("--repeats", type=positive_int, default=5, help="cells and direct runs per impl and batch (at least 2)")
+    p.add_argument("--reference", default="torch", help="the impl whose curve gives the steps to target")
+    p.add_argument("--target-recon", type=positive_float, help="the held-out reconstruction to reach (default: as curves)")
+    p.add_argument("--results", type=directory_arg, default="results",
+                   help="the record goes to RESULTS/target-check/RUN_ID.json, the cells and curves beside it")
+    p.add_argument("--run-id", help="store under this run (default: a new id)")
+
     p = sub.add_parser("curves", help="train every impl the same steps from the same weights: do the curves agree?")
     p.add_argument("--spec", default="dense", help="preset name or spec file (default: dense)")
     p.add_argument("--kmer", type=kmer_arg, help=KMER_HELP)
     p.add_argument("--impl", help=f"comma-separated impls (default: {','.join(BUILTIN)})")
     p.add_argument("--steps", type=positive_int, default=300)
-    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--batch", type=int_list, default=[64],
+                   help="comma-separated batch sizes: every impl trains at the first; the reference also trains at each "
+                        "other, until it reaches the target, for the steps to target per batch (default 64)")
     p.add_argument("--every", type=positive_int, default=10,
                    help="read the held-out reconstruction, KL and gradient norm every this many steps")
+    p.add_argument("--target-recon", type=positive_float,
+                   help="the held-out reconstruction (nats per row) to reach (default: 90%% of the way from the "
+                        "reference's start to where its curve at the first batch ends; docs/time-to-target.md)")
     p.add_argument("--reference", default="torch", help="the impl every other curve is judged against")
     p.add_argument("--precision", type=precision_list,
                    help="the precision(s) every impl trains in, judged against the reference in fp32 (default fp32)")

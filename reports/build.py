@@ -42,6 +42,7 @@ from reports.sections import (
     spec_title,
     sweep_grids,
 )
+from reports.time_to_target import section_time_to_target, spec_targets
 
 __all__ = ["build_report", "update_index"]
 
@@ -108,9 +109,13 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
     doc.p(f"{date}, {device}, commit `{commit[:7]}`: {len(rows)} row{'s' if len(rows) != 1 else ''} ({n_ok} ok), "
           f"{len(impls)} impl{'s' if len(impls) != 1 else ''}, {len(specs)} spec{'s' if len(specs) != 1 else ''}.")
     title = lambda key: spec_title(key, multi_hash)  # noqa: E731
-    headline = section_answer(doc, grouped, rows, title, device, grids, out_dir, colors, plots, curves=curves)
+    targets = {key: st for key, by_batch in grouped.items() if getattr(key, "precision", "fp32") == "fp32"
+               and (st := spec_targets(key[0], key[2], by_batch, curves)) is not None}
+    headline = section_answer(doc, grouped, rows, title, device, grids, out_dir, colors, plots, curves=curves,
+                              targets=targets)
     doc.p("Details: [Recommendation](#recommendation), [Recommended batch](#recommended-batch), "
           "[Results](#results) (with their plots), [Diagnosis](#diagnosis), "
+          + ("[Time to target](#time-to-target), " if targets else "")
           + ("[Training curves](#training-curves), " if curves else "")
           + ("[Sweep map](#sweep-map), " if grids else "") + "[Environment](#environment).")
     recs: list[dict] = []
@@ -123,6 +128,7 @@ def build_report(results: Any, out_root: str | Path = DEFAULT_OUT_ROOT, run_id: 
         doc.h(2, "Recommendation")
         doc.p("No benchmark cells in this run (only scenario or sweep rows): nothing to recommend.")
     section_diagnosis(doc, rows, grouped, multi_hash)
+    section_time_to_target(doc, [(title(key).replace("`", ""), st) for key, st in targets.items()])
     section_curves(doc, curves, out_dir, colors, plots)
     section_sweep(doc, grids, out_dir, plots)
     section_environment(doc, rows)

@@ -1,7 +1,8 @@
 """The report's PNG plots: step time, peak memory, host RSS per batch and the sweep map.
 
-The only module of ``reports`` that imports matplotlib, and only when a plot is drawn, so that building
-a report with ``plots=False`` (and everything else here) works without it.
+With ``reports.summary_figure`` (the report's first figure, its own layout) and ``reports.figure_check``, the
+only modules of ``reports`` that import matplotlib, and only when a plot is drawn, so that building a report
+with ``plots=False`` (and everything else here) works without it.
 
 Framework-free: this module must never import torch, jax, keras or tensorflow.
 """
@@ -15,7 +16,7 @@ from harness.impls_registry import RecordField
 from reports.cells import ImplCell, nested, row_status
 
 __all__ = ["IMPL_PALETTE", "OUTCOME_COLORS", "impl_colors", "plot_curves", "plot_memory", "plot_rss", "plot_step_times",
-           "plot_summary", "plot_sweep"]
+           "plot_sweep"]
 
 #: The one palette of the reports: each built-in impl has its colour (its record's ``colour``,
 #: ``harness.impls_registry``) forever, in every plot of every run; any other label (a plug-in, "torch (1 ulp)")
@@ -23,9 +24,6 @@ __all__ = ["IMPL_PALETTE", "OUTCOME_COLORS", "impl_colors", "plot_curves", "plot
 IMPL_PALETTE = RecordField("colour")
 EXTRA_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31",
                 "#843c39", "#7b4173", "#3182bd", "#e6550d")
-
-#: how a failed or skipped cell is marked in the summary figure, by kind
-FAILURE_MARKERS = {"device_oom": "v", "host_oom": "v", "int32_overflow": "s", "skipped": "o", "leak": "D"}
 
 OUTCOME_COLORS = {
     "ok": "#2ca02c", "device_oom": "#d62728", "host_oom": "#ff7f0e", "int32_overflow": "#9467bd",
@@ -238,73 +236,4 @@ def plot_curves(title: str, curves: list[dict[str, Any]], colors: dict, path: Pa
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path, left=0.6, right=0.2, top=0.55)
-    return True
-
-
-def plot_summary(panels: list[dict[str, Any]], colors: dict, path: Path) -> bool:
-    """The report's first figure: one panel per spec, samples/s against batch size (log x), one line per impl;
-    failed and skipped cells marked on the x axis at their batch, by kind (:data:`FAILURE_MARKERS`); the
-    recommended (impl, batch) ringed. Each panel: {"title", "lines": {label: [(batch, sps)]}, "failures":
-    [(label, batch, kind)], "best": (label, batch, sps) or None, "note": text for an empty panel}."""
-    if not panels:
-        return False
-    from matplotlib.lines import Line2D
-
-    plt = _plt()
-    ncol = min(4, len(panels))
-    nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol + 0.4, 2.6 * nrow + 0.7), squeeze=False)
-    labels: list[str] = []
-    kinds: set[str] = set()
-    for ax, panel in zip(axes.flat, panels, strict=False):
-        batches = sorted({b for pts in panel["lines"].values() for b, _ in pts} | {f[1] for f in panel["failures"]})
-        for label, pts in sorted(panel["lines"].items()):
-            pts = sorted(pts)
-            ax.plot([b for b, _ in pts], [v for _, v in pts], "-o", color=colors.get(label, "black"), lw=1.5, ms=4)
-            labels.append(label)
-        fails = panel["failures"]
-        for j, (label, b, kind) in enumerate(sorted(fails, key=lambda f: (f[1], f[0]))):
-            same = [f for f in fails if f[1] == b]
-            k = same.index(next(f for f in same if f[0] == label))
-            marker = FAILURE_MARKERS.get(kind, "x")
-            kinds.add(kind if kind in FAILURE_MARKERS else "failed")
-            ax.plot([b * 1.09 ** (k - (len(same) - 1) / 2)], [0.05 + 0.0 * j], marker=marker, ls="none", ms=7,
-                    mfc="white" if kind == "skipped" else colors.get(label, "black"),
-                    mec=colors.get(label, "black"), mew=1.5, transform=ax.get_xaxis_transform(), clip_on=False)
-            labels.append(label)
-        best = panel.get("best")
-        if best:
-            ax.plot([best[1]], [best[2]], "o", ms=14, mfc="none", mec="black", mew=2, zorder=5)
-            ax.annotate("use", (best[1], best[2]), xytext=(0, 9), textcoords="offset points", ha="center",
-                        fontsize=8, weight="bold")
-        if not panel["lines"]:
-            ax.text(0.5, 0.55, panel.get("note") or "nothing ran", transform=ax.transAxes, ha="center",
-                    va="center", fontsize=8, wrap=True, color="#57606a")
-            ax.set_yticks([])
-        ax.set_xscale("log")
-        if batches:
-            ax.set_xlim(min(batches) / 1.6, max(batches) * 1.6)
-            ax.set_xticks(batches, [str(b) for b in batches])
-            ax.minorticks_off()
-        ys = [v for pts in panel["lines"].values() for _, v in pts]
-        if ys:
-            ax.set_ylim(0, max(ys) * 1.22)
-        ax.set_title(panel["title"], fontsize=9)
-        ax.set_xlabel("batch size (log)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[: len(panels)][::ncol]:
-        ax.set_ylabel("samples/s", fontsize=8)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    names = {"device_oom": "out of memory", "host_oom": "out of memory", "int32_overflow": "int32 overflow",
-             "skipped": "skipped", "leak": "leak (confirmed)", "failed": "other failure"}
-    handles = [Line2D([], [], color=colors.get(label, "black"), marker="o", lw=1.5, ms=4, label=label)
-               for label in sorted(set(labels))]
-    handles += [Line2D([], [], ls="none", marker=FAILURE_MARKERS.get(k, "x"), mfc="white", mec="black", ms=7,
-                       label=names[k]) for k in sorted(kinds, key=lambda k: names[k])]
-    handles.append(Line2D([], [], ls="none", marker="o", ms=12, mfc="none", mec="black", mew=2,
-                          label="recommended"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False)
-    _save(fig, path, left=0.6, right=0.15, bottom=1.0, top=0.35)
     return True

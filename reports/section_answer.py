@@ -1,7 +1,8 @@
 """The top of the report, what a reader sees first: one sentence per spec (which framework at which batch,
 its samples/s, who is within noise, how much slower the others are), one line each for what broke and why
 (int32 verdicts per framework, out of memory, confirmed leaks, then skips and other failures, identical
-messages grouped), and the summary figure (one panel per spec, samples/s against batch) with the sweep's
+messages grouped), and the summary figure (one panel per spec that measured a cell, samples/s against batch; the specs
+left out named in one line under it) with the sweep's
 failure map where a sweep ran.
 
 The verdicts are ``reports.recommend.recommend_batch``'s, ties and exclusions as it decides them; this module
@@ -20,9 +21,11 @@ from reports.cells import ImplCell
 from reports.document import Doc
 from reports.formatting import join_and, short, slugify
 from reports.messages import group_messages, who
-from reports.plots import plot_summary, plot_sweep
+from reports.plots import plot_sweep
 from reports.recommend import BatchRecommendation, recommend_batch
 from reports.section_batch import sweep_largest
+from reports.summary_figure import plot_summary, summary_panels
+from reports.time_to_target import no_target_line, target_sentence
 
 __all__ = ["FailureGroup", "failure_groups", "section_answer"]
 
@@ -190,6 +193,13 @@ def _sentence(name: str, device: str, by_batch: dict[int, list[ImplCell]], rec: 
     return text + "."
 
 
+def _pick(by_batch: dict[int, list[ImplCell]], rec: BatchRecommendation) -> tuple[str, int, float] | None:
+    """The samples/s answer as (label, batch, samples/s), or None."""
+    if rec.choice is None or rec.batch is None or not rec.samples_per_s:
+        return None
+    return next(c.label for c in by_batch[rec.batch] if c.impl == rec.choice), rec.batch, rec.samples_per_s
+
+
 def _panel(name: str, by_batch: dict[int, list[ImplCell]], rec: BatchRecommendation) -> dict[str, Any]:
     lines: dict[str, list[tuple[int, float]]] = {}
     failures: list[tuple[str, int, str]] = []
@@ -259,9 +269,11 @@ def _curve_verdict(curves: list[dict[str, Any]], name: str, kmer: int | None, la
 
 def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: Callable[[tuple], str], device: str,
                    grids: dict, out_dir: Path, colors: dict, plots: bool = True,
-                   curves: list[dict[str, Any]] | None = None) -> list[str]:
+                   curves: list[dict[str, Any]] | None = None, targets: dict | None = None) -> list[str]:
     """Write the answer, what broke, the summary figure and the failure maps; returns the sentences
-    (plain text, for the index). A spec measured in fp32 and bf16 gets one sentence (``_precision_sentence``)."""
+    (plain text, for the index). A spec measured in fp32 and bf16 gets one sentence (``_precision_sentence``);
+    a spec with a time to target (``targets``: fp32 key -> ``reports.time_to_target.SpecTargets``) gets the fastest
+    pair to the target right under it, beside the most samples/s."""
     doc.open("answer", "answer")
     sweeps = sweep_largest(rows)
     sentences, panels = [], []
@@ -280,6 +292,10 @@ def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: C
         else:
             said[key] = len(sentences)
             sentences.append(_sentence(title(key), device, by_batch, rec))
+            if (targets or {}).get(key) is not None:
+                sentences.append(target_sentence(targets[key], _pick(by_batch, rec)))
+            elif precision == "fp32" and (line := no_target_line(key[0], key[2], curves or [])):
+                sentences.append(line)
         panels.append(_panel(name, by_batch, rec))
     if not grouped:
         sentences.append("No benchmark cells in this run (only scenario or sweep rows): nothing to recommend.")
@@ -290,10 +306,14 @@ def section_answer(doc: Doc, grouped: dict, rows: list[dict[str, Any]], title: C
     doc.open("what-broke", "answer")
     doc.ul(_broke_lines(groups, grouped) if grouped else [])
     doc.close()
-    if plots and panels and plot_summary(panels, colors, out_dir / "plots/summary.png"):
-        doc.img("plots/summary.png", "samples/s against batch size (log), one panel per spec, one line per impl; "
-                "failed and skipped cells marked on the axis by kind; the recommended point ringed",
-                anchor="summary-figure")
+    if plots and panels:
+        drawn, left_out = summary_panels(panels)  # a spec where no cell ran gets no panel, only a name in one line
+        if drawn and plot_summary(drawn, colors, out_dir / "plots/summary.png"):
+            doc.img("plots/summary.png", "samples/s against batch size (log), one panel per spec that measured a "
+                    "cell, one line per impl; failed and skipped cells marked on the axis by kind; the recommended "
+                    "point ringed", anchor="summary-figure")
+        if left_out:
+            doc.p(left_out)
     swatches = " ".join(f'<span class="swatch" style="background:{colors[i]}">{i}</span>'
                         for i in sorted(colors, key=lambda i: (impl_rank(i), i)))
     if swatches:

@@ -35,7 +35,8 @@ def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, color
     doc.h(2, "Training curves")
     tol = records[0].get("tolerances", {})
     doc.p("Every impl trains the same steps from the same canonical weights, on the same batches in the same order "
-          "and with the same noise; the reconstruction and KL are read on a fixed held-out batch every few steps "
+          "and with the same noise, each training row seen once unless the table says otherwise; the reconstruction "
+          "and KL are read on fixed held-out rows every few steps "
           f"(python -m bench curves). Against the reference: the curves have *parted* once the training loss, smoothed "
           f"over {tol.get('smooth_steps', '?')} steps, differs by more than {tol.get('part', 0):.3%}; *final recon* "
           f"is the held-out reconstruction over the last {tol.get('final_fraction', 0):.0%} of the steps (tolerance "
@@ -68,3 +69,25 @@ def section_curves(doc: Doc, records: list[dict[str, Any]], out_dir: Path, color
                  else "No KL collapse."))
         doc.table(["impl", "precision", "final recon vs ref", "parted at step", "largest gap", "NaN/inf at",
                    "top latent KL (nats)", "verdict"], [_verdict_row(r["verdict"]) for r in recs])
+        doc.p(_data_line(recs))
+
+
+def _data_line(recs: list[dict[str, Any]]) -> str:
+    """What the curves trained on, how many latent elements carry information, and any stop at the target."""
+    data = recs[0].get("training_rows") or {}
+    parts = []
+    if data:
+        parts.append(f"Trained on {data.get('source', '?')}: {data.get('train_rows', 0):,} rows, "
+                     f"{data.get('epochs', 0):g} epoch(s) at this batch; judged on {data.get('held_out_rows', 0):,} "
+                     f"held-out rows ({data.get('scaled', '?')}).")
+    active = {r["curve"]["impl"]: r["curve"]["kl_active"][-1] for r in recs if (r.get("curve") or {}).get("kl_active")}
+    if active:
+        parts.append("Latent elements holding more than 0.01 nats at the end: "
+                     + ", ".join(f"{impl} {n}" for impl, n in active.items()) + ".")
+    stopped = [r for r in recs if (r.get("curve") or {}).get("stop_at_recon") is not None]
+    for r in stopped:
+        got = r.get("steps_to_target") or {}
+        parts.append(f"{r['curve']['impl']} stopped at the first probe meeting the target "
+                     f"({r['curve']['stop_at_recon']:,.4g}): "
+                     + (f"step {got['steps']:,}." if got.get("steps") is not None else "not reached."))
+    return " ".join(parts) or "No record of the training rows (a record from before issue 23)."

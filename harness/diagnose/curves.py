@@ -56,8 +56,10 @@ SMOOTH_STEPS = 10
 #: with a noise-floor run: an impl has parted at this many times the floor's largest gap (and its end
 #: differs at this many times the floor's final difference)
 FLOOR_FACTOR = 5.0
-#: the least tolerance a floor can give (a floor of zero would make any rounding a difference)
-TOL_PART_MIN = 0.0005
+#: the least tolerance a floor can give (a floor of zero would make any rounding a difference). On the structured
+#: synthetic rows (issue 23; dense, k=4, batch 32, 60 and 100 steps) the four builds parted from torch by at most
+#: 0.009% and the planted beta2 by 0.050-0.051%, so 0.03% sits 3x above the builds and below the plant
+TOL_PART_MIN = 0.0003
 TOL_FINAL_MIN = 0.001
 #: without a floor run: the relative gap of the smoothed training loss at which two curves have parted,
 #: and of the held-out reconstruction over the last 20% of the steps (5 times the k=5 floor, rounded up)

@@ -4,14 +4,18 @@ Parity proves one step; this proves hundreds. Every impl starts from the same ca
 (``reference.init_weights``: the spec's own initialisers, drawn once in numpy), trains on the same
 batches in the same order with the same noise (``eps`` and, for a masking spec, the masked block of
 step i are drawn from ``numpy.random.default_rng([seed, i])``, identical in every worker), each in
-its own worker. What it records:
+its own worker. Each step trains on rows of a training set seen once (``harness.run.curve_data``: structured
+synthetic profiles cached on disk, or the user's file less its held-out rows). What it records:
 
 * **the training loss of every step**: each step's returned handle is kept and read once, after the
   last step, so no step waits for the device (``adapter.loss_value``);
-* **every ``every`` steps, before the step** (so the probe never sits inside a timed loop): the
-  reconstruction and KL parts of the loss on a fixed held-out batch in inference mode, computed in
+* **before each of the first ``every`` steps, then every ``every`` steps** (``probe_due``): the
+  reconstruction and KL parts of the loss on the held-out rows (the same at every batch) in inference mode, computed in
   numpy from the build's outputs (``reference.loss_parts``), and the global L2 norm of the training
   gradient of that step's batch (``adapter.loss_and_grads``); a last probe follows the last step.
+
+A curve asked to stop at a held-out reconstruction (``stop_at_recon``) ends at the first probe that meets it:
+how the steps to a target are read at every batch but the first (``harness.diagnose.target``).
 
 ``harness.diagnose.curves`` turns the curves into verdicts against the reference impl's curve.
 The parent side (``train_curves``) is framework-free; ``task_curves`` runs in the worker and imports
@@ -30,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.adapter import impl_label
-from harness.data import make_source
+from harness.diagnose.curves import KL_COLLAPSE_NATS
+from harness.run.curve_data import CurveBatches, CurveData, curve_data, synthetic_train_rows
 from harness.run.events import emit
 from harness.run.launch import run_worker
 from harness.run.parity import worker_error_line
@@ -39,16 +44,12 @@ from harness.spec.reference import init_weights, kl_per_element, loss_parts
 from harness.spec.schema import VAESpec
 from harness.spec.shapes import latent_shape
 
-#: the held-out batch the reconstruction and KL curves are read on (at most this many rows)
-EVAL_ROWS = 64
-#: batches cycled through (the same order in every impl); a data file gives at most this many
-MAX_BATCHES = 16
-
 
 @dataclass
 class Curve:
     """One impl's curves: ``loss`` per step; ``probe_steps`` with ``recon``, ``kl`` and ``grad_norm``;
-    ``kl_max_dim`` is the KL of the most informative latent element (batch mean, nats)."""
+    ``kl_max_dim`` is the KL of the most informative latent element (batch mean, nats), ``kl_active`` how many
+    elements hold more than ``KL_COLLAPSE_NATS``."""
 
     impl: str
     loss: list[float] = field(default_factory=list)
@@ -56,12 +57,19 @@ class Curve:
     recon: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     kl_max_dim: list[float] = field(default_factory=list)
+    #: latent elements holding more than ``KL_COLLAPSE_NATS`` (nats, batch mean) at each probe
+    kl_active: list[int] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     #: the precision the curve trained in (``Settings.precision``)
     precision: str = "fp32"
+    batch: int = 0
+    #: what it trained on (``CurveData.to_record``: source, rows, held-out rows, epochs, scaling)
+    data: dict[str, Any] = field(default_factory=dict)
+    #: the held-out reconstruction at which it stopped early, if it was asked to
+    stop_at_recon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,76 +84,91 @@ def step_noise(spec: VAESpec, seed: int, step: int, batch: int) -> tuple[np.ndar
     return eps, fixed
 
 
-def min_max(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """``rows`` scaled per feature to [0, 1] by the minimum and maximum of ``like`` (a constant feature
-    goes to 0), then clipped: how a user readies frequencies for a BCE loss."""
-    lo, hi = like.min(axis=0), like.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return np.clip((rows - lo) / span, 0.0, 1.0).astype(np.float32)
-
-
-def curve_inputs(spec: VAESpec, k: int | None, batch: int, steps: int, seed: int = 0,
-                 data: str | None = None, columns: str | None = None) -> dict[str, np.ndarray]:
-    """Weights, the batches (cycled) and the held-out batch every impl shares.
-
-    A ``--data`` file is used as it is. Synthetic rows are min-max scaled per feature (``min_max``):
-    raw frequencies, each below 1e-2 and summing to 1, leave BCE so little to reconstruct that the KL
-    collapses at any beta in every framework (torch, dense, k=5: the most informative latent element held
-    9e-6 nats after 300 steps), which would hide the very comparison the curves make."""
-    source = make_source(k, batch, data, columns, seed=seed, width=spec.input_length)
-    n = max(1, min(MAX_BATCHES, steps, source.data.shape[0] // batch))
-    xs = np.stack([source.next() for _ in range(n)])
-    held = make_source(k, min(batch, EVAL_ROWS), data, columns, seed=seed + 1, width=spec.input_length,
-                       synthetic_rows_n=min(batch, EVAL_ROWS)).next()
-    if data is None:
-        train_rows = xs.reshape(-1, xs.shape[-1])
-        xs, held = min_max(xs, train_rows), min_max(held, train_rows)
+def curve_inputs(spec: VAESpec, k: int | None, train_rows: int, tmp: Path, seed: int = 0, data: str | None = None,
+                 columns: str | None = None) -> tuple[CurveData, dict[str, np.ndarray]]:
+    """The training rows every impl of a run shares (``harness.run.curve_data``), and the arrays saved beside
+    them for the workers: the canonical weights, the held-out rows, their noise and the scaling."""
+    rows, held, scale = curve_data(spec, k, train_rows, seed, tmp, data, columns)
     eps_eval, fixed_eval = step_noise(spec, seed + 1, 0, len(held))  # another key than any training step
-    out = {"x": xs, "x_eval": held, "eps_eval": eps_eval,
+    out = {"x_eval": held, "eps_eval": eps_eval, **scale,
            **{f"w:{name}": w for name, w in init_weights(spec, seed).items()}}
     if fixed_eval:
         out["mask_eval"] = np.asarray(fixed_eval["mask_block"])
-    return out
+    return rows, out
+
+
+def probe_due(step: int, every: int) -> bool:
+    """Whether the held-out reconstruction is read before ``step``: at each of the first ``every`` steps, where
+    the curve falls fastest (dense, k=7, batch 64: from 5,706 at step 0 to 2,814 by step 10, then within 3% of
+    that for 90 steps), then every ``every`` steps. The steps to a target are read at these probes."""
+    return step < every or step % every == 0
+
+
+def task_batches(task, inputs) -> CurveBatches:
+    """Worker side: the task's training batches, scaled as the parent said."""
+    scale = {"lo": inputs["lo"], "span": inputs["span"]} if "lo" in inputs.files else {}
+    return CurveBatches(task.data_path, task.columns, task.train_rows, task.batch, **scale)
+
+
+def held_out_parts(spec: VAESpec, model, x_eval: np.ndarray, eps_eval: np.ndarray,
+                   fixed_eval: dict[str, int]) -> tuple[float, float, float, int]:
+    """(reconstruction, KL, the most informative latent element's KL, how many elements hold more than
+    ``KL_COLLAPSE_NATS``) on the held-out rows, inference mode, computed in numpy from the build's outputs
+    (``reference.loss_parts``)."""
+    out = model.eval_forward(x_eval, eps_eval, **fixed_eval)
+    mu, logvar = np.asarray(out["z_mean"], np.float64), np.asarray(out["z_log_var"], np.float64)
+    recon, kl = loss_parts(spec, x_eval, np.asarray(out["recon"], np.float64), mu, logvar,
+                           fixed_eval.get("mask_block"))
+    per = kl_per_element(mu, logvar)
+    return recon, kl, float(per.max()), int((per > KL_COLLAPSE_NATS).sum())
 
 
 def task_curves(task: CurvesTask) -> dict[str, Any]:
-    """Worker side: train, probing every ``task.every`` steps, then read every step's loss."""
+    """Worker side: train, probing every ``task.every`` steps, then read every step's loss. With
+    ``task.stop_at_recon``, training stops at the first probe that meets it (``harness.diagnose.target``)."""
     from harness.adapter import load_adapter_class, row_label
 
     cls = load_adapter_class(task.impl)
     spec = VAESpec.from_dict(task.spec)
     cls.check_precision(spec)
     inputs = np.load(task.inputs_path)
-    xs, x_eval, eps_eval = inputs["x"], inputs["x_eval"], inputs["eps_eval"]
+    batches = task_batches(task, inputs)
+    x_eval, eps_eval = inputs["x_eval"], inputs["eps_eval"]
     fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}
     model = cls.with_weights(spec, {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
     seed = spec.settings.seed
-    probes: dict[str, list] = {"probe_steps": [], "recon": [], "kl": [], "kl_max_dim": [], "grad_norm": []}
+    probes: dict[str, list] = {"probe_steps": [], "recon": [], "kl": [], "kl_max_dim": [], "kl_active": [],
+                               "grad_norm": []}
 
-    def probe(step: int, x: np.ndarray, eps: np.ndarray, fixed: dict[str, int]) -> None:
+    def probe(step: int) -> bool:
+        """Record the probe before step ``step``; True when it meets the target."""
+        x = batches[step]
+        eps, fixed = step_noise(spec, seed, step, len(x))
         _, grads = model.loss_and_grads(x, eps, **fixed)
-        out = model.eval_forward(x_eval, eps_eval, **fixed_eval)
-        mu, logvar = np.asarray(out["z_mean"], np.float64), np.asarray(out["z_log_var"], np.float64)
-        recon, kl = loss_parts(spec, x_eval, np.asarray(out["recon"], np.float64), mu, logvar,
-                               fixed_eval.get("mask_block"))
+        recon, kl, top, active = held_out_parts(spec, model, x_eval, eps_eval, fixed_eval)
         probes["probe_steps"].append(step)
         probes["recon"].append(recon)
         probes["kl"].append(kl)
-        probes["kl_max_dim"].append(float(kl_per_element(mu, logvar).max()))
+        probes["kl_max_dim"].append(top)
+        probes["kl_active"].append(active)
         probes["grad_norm"].append(math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+        return task.stop_at_recon is not None and math.isfinite(recon) and recon <= task.stop_at_recon
 
     handles = []
+    reached = False
     for i in range(task.steps):
-        x = xs[i % len(xs)]
-        eps, fixed = step_noise(spec, seed, i, len(x))
-        if i % task.every == 0:
-            probe(i, x, eps, fixed)
+        if probe_due(i, task.every):
+            reached = probe(i)
             emit(curves_step=i)
+            if reached:
+                break
+        x = batches[i]
+        eps, fixed = step_noise(spec, seed, i, len(x))
         handles.append(model.train_step(x, eps, **fixed))
     model.synchronize()
     losses = [float(model.loss_value(h)) for h in handles]
-    x = xs[task.steps % len(xs)]
-    probe(task.steps, x, *step_noise(spec, seed, task.steps, len(x)))
+    if not reached:
+        probe(task.steps)
     return {"loss": losses, **probes, "row": row_label(cls, task.impl), "versions": cls.versions()}
 
 
@@ -164,12 +187,17 @@ class CurveRun:
 
 def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int, batch: int, every: int,
                  data: str | None = None, columns: str | None = None, timeout_s: float = 1800,
-                 on_curve: Callable[[Curve], None] | None = None) -> list[Curve]:
+                 on_curve: Callable[[Curve], None] | None = None, train_rows: int | None = None,
+                 stop_at_recon: float | None = None) -> list[Curve]:
     """One worker per run on the same inputs; a worker that fails gives a curve with its error line.
-    ``on_curve`` gets each curve as its worker ends, so that the caller can store it before the next starts."""
+    ``on_curve`` gets each curve as its worker ends, so that the caller can store it before the next starts.
+    ``train_rows``: the synthetic training set's rows (default: ``steps x batch``, each row seen once); a run
+    over several batches passes the same to each, so that all its curves read the same rows on one scale.
+    ``stop_at_recon``: each worker stops at the first probe whose held-out reconstruction meets it."""
     out: list[Curve] = []
+    rows = train_rows or synthetic_train_rows(steps, batch)
     with tempfile.TemporaryDirectory(prefix="vaebench-curves-") as tmp:
-        inputs = curve_inputs(spec, k, batch, steps, spec.settings.seed, data, columns)
+        data_rows, inputs = curve_inputs(spec, k, rows, Path(tmp), spec.settings.seed, data, columns)
         paths = {False: Path(tmp) / "inputs.npz", True: Path(tmp) / "nudged.npz"}
         np.savez(paths[False], **inputs)
         if any(run.nudge for run in runs):
@@ -178,14 +206,17 @@ def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int,
         for run in runs:
             own = spec if run.precision is None else spec.with_settings(precision=run.precision,
                                                                          tf32=run.precision == "tf32")
-            task = CurvesTask(spec=own.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every)
+            task = CurvesTask(spec=own.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every,
+                              data_path=data_rows.path, columns=data_rows.columns, train_rows=data_rows.train_rows,
+                              batch=batch, stop_at_recon=stop_at_recon)
             start = time.perf_counter()
             outcome = run_worker(task, run.impl, own.settings, timeout_s)
             res = outcome.result or {}
-            curve = Curve(run.label, wall_s=time.perf_counter() - start, precision=own.settings.precision)
+            curve = Curve(run.label, wall_s=time.perf_counter() - start, precision=own.settings.precision,
+                          batch=batch, data=data_rows.to_record(steps, batch), stop_at_recon=stop_at_recon)
             if res.get("status") == "ok":
-                for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "grad_norm"):
-                    setattr(curve, key, list(res[key]))
+                for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "kl_active", "grad_norm"):
+                    setattr(curve, key, list(res.get(key, [])))
                 curve.versions = res.get("versions", {})
             else:
                 curve.error = worker_error_line(outcome)

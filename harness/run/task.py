@@ -120,13 +120,39 @@ class CurvesTask(Task):
 
     kind: ClassVar[str] = "curves"
     spec: dict[str, Any] = field(default_factory=dict)
-    #: npz: ``w:NAME`` weights, ``x`` batches (n, B, L), ``eps`` (steps, B, ...), optional ``mask`` (steps,),
-    #: ``x_eval``, ``eps_eval`` and optional ``mask_eval``
+    #: npz: ``w:NAME`` weights, ``x_eval``, ``eps_eval``, optional ``mask_eval``, and for scaled rows ``lo`` and ``span``
     inputs_path: str = ""
     outputs_path: str = ""
     steps: int = 0
     #: the held-out reconstruction and KL and the gradient norm are read every this many steps
     every: int = 1
+    #: the training rows (``harness.run.curve_data.CurveData``): a .npy memmap, its columns, how many rows train
+    data_path: str = ""
+    columns: str | None = None
+    train_rows: int = 0
+    batch: int = 0
+    #: stop after the first probe whose held-out reconstruction is at or below this (steps to a target)
+    stop_at_recon: float | None = None
+
+
+@dataclass(kw_only=True)
+class ToTargetTask(Task):
+    """Train from the curve's weights, batches and noise until the held-out reconstruction meets ``target_recon``,
+    timing the steps (``harness.run.to_target``)."""
+
+    kind: ClassVar[str] = "to-target"
+    spec: dict[str, Any] = field(default_factory=dict)
+    #: as ``CurvesTask``: the weights, held-out rows, their noise and the scaling
+    inputs_path: str = ""
+    #: the most steps it may take
+    steps: int = 0
+    #: the held-out reconstruction is read every this many steps
+    every: int = 1
+    data_path: str = ""
+    columns: str | None = None
+    train_rows: int = 0
+    batch: int = 0
+    target_recon: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -162,7 +188,7 @@ class Int32ProbeTask(Task):
 
 
 TASK_KINDS: dict[str, type[Task]] = {t.kind: t for t in (CellTask, BareTask, BaselineTask, ParamsTask, ParityTask,
-                                                         CurvesTask, PeakTask, Int32ProbeTask)}
+                                                         CurvesTask, ToTargetTask, PeakTask, Int32ProbeTask)}
 
 
 def task_from_json(data: dict[str, Any]) -> Task:

@@ -30,6 +30,7 @@ from harness.run.task import (
     ParityTask,
     PeakTask,
     Task,
+    ToTargetTask,
     task_from_json,
 )
 from harness.run.walltime import EXIT_PHASE
@@ -120,6 +121,10 @@ def run_task(task: Task) -> dict[str, Any]:
         from harness.run.curves import task_curves
 
         return task_curves(task)
+    if isinstance(task, ToTargetTask):
+        from harness.run.to_target import task_to_target
+
+        return task_to_target(task)
     if isinstance(task, PeakTask):
         import importlib
 

@@ -259,6 +259,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("matrix-no-cell-at-this-k", ["matrix", "--spec", "conv-final", "--kmer", "3", "--results", "{results}"],
      "no cell to run at k=3"),
     ("curves-steps-zero", ["curves", "--kmer", "3", "--steps", "0"], "--steps"),
+    ("curves-target-negative", ["curves", "--kmer", "3", "--target-recon", "-5"], "--target-recon"),
+    ("target-check-one-repeat", ["target-check", "--kmer", "3", "--repeats", "1", "--results", "{results}"],
+     "--repeats must be at least 2"),
+    ("target-check-reference-missing", ["target-check", "--kmer", "3", "--impl", "flax", "--results", "{results}"],
+     "--reference torch is not among --impl flax"),
     # issue 27: both trained every impl first, then lost every curve or read "differs"
     ("curves-results-unwritable", ["curves", "--kmer", "3", "--steps", "2", "--every", "1", "--results", "/proc/x"],
      "cannot write results to /proc/x"),

@@ -13,7 +13,7 @@ import pytest
 from fixtures.paths import REPO
 
 from harness.diagnose.curves import KL_COLLAPSE_NATS, TOL_PART, judge, kl_collapsed, smooth
-from harness.run.curves import Curve, CurveRun, curve_inputs, step_noise, train_curves
+from harness.run.curves import Curve, CurveRun, step_noise, train_curves
 from harness.spec.presets import preset
 from harness.spec.schema import Loss
 from harness.store import append_curves, load_curves
@@ -109,16 +109,6 @@ def test_every_worker_gets_the_same_noise_and_masks():
     assert draws == {0, 1, 2, 3}
 
 
-def test_synthetic_rows_are_scaled_to_the_unit_range_and_a_data_file_is_kept(tmp_path):
-    spec = preset("dense", 32)
-    inputs = curve_inputs(spec, 3, 16, 20)
-    assert inputs["x"].shape == (16, 16, 32) and inputs["x"].min() == 0 and inputs["x"].max() == 1
-    rows = np.random.default_rng(0).uniform(0, 0.01, (64, 32)).astype(np.float32)
-    np.save(tmp_path / "d.npy", rows)
-    inputs = curve_inputs(spec, 3, 16, 20, data=str(tmp_path / "d.npy"))
-    np.testing.assert_array_equal(inputs["x"][0], rows[:16])
-
-
 def test_records_are_stored_beside_the_run_and_the_latest_per_impl_is_read(tmp_path):
     rec = {"spec_name": "dense", "spec_hash": "h", "batch": 8, "curve": {"impl": "torch", "loss": [1.0]}}
     append_curves(tmp_path, "20261126-000000-aaaaaa", [rec, {**rec, "curve": {"impl": "flax", "loss": [2.0]}}])
@@ -136,7 +126,7 @@ class Killed(Exception):
 def _trains_then_dies(after: int):
     """A stand-in for ``train_curves`` that hands over ``after`` curves as their workers would, then is
     killed (a Ctrl-C, an OOM kill of the parent) before the rest are trained."""
-    def fake(spec, k, runs, steps, batch, every, data=None, columns=None, timeout_s=0, on_curve=None):
+    def fake(spec, k, runs, steps, batch, every, data=None, columns=None, timeout_s=0, on_curve=None, **_):
         for n, run in enumerate(runs[:after]):
             on_curve(_curve(run.label, [10.0 + 0.01 * n] * 20))
         raise Killed
@@ -217,6 +207,19 @@ def test_the_builds_train_the_same_a_planted_beta2_parts_and_the_verb_stores_it(
     assert all(v["passed"] and not v["kl_collapse"] and v["tol_source"] == "floor" for v in verdicts.values()), verdicts
     assert not planted["passed"] and planted["parted_at"] is not None and planted["tol_source"] == "floor", planted
     assert len(load_curves([tmp_path])) == 6
+    # time to target: the planted build trains differently, so its steps come from its own curve, not torch's
+    from fixtures.rows import ok_row
+
+    from reports.cells import group_cells
+    from reports.time_to_target import spec_targets
+
+    own = next(r["steps_to_target"] for r in records if r["verdict"]["impl"] == PLANTED_LABEL)
+    assert all(r["target"] == records[0]["target"] and r["training_rows"]["epochs"] <= 1 for r in records)
+    [(_, by_batch)] = group_cells([{**ok_row(i, 32, 5.0, 0.1), "kmer": 4} for i in ("torch", PLANTED_LABEL)]).items()
+    cells = {c.label: c for c in spec_targets("dense", 4, by_batch, records).cells}
+    assert cells[PLANTED_LABEL].basis == "own curve" and "trains differently" in cells[PLANTED_LABEL].note
+    assert cells[PLANTED_LABEL].steps.steps == own["steps"] and own["steps"] is not None
+    assert cells["torch"].basis == "reference"
 
 
 @pytest.mark.worker

@@ -55,17 +55,23 @@ def test_matrix_command_runs_skips_and_reports(tmp_path):
 @pytest.mark.worker
 def test_a_bf16_matrix_trains_bf16_curves_beside_its_rows_and_the_answer_weighs_them(tmp_path):
     """``matrix --precision bf16`` keeps fp32, adds bf16 cells and bf16 curves against fp32 torch: the answer can then
-    say whether bf16 trains as fp32 does, never recommend it without a curve."""
+    say whether bf16 trains as fp32 does, never recommend it without a curve. The matrix's curves run at each of
+    dense's batches (issue 23): every impl at the smallest, the reference alone at the next until the target, so
+    the first screen says which pair is fastest to the target beside the most samples/s."""
     out = subprocess.run([sys.executable, "-m", "bench", "matrix", "--kmer", "3", "--impl", "torch", "--spec", "dense",
-                          "--batch", "16", "--cpu", "--precision", "bf16", "--steps", "6", "--curves-steps", "20",
+                          "--batch", "16,32", "--cpu", "--precision", "bf16", "--steps", "6", "--curves-steps", "20",
                           "--results", str(tmp_path / "res"), "--run-id", "p1", "--out", str(tmp_path / "out"),
                           "--no-progress", "--confirm", "off"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "res" / "p1.jsonl").read_text().splitlines()]
-    assert sorted(r["precision"] for r in rows) == ["bf16", "fp32"] and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["precision"] for r in rows) == ["bf16", "bf16", "fp32", "fp32"]
+    assert all(r["status"] == "ok" for r in rows)
     curves = [json.loads(line) for line in (tmp_path / "res" / "curves" / "p1.jsonl").read_text().splitlines()]
-    assert {(c["curve"]["impl"], c["precision"]) for c in curves} == {("torch", "fp32"), ("torch (1 ulp)", "fp32"),
-                                                                      ("torch bf16", "bf16")}
+    assert {(c["curve"]["impl"], c["precision"], c["batch"]) for c in curves} == {
+        ("torch", "fp32", 16), ("torch (1 ulp)", "fp32", 16), ("torch bf16", "bf16", 16), ("torch", "fp32", 32)}
+    assert all(c["target"] == curves[0]["target"] and c["training_rows"]["epochs"] <= 1 for c in curves)
     report = Path(out.stdout.strip().splitlines()[-1].removeprefix("report: "))
-    answer = (report / "report.md").read_text().split("\n\n")[2]
+    md = (report / "report.md").read_text()
+    answer = md.split("\n\n")[2]
     assert "in bf16" in answer and "no bf16 training curve" not in answer, answer
+    assert "Fastest to the target" in md.split("\n## ")[0] and "## Time to target" in md, md[:3000]

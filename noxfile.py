@@ -59,6 +59,16 @@ def has_nvidia_gpu() -> bool:
         return False
 
 
+def slurm_gpus(args: list[str]) -> int:
+    """The ``--slurm-gpus-per-task`` the bench arguments ask for (0 when none)."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--slurm-gpus-per-task=") else (
+            args[i + 1] if arg == "--slurm-gpus-per-task" and i + 1 < len(args) else None)
+        if value is not None:
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 def install(session: nox.Session, cuda: bool) -> None:
     session.install(*(CUDA_FRAMEWORKS if cuda else CPU_FRAMEWORKS))
     session.install("-e", ".[test]")
@@ -109,7 +119,9 @@ def bench(session: nox.Session) -> None:
     args = [a for a in args if a not in ("--cpu", "--cuda")]
     if force_cpu and force_cuda:
         session.error("pass at most one of --cpu and --cuda")
-    cuda = force_cuda or (not force_cpu and has_nvidia_gpu())
+    # a GPU partition (--launcher slurm --slurm-gpus-per-task N) runs the cells on the nodes' GPUs: CUDA builds
+    # and the GPU matrix, though the machine that submits (a login node) has no GPU itself
+    cuda = force_cuda or (not force_cpu and (slurm_gpus(args) > 0 or has_nvidia_gpu()))
     session.log(f"installing {'CUDA' if cuda else 'CPU'} builds of every framework")
     install(session, cuda=cuda)
     if not any(a.startswith("--kmer") for a in args):

@@ -82,7 +82,8 @@ def _apply_keras_loop(cells: list, loop: str | None, confirm: str | None = None)
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.run.runner import plan_cells, run_matrix
+    from bench.slurm_args import interrupted_note, run_cells, slurm_options
+    from harness.run.runner import plan_cells
 
     if args.data:  # workers start in the repo root: hand them an absolute path
         try:
@@ -103,16 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for cell in cells:
             check_scenario(args.scenario, cell.impl)
+    launcher = slurm_options(args)
     store = _store(args)
     preflight = None if args.no_preflight else _preflight_hook(args)
     print(f"run {store.run_id}: {len(cells)} cells -> {store.path}", file=sys.stderr)
     _print_resume(args, cells, store)
     try:
-        rows = run_matrix(cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
-                          memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak,
-                          refresh_peak=args.remeasure_peak)
+        rows = run_cells(launcher, cells, store, resume=args.resume, preflight=preflight, progress=not args.no_progress,
+                         memory_limit_bytes=args.memory_limit, keep_failed=args.keep_failed, peak=not args.no_peak,
+                         refresh_peak=args.remeasure_peak)
     except KeyboardInterrupt:
-        print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}; "
+        print(f"vaebench: interrupted; {len(store.rows())} finished rows kept in {store.path}{interrupted_note(launcher)}; "
               f"continue with --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
     if args.json:
@@ -177,6 +179,7 @@ def _preflight_impl(text: str | None) -> str | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.slurm_args import slurm_options
     from harness.measure.fingerprint import machine_fingerprint
     from harness.run.runner import cell_kmer
     from harness.run.sweep import sweep_impl
@@ -184,8 +187,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     impls = _impls(args.impl)
     specs = with_precisions([resolve_spec(s, kmer=args.kmer) for s in _specs(args.spec, ["dense"])], args.precision,
                             args.tf32)
+    launcher = slurm_options(args)
     store = _store(args)
     preflight = None if args.no_preflight else _preflight_hook(args)
+    run_cell = None
+    if launcher is not None:  # each probe one Slurm job: its batch depends on the probe before
+        from harness.run.slurm.launcher import slurm_cell_runner
+
+        run_cell = slurm_cell_runner(store, launcher, preflight, memory_limit_bytes=args.memory_limit)
     print(f"sweep {store.run_id} -> {store.path}", file=sys.stderr)
     results = []
     import signal
@@ -204,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
                 results.append(sweep_impl(impl, spec, cell_kmer(spec, args.kmer), store, fingerprint, start=args.start,
                                           max_batch=args.max_batch, timeout_s=args.timeout, preflight=preflight,
-                                          memory_limit_bytes=args.memory_limit, on_probe=show))
+                                          memory_limit_bytes=args.memory_limit, on_probe=show, run_cell=run_cell))
     except KeyboardInterrupt:
         print(f"vaebench: interrupted; probes so far are kept in {store.path}", file=sys.stderr)
         return 130
@@ -225,9 +234,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     """The main job: default matrix, then the report."""
+    from bench.slurm_args import interrupted_note, run_cells, slurm_options
     from harness.diagnose.preflight import detect_device_memory
     from harness.run.matrix import matrix_cells, matrix_precisions, plan_default
-    from harness.run.runner import run_matrix
 
     device = "cpu" if args.cpu else ("gpu" if args.gpu else detect_device_memory()[0])
     plan = plan_default(args.kmer, device, budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
@@ -237,6 +246,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     unknown = [reason for _, reason in plan.invalid if reason.startswith("unknown spec")]
     if unknown:  # a name the user typed wrong is a mistake in the arguments, not a preset to skip (issue 27)
         raise UsageError(unknown[0])
+    launcher = slurm_options(args)
     store = _store(args)
     precisions = matrix_precisions(device, ["tf32"] if args.tf32 and args.precision is None else args.precision)
     planned = matrix_cells(plan, args.kmer, steps=args.steps, repeats=args.repeats, timeout_s=args.timeout,
@@ -255,11 +265,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
           file=sys.stderr)
     _print_resume(args, cells, store)
     try:
-        run_matrix(cells, store, resume=args.resume, preflight=planned.preflight, progress=not args.no_progress,
-                   budget_s=plan.budget_s, runnable={c.key for c in runnable}, keep_failed=args.keep_failed,
-                   peak=True, refresh_peak=args.remeasure_peak)
+        run_cells(launcher, cells, store, resume=args.resume, preflight=planned.preflight, progress=not args.no_progress,
+                  budget_s=plan.budget_s, runnable={c.key for c in runnable}, keep_failed=args.keep_failed,
+                  peak=True, refresh_peak=args.remeasure_peak)
     except KeyboardInterrupt:
-        print(f"vaebench: interrupted; finished rows kept in {store.path}; continue with "
+        print(f"vaebench: interrupted; finished rows kept in {store.path}{interrupted_note(launcher)}; continue with "
               f"nox -s bench -- --kmer {args.kmer} --resume --run-id {store.run_id}", file=sys.stderr)
         return 130
     curves_lost = _matrix_curves(args, plan, store, precisions)

@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
+    add_launcher_arguments(p)
 
     p = sub.add_parser("matrix", help="the default matrix for this device, then the report (nox -s bench)")
     p.add_argument("--kmer", type=kmer_arg, required=True)
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "100 on a CPU; 0: none)")
     p.add_argument("--remeasure-peak", action="store_true", help=REMEASURE_PEAK_HELP)
     p.add_argument("--no-progress", action="store_true")
+    add_launcher_arguments(p)
 
     p = sub.add_parser("report", help="build a report from stored results")
     p.add_argument("results", nargs="*", help="result files, directories or run ids (default: the results dir)")
@@ -403,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="measure a matrix of cells (impl x spec x batch x repeat), each in its own worker")
     add_run_arguments(p)
+    add_launcher_arguments(p)
     add_fit_memory_parser(sub)
     return parser
 
@@ -451,3 +454,31 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remeasure-peak", action="store_true", help=REMEASURE_PEAK_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the new rows as JSON")
+
+
+LAUNCHERS = ("local", "slurm")
+
+
+def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the ``--slurm-*`` flags (checked by ``bench.slurm_args.slurm_options``)."""
+    g = p.add_argument_group("launcher", "where each cell's worker runs (docs/slurm.md)")
+    g.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: worker processes on this machine (default); slurm: one Slurm array task per cell, "
+                        "through submitit, rows merged into --results (which the nodes must share)")
+    g.add_argument("--slurm-partition", help="the partition to submit to (default: the cluster's default)")
+    g.add_argument("--slurm-gpus-per-task", type=non_negative_int, default=0, help="GPUs per cell (default 0)")
+    g.add_argument("--slurm-cpus-per-task", type=positive_int, default=1, help="CPUs per cell (default 1)")
+    g.add_argument("--slurm-time", type=positive_int, metavar="MINUTES",
+                   help="each job's time limit (default: the cell's --timeout rounded up, plus 2 minutes)")
+    g.add_argument("--slurm-parallelism", type=positive_int,
+                   help="array tasks of one array that may run at once (default: all)")
+    g.add_argument("--slurm-setup", action="append", metavar="LINE",
+                   help="a shell line run before the worker, e.g. 'module load cuda/12.4'; repeat for several")
+    g.add_argument("--slurm-python", metavar="PATH",
+                   help="the Python the nodes run (default: this one, which must be on a shared filesystem); it "
+                        "needs submitit and each impl's framework, checked by one small job before the arrays")
+    g.add_argument("--slurm-mem", type=size_arg, metavar="SIZE",
+                   help="a fixed --mem for every cell (default: 2 GiB plus the preflight estimate x 1.5 on a CPU)")
+    g.add_argument("--slurm-wait", type=positive_float, metavar="SECONDS",
+                   help="how long a job that left the queue without its row is waited for before its cell gets a "
+                        "failed row with Slurm's state (default 30)")

@@ -84,6 +84,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name, rows in ((args.run_a, a), (args.run_b, b)):
         if not rows:
             raise UsageError(f"run {name!r} has no rows; pass a results file, directory or run id in {args.results_dir}")
+    from harness.placement import devices_differ
+
+    differ = devices_differ(args.run_a, a, args.run_b, b)
+    if differ:  # rows of a cluster's nodes, or two machines: say so before any ratio
+        print(f"vaebench: {differ}", file=sys.stderr)
     comparisons = compare_runs(a, b, threshold=args.threshold, alpha=args.alpha)
     if not comparisons:
         raise UsageError(f"{args.run_a} and {args.run_b} have no cell in common (impl, spec, batch and scenario): "

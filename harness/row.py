@@ -17,6 +17,7 @@ that knows how old rows looked:
 * :class:`Memory`, :class:`Host`, :class:`Leak` - device memory, host RSS per batch, the leak verdict;
 * :class:`Flops`     - FLOPs of a step, the achieved rates and MFU;
 * :class:`Energy`    - joules per step, or why there is no figure;
+* :class:`~harness.placement.Placement` - where the worker ran: node, Slurm job and array task, Slurm's state;
 * ``fingerprint``, ``settings``, ``preflight``: the machine and the pinned settings, kept as mappings
   (their keys are the machine's, not ours to fix).
 
@@ -34,58 +35,22 @@ was on), ran on the local launcher, and measured no energy (``energy`` says so).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
+from harness.placement import Placement
+from harness.row_part import _Part
 from harness.spec.schema import PRECISIONS  # the spec's precisions are the ones a row can record
 
 SCHEMA_VERSION = 2
 DEFAULT_PRECISION = "fp32"
-#: where the cell's worker ran: "local" (a subprocess of the runner) today
+#: where the cell's worker ran: "local" (a subprocess of the runner) or "slurm" (``harness.run.slurm``)
 DEFAULT_LAUNCHER = "local"
 STATUSES = ("ok", "failed", "skipped")
 
 
 class RowError(ValueError):
     """A stored row cannot be read; the message is one line naming the field and the file's fix."""
-
-
-class _Part:
-    """A dataclass over some keys of a mapping; keys it does not name are kept in ``rest``.
-
-    ``_present`` remembers which named keys the mapping had, so a failed row, which has no
-    ``step_stats``, is written back without one (a missing key and a null are different facts)."""
-
-    #: ``(attribute, stored key)`` where the two differ
-    RENAMED: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def _names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if not f.name.startswith("_") and f.name != "rest"]
-
-    @classmethod
-    def _key(cls, name: str) -> str:
-        return cls.RENAMED.get(name, name)
-
-    @classmethod
-    def take(cls, d: Mapping[str, Any], keep_rest: bool = True):
-        names = cls._names()
-        kwargs = {n: d[cls._key(n)] for n in names if cls._key(n) in d}
-        obj = cls(**kwargs)
-        obj._present = frozenset(kwargs)
-        if keep_rest and hasattr(obj, "rest"):
-            known = {cls._key(n) for n in names}
-            obj.rest = {k: v for k, v in d.items() if k not in known}
-        return obj
-
-    def keys_taken(self) -> set[str]:
-        return {self._key(n) for n in self._names()}
-
-    def dump(self) -> dict[str, Any]:
-        out = {self._key(n): getattr(self, n) for n in self._names()
-               if n in self._present or getattr(self, n) is not None}
-        out.update(getattr(self, "rest", {}) or {})
-        return out
 
 
 # ------------------------------------------------------------------ the parts
@@ -328,7 +293,7 @@ class Build(_Part):
 #: parts stored flat at the top of the line, in the order they are read
 _FLAT_PARTS: tuple[tuple[str, type[_Part]], ...] = (
     ("identity", Identity), ("outcome", Outcome), ("timing", Timing), ("compile", Compile),
-    ("flops", Flops), ("build", Build))
+    ("flops", Flops), ("build", Build), ("placement", Placement))
 #: parts stored under one key of the line
 _NESTED_PARTS: tuple[tuple[str, type[_Part]], ...] = (
     ("memory", Memory), ("host", Host), ("leak", Leak), ("energy", Energy))
@@ -347,6 +312,7 @@ class Row(Mapping):
     compile: Compile
     flops: Flops
     build: Build
+    placement: Placement = field(default_factory=Placement)
     memory: Memory | None = None
     host: Host | None = None
     leak: Leak | None = None

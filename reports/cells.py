@@ -35,6 +35,7 @@ from typing import Any, Iterable
 from harness.diagnose.evidence import is_confirmed_leak, leak_label
 from harness.diagnose.leak import power_line
 from harness.measure.peak import mfu_fields
+from harness.placement import device_model
 from harness.row import Row, StepStats, parse_row
 from reports.formatting import fmt_time
 
@@ -263,13 +264,18 @@ PRECISION_ORDER = {"fp32": 0, "tf32": 1, "bf16": 2}
 
 def group_cells(rows: list[Row | dict[str, Any]]) -> dict[tuple, dict[int, list[ImplCell]]]:
     """Plain rows grouped as {SpecKey(spec_name, spec_hash, kmer): {batch: [ImplCell, ...]}}, a spec's precisions
-    next to each other, fp32 first."""
+    next to each other, fp32 first.
+
+    Rows measured on different device models (a Slurm run over nodes with different GPUs, issue 24) never share a
+    group, so never a table or a recommendation: where the rows span more than one model, each group's name says
+    its device ("dense on NVIDIA H100 80GB HBM3 (driver 550.54)", ``harness.placement.device_model``)."""
+    parsed = [r for r in map(parse_row, rows) if not r.is_probe]
+    devices = {device_model(r.fingerprint) for r in parsed}
     by: dict[tuple, dict[int, dict[str, list[Row]]]] = {}
-    for r in map(parse_row, rows):
-        if r.is_probe:
-            continue
+    for r in parsed:
         ident = r.identity
-        key = SpecKey(str(ident.spec_name or "?"), str(ident.spec_hash or ""), ident.kmer, str(ident.precision))
+        name = str(ident.spec_name or "?") + (f" on {device_model(r.fingerprint)}" if len(devices) > 1 else "")
+        key = SpecKey(name, str(ident.spec_hash or ""), ident.kmer, str(ident.precision))
         by.setdefault(key, {}).setdefault(int(ident.batch or 0), {}).setdefault(str(ident.impl), []).append(r)
     out: dict[tuple, dict[int, list[ImplCell]]] = {}
     for key in sorted(by, key=lambda k: (k[0], str(k[2]), PRECISION_ORDER.get(k.precision, 9), k[1])):

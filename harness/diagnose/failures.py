@@ -19,6 +19,8 @@ from harness.impls_registry import framework_modules, oom_patterns
 KINDS = (
     "ok", "device_oom", "host_oom", "int32_overflow", "nan_loss", "compile_error", "timeout",
     "crash_signal", "framework_missing", "skipped", "error",
+    # a cell whose Slurm job ended without its row (``harness.run.slurm.collect``), by Slurm's state
+    "slurm_out_of_memory", "slurm_timeout", "slurm_node_fail", "slurm_cancelled", "slurm_died",
 )
 
 #: what the user should do next, per kind (shown in the report's diagnosis)
@@ -33,6 +35,11 @@ ADVICE = {
     "framework_missing": "install the framework named in the message",
     "skipped": "not run: see the reason",
     "error": "an unexpected error; see the message",
+    "slurm_out_of_memory": "Slurm killed the job past its --mem: pass a larger --slurm-mem, or lower the batch",
+    "slurm_timeout": "the job passed its Slurm time limit: raise --slurm-time (or --timeout, which sets it)",
+    "slurm_node_fail": "the node failed under the job: --resume runs the cell again, on another node if it is down",
+    "slurm_cancelled": "the job was cancelled (scancel, or preempted): --resume runs the cell again",
+    "slurm_died": "the job ended without the cell's row: see Slurm's state and the job's log named in the message",
 }
 
 _INT32 = re.compile(

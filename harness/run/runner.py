@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -258,7 +259,7 @@ def run_one(cell: Cell, fingerprint: dict[str, Any], preflight: Preflight | None
         "cell_key": cell.key, "impl": cell.impl, "row": impl_label(cell.impl), "spec_name": cell.spec.name,
         "spec_hash": cell.spec.hash, "kmer": cell.kmer, "input_length": cell.spec.input_length,
         "batch": cell.batch, "repeat": cell.repeat, "steps": cell.steps, "scenario": cell.scenario,
-        "precision": cell.precision, "launcher": DEFAULT_LAUNCHER,
+        "precision": cell.precision, "launcher": DEFAULT_LAUNCHER, "node": socket.gethostname(),
         "inject_leak_bytes": cell.inject_leak_bytes, "data": cell.data, "columns": cell.columns,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
         "settings": cell.spec.to_dict()["settings"],

@@ -19,7 +19,9 @@ from harness.store import ResultStore
 PROBE_STEPS = 3
 #: the limits a sweep searches for: a probe that fails with one of these is the expected end of
 #: the search, not a failure of the sweep (``skipped``: preflight says the batch cannot fit)
-LIMIT_KINDS = frozenset({"device_oom", "host_oom", "int32_overflow", "timeout", "skipped"})
+LIMIT_KINDS = frozenset({"device_oom", "host_oom", "int32_overflow", "timeout", "skipped",
+                         # on Slurm (``--launcher slurm``): the job passed its --mem or its time limit
+                         "slurm_out_of_memory", "slurm_timeout"})
 
 
 @dataclass
@@ -91,14 +93,17 @@ def search_max_batch(probe: Callable[[int], str], start: int = 8,
 def sweep_impl(impl: str, spec, kmer: int, store: ResultStore, fingerprint: dict[str, Any],
                start: int = 8, max_batch: int = 65536, timeout_s: float = 300.0,
                preflight: Preflight | None = None, memory_limit_bytes: int | None = None,
-               on_probe: Callable[[int, dict], None] | None = None) -> SweepResult:
-    """Search one impl, writing every probe to ``store`` as it finishes."""
+               on_probe: Callable[[int, dict], None] | None = None,
+               run_cell: Callable[[Cell], dict[str, Any]] | None = None) -> SweepResult:
+    """Search one impl, writing every probe to ``store`` as it finishes. ``run_cell`` runs a probe and returns its
+    row unstored (default: a local worker, ``run_one``; ``--launcher slurm``: one Slurm job per probe,
+    ``harness.run.slurm.launcher.slurm_cell_runner``)."""
     rows: dict[int, dict[str, Any]] = {}
 
     def probe(batch: int) -> str:
         cell = Cell(impl, spec, kmer, batch, steps=PROBE_STEPS, timeout_s=timeout_s, heap="off",
                     warmup_steps=1, steps_per_window=1, shared_init=False, sweep=True)
-        row = run_one(cell, fingerprint, preflight, memory_limit_bytes)
+        row = run_cell(cell) if run_cell else run_one(cell, fingerprint, preflight, memory_limit_bytes)
         outcome = "ok" if row["status"] == "ok" else row["failure_kind"]
         row["sweep"] = {"impl": impl, "probe_batch": batch, "outcome": outcome}
         store.append(row)

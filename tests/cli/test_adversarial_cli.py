@@ -225,6 +225,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-id-empty", run_with("--run-id", ""), "run id"),
     ("results-empty", run_with("--results", ""), "empty string"),
     ("results-cache-is-a-file", run_with("--results", "{in}/cache_is_a_file"), "cache must be a directory"),
+    # ---- the launcher (docs/slurm.md): a Slurm flag without it, a launcher that does not exist
+    ("slurm-flag-without-launcher", run_with("--slurm-partition", "gpu"), "only applies with --launcher slurm"),
+    ("launcher-unknown", run_with("--launcher", "kubernetes"), "invalid choice"),
+    ("slurm-gpus-negative", run_with("--launcher", "slurm", "--slurm-gpus-per-task", "-1"), "slurm-gpus-per-task"),
     # ---- compare, report, preflight, sweep, overhead
     ("compare-missing-file", ["compare", "{in}/nothing.jsonl", "{in}/run_a.jsonl"], "nothing.jsonl"),
     ("compare-missing-run-id", ["compare", "no-such-run", "{in}/run_a.jsonl", "--results-dir", "{in}"],

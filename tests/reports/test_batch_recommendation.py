@@ -74,3 +74,16 @@ def test_an_impl_faster_than_a_memory_broken_pick_is_named_faster_not_slower(tmp
     assert "use **torch at batch 64**" in answer and "flax is within noise" in answer, answer
     assert "keras-jax (1.07×) is faster than that but outside the tie: its CI lies below the fastest's" in answer, answer
     assert "0.93" not in answer and "slower" not in answer, answer
+
+
+def test_cells_measured_on_different_device_models_never_share_a_group_or_a_recommendation():
+    """A Slurm run over nodes with different GPUs (issue 24): the H200's rows and the H100's are two groups, each
+    named by its device, so no table or recommendation mixes them; one device keeps the plain name."""
+    h200 = {**ok_row("torch", 64, 10, 0.1)["fingerprint"],
+            "gpus": [{"index": 0, "name": "NVIDIA H200", "memory_bytes": 141 * 2**30, "driver": "560.35"}]}
+    rows = [ok_row("torch", 64, 10, 0.1), ok_row("flax", 64, 8, 0.1, fingerprint=h200)]
+    groups = group_cells(rows)
+    assert sorted(k[0] for k in groups) == ["dense on NVIDIA H100 80GB HBM3 (driver 550.54)",
+                                            "dense on NVIDIA H200 (driver 560.35)"]
+    assert all(len(cells) == 1 for by_batch in groups.values() for cells in by_batch.values())
+    assert [k[0] for k in group_cells(rows[:1])] == ["dense"]

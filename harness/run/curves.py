@@ -123,19 +123,42 @@ def held_out_parts(spec: VAESpec, model, x_eval: np.ndarray, eps_eval: np.ndarra
     return recon, kl, float(per.max()), int((per > KL_COLLAPSE_NATS).sum())
 
 
+@dataclass
+class CurveWorker:
+    """Worker side: what a worker on a curve's path holds (``CurvesTask``, ``ToTargetTask``): the impl's class, the
+    spec, the model from the shared weights, the training batches and the held-out rows with their noise."""
+
+    cls: Any
+    spec: VAESpec
+    model: Any
+    batches: CurveBatches
+    x_eval: np.ndarray
+    eps_eval: np.ndarray
+    fixed_eval: dict[str, int]
+
+    @classmethod
+    def load(cls, task) -> CurveWorker:
+        from harness.adapter import load_adapter_class
+
+        impl = load_adapter_class(task.impl)
+        spec = VAESpec.from_dict(task.spec)
+        impl.check_precision(spec)
+        inputs = np.load(task.inputs_path)
+        fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}
+        model = impl.with_weights(spec, {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
+        return cls(impl, spec, model, task_batches(task, inputs), inputs["x_eval"], inputs["eps_eval"], fixed_eval)
+
+    def held_out(self) -> tuple[float, float, float, int]:
+        return held_out_parts(self.spec, self.model, self.x_eval, self.eps_eval, self.fixed_eval)
+
+
 def task_curves(task: CurvesTask) -> dict[str, Any]:
     """Worker side: train, probing every ``task.every`` steps, then read every step's loss. With
     ``task.stop_at_recon``, training stops at the first probe that meets it (``harness.diagnose.target``)."""
-    from harness.adapter import load_adapter_class, row_label
+    from harness.adapter import row_label
 
-    cls = load_adapter_class(task.impl)
-    spec = VAESpec.from_dict(task.spec)
-    cls.check_precision(spec)
-    inputs = np.load(task.inputs_path)
-    batches = task_batches(task, inputs)
-    x_eval, eps_eval = inputs["x_eval"], inputs["eps_eval"]
-    fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}
-    model = cls.with_weights(spec, {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
+    w = CurveWorker.load(task)
+    cls, spec, model, batches = w.cls, w.spec, w.model, w.batches
     seed = spec.settings.seed
     probes: dict[str, list] = {"probe_steps": [], "recon": [], "kl": [], "kl_max_dim": [], "kl_active": [],
                                "grad_norm": []}
@@ -145,7 +168,7 @@ def task_curves(task: CurvesTask) -> dict[str, Any]:
         x = batches[step]
         eps, fixed = step_noise(spec, seed, step, len(x))
         _, grads = model.loss_and_grads(x, eps, **fixed)
-        recon, kl, top, active = held_out_parts(spec, model, x_eval, eps_eval, fixed_eval)
+        recon, kl, top, active = w.held_out()
         probes["probe_steps"].append(step)
         probes["recon"].append(recon)
         probes["kl"].append(kl)

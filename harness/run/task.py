@@ -114,44 +114,41 @@ class ParityTask(Task):
 
 
 @dataclass(kw_only=True)
-class CurvesTask(Task):
-    """Train ``steps`` steps from shared weights on shared batches and noise, recording the curves
-    (``harness.run.curves``)."""
+class CurveTrainingTask(Task):
+    """What every worker that trains on a curve's path is given (``CurvesTask``, ``ToTargetTask``)."""
 
-    kind: ClassVar[str] = "curves"
+    kind: ClassVar[str] = "curve-training"
     spec: dict[str, Any] = field(default_factory=dict)
     #: npz: ``w:NAME`` weights, ``x_eval``, ``eps_eval``, optional ``mask_eval``, and for scaled rows ``lo`` and ``span``
     inputs_path: str = ""
-    outputs_path: str = ""
+    #: the most steps it trains
     steps: int = 0
-    #: the held-out reconstruction and KL and the gradient norm are read every this many steps
+    #: the held-out reconstruction is read before each of the first ``every`` steps, then every ``every`` steps
     every: int = 1
-    #: the training rows (``harness.run.curve_data.CurveData``): a .npy memmap, its columns, how many rows train
+    #: the training rows (``harness.run.curve_data.CurveData``): a .npy file, its columns, how many rows train
     data_path: str = ""
     columns: str | None = None
     train_rows: int = 0
     batch: int = 0
+
+
+@dataclass(kw_only=True)
+class CurvesTask(CurveTrainingTask):
+    """Train ``steps`` steps from shared weights on shared batches and noise, recording the curves
+    (``harness.run.curves``)."""
+
+    kind: ClassVar[str] = "curves"
+    outputs_path: str = ""
     #: stop after the first probe whose held-out reconstruction is at or below this (steps to a target)
     stop_at_recon: float | None = None
 
 
 @dataclass(kw_only=True)
-class ToTargetTask(Task):
+class ToTargetTask(CurveTrainingTask):
     """Train from the curve's weights, batches and noise until the held-out reconstruction meets ``target_recon``,
     timing the steps (``harness.run.to_target``)."""
 
     kind: ClassVar[str] = "to-target"
-    spec: dict[str, Any] = field(default_factory=dict)
-    #: as ``CurvesTask``: the weights, held-out rows, their noise and the scaling
-    inputs_path: str = ""
-    #: the most steps it may take
-    steps: int = 0
-    #: the held-out reconstruction is read every this many steps
-    every: int = 1
-    data_path: str = ""
-    columns: str | None = None
-    train_rows: int = 0
-    batch: int = 0
     target_recon: float = 0.0
 
 

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from harness.run.launch import run_worker
 from harness.run.parity import worker_error_line
 from harness.run.task import ToTargetTask
@@ -61,22 +59,15 @@ class DirectRun:
 
 def task_to_target(task: ToTargetTask) -> dict[str, Any]:
     """Worker side: train to the target, timing the steps only (see the module docstring)."""
-    from harness.adapter import load_adapter_class
-    from harness.run.curves import held_out_parts, probe_due, step_noise, task_batches
+    from harness.run.curves import CurveWorker, probe_due, step_noise
 
-    cls = load_adapter_class(task.impl)
-    spec = VAESpec.from_dict(task.spec)
-    cls.check_precision(spec)
-    inputs = np.load(task.inputs_path)
-    batches = task_batches(task, inputs)
-    x_eval, eps_eval = inputs["x_eval"], inputs["eps_eval"]
-    fixed_eval = {"mask_block": int(inputs["mask_eval"])} if "mask_eval" in inputs.files else {}
-    model = cls.with_weights(spec, {k[2:]: inputs[k] for k in inputs.files if k.startswith("w:")})
+    w = CurveWorker.load(task)
+    spec, model, batches = w.spec, w.model, w.batches
     seed = spec.settings.seed
     train_s, first_step_s, step = 0.0, None, 0
     segments: list[tuple[int, float]] = []  # (steps, seconds) of each segment between two readings
     while step < task.steps:
-        recon = held_out_parts(spec, model, x_eval, eps_eval, fixed_eval)[0]
+        recon = w.held_out()[0]
         if math.isfinite(recon) and recon <= task.target_recon:
             return {"steps": step, "train_s": train_s, "first_step_s": first_step_s, "recon": recon,
                     "segments": segments}
@@ -92,7 +83,7 @@ def task_to_target(task: ToTargetTask) -> dict[str, Any]:
         segments.append((stop - step, time.perf_counter() - start))
         train_s += segments[-1][1]
         step = stop
-    recon = held_out_parts(spec, model, x_eval, eps_eval, fixed_eval)[0]
+    recon = w.held_out()[0]
     reached = math.isfinite(recon) and recon <= task.target_recon
     return {"steps": step if reached else None, "train_s": train_s, "first_step_s": first_step_s, "recon": recon,
             "segments": segments}

@@ -128,3 +128,23 @@ def test_a_reference_curve_that_does_not_fall_gives_no_target_and_the_report_say
     assert reader.see([flat], 60, 32) is None and "did not fall" in reader.why_none
     line = no_target_line("dense", 5, [{"spec_name": "dense", "kmer": 5, "why_no_target": reader.why_none}])
     assert line.startswith("No time to target: torch's held-out reconstruction at batch 32 did not fall")
+
+
+def test_target_check_agrees_when_the_two_cis_overlap_and_says_no_when_they_do_not():
+    from bench.target_check import _compare, mean_ci
+    from harness.diagnose.target import StepsToTarget
+    from harness.run.to_target import DirectRun
+    from reports.time_to_target import TargetCell
+
+    def cell(seconds: float) -> TargetCell:
+        steps = StepsToTarget(31, 64, 60)
+        return TargetCell("torch", 64, steps, "reference", time=time_to_target(31, seconds - 0.3, 0.01))
+
+    mean, low, high = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 / math.sqrt(3), rel=1e-3) and math.isnan(mean_ci([1.0])[1])
+    runs = [DirectRun("torch", 64, 31, s, 0.02) for s in (2.0, 2.1, 2.05)]
+    near = _compare("torch", 64, [cell(s) for s in (2.02, 2.06, 2.1)], runs)
+    far = _compare("torch", 64, [cell(s) for s in (3.0, 3.02, 3.04)], runs)
+    assert near["agree"] and not far["agree"] and far["ratio"] == pytest.approx(2.05 / 3.02, rel=1e-6)
+    failed = _compare("torch", 64, [cell(2.05)] * 3, runs[:2] + [DirectRun("torch", 64, None, None, None, "boom")])
+    assert not failed["agree"] and failed["errors"] == ["boom"]

@@ -237,6 +237,8 @@ def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int,
             res = outcome.result or {}
             curve = Curve(run.label, wall_s=time.perf_counter() - start, precision=own.settings.precision,
                           batch=batch, data=data_rows.to_record(steps, batch), stop_at_recon=stop_at_recon)
+            if res.get("status") == "ok":  # the epochs of the steps it trained (a curve stopped at the target: fewer)
+                curve.data = data_rows.to_record(len(res["loss"]), batch)
             if res.get("status") == "ok":
                 for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "kl_active", "grad_norm"):
                     setattr(curve, key, list(res.get(key, [])))

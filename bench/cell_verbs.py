@@ -301,6 +301,7 @@ def _matrix_curves(args: argparse.Namespace, plan, store, precisions: list[str] 
         MATRIX_CURVES,
         CurveWriter,
         TargetReader,
+        curve_launcher,
         curve_records,
         floor_label,
         print_targets,
@@ -333,7 +334,8 @@ def _matrix_curves(args: argparse.Namespace, plan, store, precisions: list[str] 
     writer = CurveWriter(store.root, store.run_id, lambda curves, verdicts: curve_records(
         dense, args.kmer, curves[0].batch, steps, every, curves, verdicts, None, reader.target, reader.why_none))
     per_batch = run_batches(dense, args.kmer, plan.impls, steps, batches, every, reader, reference,
-                            timeout_s=args.timeout, on_judged=writer, precisions=precisions)
+                            timeout_s=args.timeout, on_judged=writer, precisions=precisions,
+                            launcher=curve_launcher(args, store.run_id))
     print_verdicts(dense.name, steps, batches[0], per_batch[0][2])
     print_targets(reader.target, impl_label(reference), per_batch, steps, reader.why_none)
     return writer.stop_line() if writer.failed else None

@@ -93,7 +93,7 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
                columns: str | None = None, timeout_s: float = 1800,
                on_judged: Callable[[list, list], None] | None = None,
                precisions: list[str] | None = None, train_rows: int | None = None,
-               stop_at_recon: float | None = None) -> tuple[list, list]:
+               stop_at_recon: float | None = None, launcher=None) -> tuple[list, list]:
     """Curves and verdicts; the reference impl runs first and, with ``noise_floor``, again from weights one
     ulp apart (labelled ``<reference> (1 ulp)``), whose gaps set the tolerances.
 
@@ -130,7 +130,7 @@ def run_curves(spec, kmer: int | None, impls: list[str], steps: int, batch: int,
             on_judged(done[new], verdicts[new])
 
     curves = train_curves(spec, kmer, runs, steps, batch, every, data=data, columns=columns, timeout_s=timeout_s,
-                          on_curve=finished, train_rows=train_rows, stop_at_recon=stop_at_recon)
+                          on_curve=finished, train_rows=train_rows, stop_at_recon=stop_at_recon, launcher=launcher)
     return curves, judge(curves, reference=impl_label(reference), floor=floor)
 
 
@@ -138,13 +138,14 @@ def run_batches(spec, kmer: int | None, impls: list[str], steps: int, batches: l
                 reader: TargetReader, reference: str = "torch", noise_floor: bool = True, data: str | None = None,
                 columns: str | None = None, timeout_s: float = 1800,
                 on_judged: Callable[[list, list], None] | None = None,
-                precisions: list[str] | None = None) -> list[tuple[int, list, list]]:
+                precisions: list[str] | None = None, launcher=None) -> list[tuple[int, list, list]]:
     """Curves at several batches, for the steps to a target per batch (``harness.diagnose.target``): every impl
     at the first batch (``run_curves``: their verdicts show whether the reference's steps stand for theirs), then
     the reference alone at each other batch, stopped at the first probe that meets the target. Every batch
     trains on the same rows (``train_rows`` for the largest batch: no row seen twice at any of them) and is
     judged on the same held-out rows. Returns (batch, curves, verdicts) per batch trained; the other batches are
-    not trained when the first gave no target (the reference failed there)."""
+    not trained when the first gave no target (the reference failed there). ``launcher``: None trains here; a
+    ``harness.run.slurm.curve_jobs.SlurmCurves`` trains each batch's curves as one Slurm job array."""
     from harness.run.curve_data import synthetic_train_rows
 
     rows = synthetic_train_rows(steps, max(batches))
@@ -156,14 +157,15 @@ def run_batches(spec, kmer: int | None, impls: list[str], steps: int, batches: l
             on_judged(curves, verdicts)
 
     curves, verdicts = run_curves(spec, kmer, impls, steps, first, every, reference, noise_floor, data, columns,
-                                  timeout_s, on_judged=seen_first, precisions=precisions, train_rows=rows)
+                                  timeout_s, on_judged=seen_first, precisions=precisions, train_rows=rows,
+                                  launcher=launcher)
     reader.see(curves, steps, first)
     out = [(first, curves, verdicts)]
     for batch in rest:
         if reader.target is None:
             break
         c, v = run_curves(spec, kmer, [reference], steps, batch, every, reference, False, data, columns, timeout_s,
-                          on_judged=on_judged, train_rows=rows, stop_at_recon=reader.target.recon)
+                          on_judged=on_judged, train_rows=rows, stop_at_recon=reader.target.recon, launcher=launcher)
         out.append((batch, c, v))
     return out
 
@@ -221,6 +223,20 @@ class CurveWriter:
                 f"space or pick another --results, and save them from this output")
 
 
+def curve_launcher(args: argparse.Namespace, run_id: str):
+    """``--launcher slurm``: the curves' workers as Slurm job arrays (``harness.run.slurm.curve_jobs``), their
+    inputs under ``<results>/slurm/<run-id>/curves/``; else None (here)."""
+    from bench.slurm_args import slurm_options
+
+    options = slurm_options(args)
+    if options is None:
+        return None
+    from harness.run.slurm.curve_jobs import SlurmCurves
+    from harness.run.slurm.submit import slurm_dir
+
+    return SlurmCurves(options, slurm_dir(args.results, run_id) / "curves", run_id)
+
+
 def cmd_curves(args: argparse.Namespace) -> int:
     from bench.data_check import check_data
     from harness.adapter import impl_label
@@ -233,7 +249,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
     if args.every > args.steps:
         raise UsageError(f"--every {args.every} is more than --steps {args.steps}; probe at most every step")
     impls = checked_impls(args.impl)
-    reference = args.reference
+    reference = checked_impls(args.reference)[0]  # a plug-in path, resolved as --impl's are
     if reference not in impls:
         raise UsageError(f"--reference {reference} is not among --impl {','.join(impls)}; add it, or pick one of them")
     spec = resolve_spec(args.spec, kmer=args.kmer)
@@ -259,7 +275,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
         reader.why_none))
     per_batch = run_batches(spec, kmer, impls, args.steps, batches, args.every, reader, reference,
                             not args.no_noise_floor, args.data, args.columns, args.timeout, on_judged=store,
-                            precisions=precisions)
+                            precisions=precisions, launcher=curve_launcher(args, run_id))
     verdicts = [v for _, _, vs in per_batch for v in vs]
     if args.json:
         print(json.dumps(store.records, indent=2, default=str))

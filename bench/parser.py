@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="store under this run (default: a new id)")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds per worker")
     p.add_argument("--json", action="store_true")
+    add_launcher_arguments(p)
 
     p = sub.add_parser("preflight", help="every tensor's size, int32 overflow flags and a memory estimate")
     p.add_argument("--spec", required=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -211,43 +210,59 @@ class CurveRun:
 def train_curves(spec: VAESpec, k: int | None, runs: list[CurveRun], steps: int, batch: int, every: int,
                  data: str | None = None, columns: str | None = None, timeout_s: float = 1800,
                  on_curve: Callable[[Curve], None] | None = None, train_rows: int | None = None,
-                 stop_at_recon: float | None = None) -> list[Curve]:
+                 stop_at_recon: float | None = None, launcher: Any = None) -> list[Curve]:
     """One worker per run on the same inputs; a worker that fails gives a curve with its error line.
     ``on_curve`` gets each curve as its worker ends, so that the caller can store it before the next starts.
     ``train_rows``: the synthetic training set's rows (default: ``steps x batch``, each row seen once); a run
     over several batches passes the same to each, so that all its curves read the same rows on one scale.
-    ``stop_at_recon``: each worker stops at the first probe whose held-out reconstruction meets it."""
-    out: list[Curve] = []
+    ``stop_at_recon``: each worker stops at the first probe whose held-out reconstruction meets it.
+    ``launcher``: None runs the workers here, one after the other; a ``harness.run.slurm.curve_jobs.SlurmCurves``
+    runs them as one Slurm job array, the inputs in its folder on the shared filesystem."""
     rows = train_rows or synthetic_train_rows(steps, batch)
-    with tempfile.TemporaryDirectory(prefix="vaebench-curves-") as tmp:
-        data_rows, inputs = curve_inputs(spec, k, rows, Path(tmp), spec.settings.seed, data, columns)
-        paths = {False: Path(tmp) / "inputs.npz", True: Path(tmp) / "nudged.npz"}
-        np.savez(paths[False], **inputs)
-        if any(run.nudge for run in runs):
-            np.savez(paths[True], **{key: np.nextafter(v, np.float32(np.inf)) if key.startswith("w:") else v
-                                     for key, v in inputs.items()})
-        for run in runs:
-            own = spec if run.precision is None else spec.with_settings(precision=run.precision,
-                                                                         tf32=run.precision == "tf32")
-            task = CurvesTask(spec=own.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every,
-                              data_path=data_rows.path, columns=data_rows.columns, train_rows=data_rows.train_rows,
-                              batch=batch, stop_at_recon=stop_at_recon)
-            start = time.perf_counter()
-            outcome = run_worker(task, run.impl, own.settings, timeout_s)
-            res = outcome.result or {}
-            curve = Curve(run.label, wall_s=time.perf_counter() - start, precision=own.settings.precision,
-                          batch=batch, data=data_rows.to_record(steps, batch), stop_at_recon=stop_at_recon)
-            if res.get("status") == "ok":  # the epochs of the steps it trained (a curve stopped at the target: fewer)
-                curve.data = data_rows.to_record(len(res["loss"]), batch)
-            if res.get("status") == "ok":
-                for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "kl_active", "grad_norm"):
-                    setattr(curve, key, list(res.get(key, [])))
-                curve.versions = res.get("versions", {})
-            else:
-                curve.error = worker_error_line(outcome)
-            out.append(curve)
-            if on_curve is not None:
-                on_curve(curve)
+    if launcher is None:
+        with tempfile.TemporaryDirectory(prefix="vaebench-curves-") as tmp:
+            return _train(spec, k, runs, steps, batch, every, data, columns, timeout_s, on_curve, rows, stop_at_recon,
+                          Path(tmp), None)
+    folder = Path(tempfile.mkdtemp(prefix=f"curves-b{batch}-", dir=_made(launcher.folder)))
+    return _train(spec, k, runs, steps, batch, every, data, columns, timeout_s, on_curve, rows, stop_at_recon,
+                  folder, launcher)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _train(spec, k, runs, steps, batch, every, data, columns, timeout_s, on_curve, rows, stop_at_recon, tmp: Path,
+           launcher) -> list[Curve]:
+    data_rows, inputs = curve_inputs(spec, k, rows, tmp, spec.settings.seed, data, columns)
+    paths = {False: tmp / "inputs.npz", True: tmp / "nudged.npz"}
+    np.savez(paths[False], **inputs)
+    if any(run.nudge for run in runs):
+        np.savez(paths[True], **{key: np.nextafter(v, np.float32(np.inf)) if key.startswith("w:") else v
+                                 for key, v in inputs.items()})
+    owns = [spec if run.precision is None else spec.with_settings(precision=run.precision, tf32=run.precision == "tf32")
+            for run in runs]
+    calls = [(CurvesTask(spec=own.to_dict(), inputs_path=str(paths[run.nudge]), steps=steps, every=every,
+                         data_path=data_rows.path, columns=data_rows.columns, train_rows=data_rows.train_rows,
+                         batch=batch, stop_at_recon=stop_at_recon), run.impl, own.settings, timeout_s)
+             for run, own in zip(runs, owns, strict=True)]
+    outcomes = launcher.run_all(calls) if launcher is not None else (run_worker(*call) for call in calls)
+    out: list[Curve] = []
+    for run, own, outcome in zip(runs, owns, outcomes, strict=True):
+        res = outcome.result or {}
+        curve = Curve(run.label, wall_s=outcome.wall_s, precision=own.settings.precision, batch=batch,
+                      data=data_rows.to_record(steps, batch), stop_at_recon=stop_at_recon)
+        if res.get("status") == "ok":
+            for key in ("loss", "probe_steps", "recon", "kl", "kl_max_dim", "kl_active", "grad_norm"):
+                setattr(curve, key, list(res.get(key, [])))
+            curve.versions = res.get("versions", {})
+            curve.data = data_rows.to_record(len(curve.loss), batch)  # a curve stopped at the target: its own epochs
+        else:
+            curve.error = worker_error_line(outcome)
+        out.append(curve)
+        if on_curve is not None:
+            on_curve(curve)
     return out
 
 

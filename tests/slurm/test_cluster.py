@@ -150,3 +150,21 @@ def test_a_request_the_cluster_refuses_is_one_line_and_exit_2(tmp_path, flags, s
     assert out.returncode == 2, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("vaebench: error:") and said in last, out.stderr
+
+
+def test_curves_run_as_a_job_array_and_come_back_judged_and_stored(tmp_path):
+    """``curves --launcher slurm``: the curves' workers run as one array on the node (the same worker as local), each
+    curve comes back through submitit's result, is judged and stored as locally; the inputs sit under the run's
+    Slurm folder on the shared filesystem."""
+    results = tmp_path / "results"
+    impl = f"{PLANTED}:NumpyVAE"
+    out = bench("curves", "--impl", impl, "--reference", impl, "--spec", "dense", "--kmer", "3", "--steps", "6",
+                "--every", "2", "--batch", "8", "--results", str(results), "--run-id", "cur", "--launcher", "slurm",
+                "--slurm-wait", "2", "--json")
+    assert out.returncode in (0, 1), out.stderr
+    records = json.loads(out.stdout)
+    assert [r["curve"]["impl"] for r in records] == ["numpy", "numpy (1 ulp)"], out.stderr
+    assert all(r["curve"]["loss"] and r["curve"]["error"] is None for r in records), records
+    assert "slurm: submitted 2 curve(s) as array" in out.stderr
+    assert list((results / "slurm" / "cur" / "curves").glob("curves-b8-*/inputs.npz"))
+    assert (results / "curves" / "cur.jsonl").is_file()

@@ -88,6 +88,18 @@ def test_final_recon_compares_the_end_of_the_held_out_curve():
     assert v.final_recon == pytest.approx(0.2) and not v.passed
 
 
+def test_the_final_tolerance_covers_the_spread_a_noisy_end_shows_by_chance():
+    """A floor whose final mean happens to match torch's, while its probes at the end swing 1% either way: one
+    floor draw would set 0.1%, and an impl ending 0.5% away on the same noise would read "differs"."""
+    ref = _curve("torch", [10.0] * 100, recon=[50.0] * 11)
+    floor = _curve("torch (1 ulp)", [10.0] * 100, recon=[50.0] * 8 + [50.5, 49.5, 50.0])  # gaps 1%, 1%, 0
+    near = _curve("flax", [10.0] * 100, recon=[50.0] * 8 + [50.25] * 3)  # ends 0.5% away
+    far = _curve("planted", [10.0] * 100, recon=[50.0] * 8 + [52.0] * 3)  # ends 4% away
+    v = {x.impl: x for x in judge([ref, floor, near, far], reference="torch", floor="torch (1 ulp)")}
+    assert v["flax"].tol_final == pytest.approx(5 * (2 * 0.01**2 / 3) ** 0.5 / 3**0.5)  # 5 x 0.47%
+    assert v["flax"].passed and not v["planted"].passed
+
+
 def test_kl_collapse_needs_every_late_element_under_the_threshold_and_a_falling_reconstruction():
     low = [1.0] * 5 + [KL_COLLAPSE_NATS / 10] * 6  # probes 0..100; the second half (50..100) is low
     assert kl_collapsed(_curve("a", [1.0] * 100, kl_max=low), 100)[1]

@@ -133,8 +133,13 @@ def no_target_line(name: str, kmer: int | None, curves: list[dict[str, Any]]) ->
     return f"No time to target: {why}." if why else None
 
 
+def _s(x: float) -> str:
+    """Seconds to three figures at most (1.13, 41.2, 1,234): a CI of a second-long run still shows its width."""
+    return f"{x:,.2f}" if abs(x) < 10 else f"{x:,.1f}" if abs(x) < 100 else f"{x:,.0f}"
+
+
 def _secs(t: TimeToTarget) -> str:
-    return f"{t.seconds:,.1f} s" + (f", 95% CI {t.ci_low:,.1f}-{t.ci_high:,.1f}" if t.has_ci else "")
+    return f"{_s(t.seconds)} s" + (f", 95% CI {_s(t.ci_low)}-{_s(t.ci_high)}" if t.has_ci else "")
 
 
 def target_sentence(st: SpecTargets, pick: tuple[str, int, float] | None) -> str:

@@ -83,7 +83,7 @@ def test_the_sentence_names_the_fastest_pair_and_what_the_larger_batch_costs_in_
     by_batch = _cells("torch")
     st = spec_targets("dense", 5, by_batch, [_record("torch", 32, 20), _record("torch", 128, 15)])
     text = target_sentence(st, ("torch", 128, 128 / 0.020))
-    assert "**torch at batch 32**" in text and "(1.7 s" in text
+    assert "**torch at batch 32**" in text and "(1.69 s, 95% CI 1.69-1.69: 20 steps" in text
     assert "batch 128 gives 2.00× the samples/s but needs 3.00× the samples" in text
     assert "the same pair" in target_sentence(st, ("torch", 32, 3200.0))
     missed = spec_targets("dense", 5, by_batch, [_record("torch", 32, 20), _record("torch", 128, None)])

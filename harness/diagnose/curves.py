@@ -18,8 +18,8 @@ beta2 0.99, gap        0.10%           0.43%           one wrong setting
 so a factor of 5 sits above every framework measured and below the planted difference (10 to 18 times
 the floor). The final reconstruction's tolerance is ``FLOOR_FACTOR`` times the larger of the floor's final difference
 and the spread its end could show by chance (``end_spread``: on the noisy floor of a k=7 curve, one floor run's final
-difference of 0.07% sat beside per-probe gaps of 0.25-0.7%, and flax and keras-tensorflow ended 0.48% and 0.39%
-from torch). Without a floor run the fixed ``TOL_PART`` and ``TOL_FINAL_RECON`` apply.
+difference of 0.07% sat beside per-probe gaps of 0.25-0.7%, and flax and keras-tensorflow ended 0.48% and
+0.39% away from torch). Without a floor run the fixed ``TOL_PART`` and ``TOL_FINAL_RECON`` apply.
 
 Per impl, against the reference curve (torch by default):
 

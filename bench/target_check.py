@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -36,18 +35,6 @@ import numpy as np
 from bench.parser import UsageError, checked_impls
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): Student's t 95% CI of the mean (NaN bounds from one value)."""
-    from scipy import stats
-
-    v = np.asarray(values, np.float64)
-    mean = float(v.mean()) if len(v) else math.nan
-    if len(v) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return mean, mean - half, mean + half
 
 
 def _cells(args: argparse.Namespace, run_id: str, repeat: int) -> str:
@@ -150,11 +137,13 @@ def cmd_target_check(args: argparse.Namespace) -> int:
 
 def _compare(label: str, batch: int, cells: list, runs: list) -> dict[str, Any]:
     """The separable figures against the direct runs of one (impl, batch)."""
+    from harness.measure.stats import mean_ci95
+
     errors = [r.error for r in runs if r.error]
     sep = [c.time.seconds for c in cells if c.time is not None]
     got = [r.train_s for r in runs if r.error is None and r.steps is not None]
-    s_mean, s_low, s_high = mean_ci(sep)
-    d_mean, d_low, d_high = mean_ci(got)
+    s_mean, s_low, s_high = mean_ci95(sep)
+    d_mean, d_low, d_high = mean_ci95(got)
     agree = (not errors and len(sep) >= 2 and len(got) >= 2 and s_low <= d_high and d_low <= s_high)
     return {"impl": label, "batch": batch,
             "steps_separable": sorted({c.steps.steps for c in cells if c.steps and c.steps.reached}),

@@ -75,6 +75,19 @@ class StepStats:
         return asdict(self)
 
 
+def mean_ci95(values) -> tuple[float, float, float]:
+    """(mean, low, high): the Student's t 95% CI of the mean (see ``summarize_steps`` for why t); NaN bounds from
+    fewer than two values."""
+    v = np.asarray(values, dtype=float).ravel()
+    mean = float(v.mean()) if v.size else math.nan
+    if v.size < 2:
+        return mean, math.nan, math.nan
+    from scipy import stats  # on first use: its ~1.3 s import is kept off python -m bench's start
+
+    half = float(stats.t.ppf(0.975, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return mean, mean - half, mean + half
+
+
 def summarize_steps(window_times_s: list[float], steps_per_window: int, batch: int) -> StepStats:
     """Summarise timed windows as per-step statistics.
 
@@ -113,16 +126,12 @@ def summarize_steps(window_times_s: list[float], steps_per_window: int, batch: i
     steps = windows / steps_per_window
     n = int(steps.size)
     q1, median, q3, p95 = (float(v) for v in np.percentile(steps, [25, 50, 75, 95]))
-    mean = float(steps.mean())
+    mean, ci_low, ci_high = mean_ci95(steps)
     if n >= 2:
         stdev = float(steps.std(ddof=1))
-        from scipy import stats  # on first use: its ~1.3 s import is kept off python -m bench's start
-
-        half = float(stats.t.ppf(0.975, n - 1)) * stdev / math.sqrt(n)
-        ci_low, ci_high = mean - half, mean + half
         cv = stdev / mean
     else:
-        stdev = ci_low = ci_high = cv = math.nan
+        stdev = cv = math.nan
     return StepStats(
         n_windows=n,
         steps_per_window=int(steps_per_window),

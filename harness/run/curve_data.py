@@ -118,8 +118,8 @@ class CurveBatches:
 
     def __init__(self, path: str, columns: str | None, train_rows: int, batch: int,
                  lo: np.ndarray | None = None, span: np.ndarray | None = None) -> None:
-        width = open_npy(path).shape[1]  # checks the file once, and gives the width the columns are read against
-        self.rows = NpyRows(path, parse_columns(columns, width))
+        self.rows = NpyRows(path)  # its header gives the width the columns are read against
+        self.rows.columns = parse_columns(columns, self.rows.width)
         self.train_rows = min(train_rows, len(self.rows))
         self.batch = batch
         self.n = max(1, self.train_rows // batch)

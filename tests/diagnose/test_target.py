@@ -131,8 +131,9 @@ def test_a_reference_curve_that_does_not_fall_gives_no_target_and_the_report_say
 
 
 def test_target_check_agrees_when_the_two_cis_overlap_and_says_no_when_they_do_not():
-    from bench.target_check import _compare, mean_ci
+    from bench.target_check import _compare
     from harness.diagnose.target import StepsToTarget
+    from harness.measure.stats import mean_ci95 as mean_ci
     from harness.run.to_target import DirectRun
     from reports.time_to_target import TargetCell
 
